@@ -1,0 +1,22 @@
+//! The HTTP client commands use to call the app beside them (hooks, probes).
+
+use std::sync::Once;
+use std::time::Duration;
+
+/// A client with rustls on the `ring` provider and the platform's roots, for calls to the app
+/// beside podkit. `timeout` bounds each whole request.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        // Fails only if another provider is already installed, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
+        // Hooks talk to the app on localhost; an HTTP(S)_PROXY meant for the app's own egress
+        // must not capture them.
+        .no_proxy()
+        .build()
+        .expect("HTTP client configuration is static and valid")
+}

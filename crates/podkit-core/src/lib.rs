@@ -1,0 +1,215 @@
+//! The contract every podkit command keeps.
+//!
+//! A command is a [`Component`]: it registers its metrics and admin routes in
+//! [`Component::setup`], then does its work in [`Component::run`] until it finishes or its
+//! [`Shutdown`] is triggered. [`launch`] supplies everything around it: logging, the admin
+//! listener, signal handling, the grace period, the exit status.
+
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod logs;
+pub mod metrics;
+pub mod procstat;
+mod profile;
+pub mod readiness;
+pub mod shutdown;
+pub mod types;
+
+use std::future::Future;
+use std::path::Path;
+
+use serde_json::Value;
+use tokio_util::task::TaskTracker;
+
+pub use admin::AdminBuilder;
+pub use config::{CommonArgs, EX_USAGE};
+pub use logs::LogRing;
+pub use readiness::Readiness;
+pub use shutdown::{Reload, Shutdown, StopReason};
+pub use types::{Argv, Duration};
+
+/// Exit status for an internal failure (sysexits.h `EX_SOFTWARE`).
+pub const EX_SOFTWARE: i32 = 70;
+
+/// One podkit command.
+pub trait Component: Send + 'static {
+    /// Short name: the metrics prefix (`podkit_<name>_`) and the log target.
+    const NAME: &'static str;
+
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Registers metrics and admin routes. Runs before the admin listener opens.
+    fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context);
+
+    /// Does the work until it is done or `ctx.shutdown` is triggered, then drains within
+    /// `ctx.grace`. Returns the process exit status.
+    fn run(self, ctx: Context) -> impl Future<Output = Result<i32, Self::Error>> + Send;
+}
+
+/// What a running command is handed.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub shutdown: Shutdown,
+    pub reload: Reload,
+    pub readiness: Readiness,
+    pub logs: LogRing,
+    pub grace: std::time::Duration,
+    /// Tasks the command spawns that must finish before the process exits; [`launch`] waits for
+    /// them (within the grace period) after [`Component::run`] returns.
+    pub tasks: TaskTracker,
+}
+
+/// Runs `component` under the podkit contract and returns the process exit status.
+///
+/// `effective` is the configuration `GET /config` serves (already redacted); `runtime` chooses
+/// the Tokio flavour (a light current-thread runtime suits an init, a proxy wants every core).
+pub fn launch<C: Component>(
+    mut component: C,
+    common: &CommonArgs,
+    effective: Value,
+    mut runtime: tokio::runtime::Builder,
+) -> i32 {
+    let token = match common
+        .admin_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EX_USAGE;
+        }
+    };
+    let ring = LogRing::new(common.log_buffer as usize);
+    if let Err(e) = logs::init(common.log_format, &common.log_level, ring.clone()) {
+        eprintln!("error: cannot start logging: {e}");
+        return EX_SOFTWARE;
+    }
+    let rt = match runtime.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return EX_SOFTWARE;
+        }
+    };
+
+    let code = rt.block_on(async {
+        let shutdown = Shutdown::new();
+        let reload = match shutdown::install_signal_handlers(shutdown.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return EX_SOFTWARE;
+            }
+        };
+        let ctx = Context {
+            shutdown: shutdown.clone(),
+            reload,
+            readiness: Readiness::new(),
+            logs: ring.clone(),
+            grace: common.grace.get(),
+            tasks: TaskTracker::new(),
+        };
+        let mut admin = AdminBuilder::new(C::NAME);
+        component.setup(&mut admin, &ctx);
+        let router = admin.build(admin::AdminParts {
+            readiness: ctx.readiness.clone(),
+            logs: ring.clone(),
+            shutdown: shutdown.clone(),
+            config: effective,
+            token,
+        });
+
+        let listener = match tokio::net::TcpListener::bind(common.admin).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(
+                    addr = %common.admin, error = %e,
+                    "cannot open the admin listener; choose another address with --admin (port 0 picks a free one)"
+                );
+                return EX_USAGE;
+            }
+        };
+        let bound = listener.local_addr().unwrap_or(common.admin);
+        if let Some(path) = &common.admin_addr_file
+            && let Err(e) = write_atomically(path, &bound.to_string())
+        {
+            tracing::error!(path = %path.display(), error = %e, "cannot write --admin-addr-file");
+            return EX_USAGE;
+        }
+        tracing::info!(admin = %bound, component = C::NAME, version = env!("CARGO_PKG_VERSION"), "admin listening");
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(listener, router).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+
+        // Readiness fails as soon as a stop begins, so load balancers stop sending work first.
+        tokio::spawn({
+            let (shutdown, readiness) = (shutdown.clone(), ctx.readiness.clone());
+            async move {
+                let reason = shutdown.triggered().await;
+                readiness.not_ready("stopping", format!("stopping ({reason})"));
+            }
+        });
+
+        let grace = ctx.grace;
+        let tasks = ctx.tasks.clone();
+        let run = component.run(ctx);
+        // Watchdog: a command that overruns its grace period by more than a margin is stuck;
+        // exit rather than hold up the orchestrator. The margin leaves a command that escalates
+        // at `grace` (podkit run) time to do so itself.
+        let watchdog = async {
+            shutdown.triggered().await;
+            tokio::time::sleep(grace + std::time::Duration::from_secs(5)).await;
+        };
+        let code = tokio::select! {
+            r = run => match r {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!(error = %e, "{} failed", C::NAME);
+                    1
+                }
+            },
+            _ = watchdog => {
+                tracing::error!(grace = ?grace, "did not stop within the grace period; exiting");
+                shutdown.force_exit(1);
+            }
+        };
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks still running at exit");
+        }
+        if let Some(path) = &common.admin_addr_file {
+            let _ = std::fs::remove_file(path);
+        }
+        code
+    });
+    // Blocking reads (stdin, a hung hook) must not hold the exit up.
+    rt.shutdown_background();
+    code
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--admin-token-file {}: cannot read it: {e}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(format!(
+            "--admin-token-file {}: the file is empty; expected a token",
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees a
+/// half-written file.
+pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,401 @@
+//! Logging: records go to stderr (text on a terminal, JSON lines otherwise) and into a bounded
+//! ring that the admin `/logs` endpoint serves and streams.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::IsTerminal;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+// === impl Level ===
+
+/// Severity, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl From<&tracing::Level> for Level {
+    fn from(l: &tracing::Level) -> Self {
+        match *l {
+            tracing::Level::TRACE => Level::Trace,
+            tracing::Level::DEBUG => Level::Debug,
+            tracing::Level::INFO => Level::Info,
+            tracing::Level::WARN => Level::Warn,
+            tracing::Level::ERROR => Level::Error,
+        }
+    }
+}
+
+impl FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "trace" => Ok(Level::Trace),
+            "debug" => Ok(Level::Debug),
+            "info" => Ok(Level::Info),
+            "warn" | "warning" => Ok(Level::Warn),
+            "error" => Ok(Level::Error),
+            _ => Err(format!(
+                "unknown level {s:?}; expected trace, debug, info, warn or error"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Level {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+// === impl Record ===
+
+/// One log record as `/logs` serves it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Position in this process' log, starting at 1; lets a client resume with `since_seq`.
+    pub seq: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub level: Level,
+    pub target: String,
+    /// For lines of a process podkit runs: `stdout` or `stderr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<&'static str>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+// === impl LogRing ===
+
+/// The bounded buffer behind `/logs`. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct LogRing {
+    inner: Arc<RingInner>,
+}
+
+#[derive(Debug)]
+struct RingInner {
+    records: Mutex<VecDeque<Arc<Record>>>,
+    capacity: usize,
+    seq: AtomicU64,
+    live: broadcast::Sender<Arc<Record>>,
+}
+
+impl LogRing {
+    pub fn new(capacity: usize) -> Self {
+        let (live, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(RingInner {
+                records: Mutex::new(VecDeque::new()),
+                capacity: capacity.max(1),
+                seq: AtomicU64::new(0),
+                live,
+            }),
+        }
+    }
+
+    /// Adds a record built from its parts; `seq` and `time` are filled in here.
+    pub fn push(
+        &self,
+        level: Level,
+        target: &str,
+        stream: Option<&'static str>,
+        message: String,
+        fields: Map<String, Value>,
+    ) {
+        let mut records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
+        // The sequence number is taken under the lock so the ring stays in seq order.
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let record = Arc::new(Record {
+            seq,
+            time: SystemTime::now(),
+            level,
+            target: target.to_string(),
+            stream,
+            message,
+            fields,
+        });
+        if records.len() == self.inner.capacity {
+            records.pop_front();
+        }
+        records.push_back(record.clone());
+        drop(records);
+        // No receiver is the normal case (nobody follows); that is not an error.
+        let _ = self.inner.live.send(record);
+    }
+
+    /// The most recent `limit` records that pass `filter`, oldest first.
+    pub fn query(&self, filter: &LogFilter, limit: usize) -> Vec<Arc<Record>> {
+        let records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = records
+            .iter()
+            .rev()
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// New records as they are pushed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.inner.live.subscribe()
+    }
+}
+
+/// Which records a `/logs` caller wants.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// This level and more severe.
+    pub min_level: Option<Level>,
+    /// Records at or after this time.
+    pub since: Option<SystemTime>,
+    /// Records with a greater sequence number.
+    pub after_seq: Option<u64>,
+    /// Only lines of this stream (`stdout`, `stderr`), or only podkit's own records (`podkit`).
+    pub stream: Option<String>,
+}
+
+impl LogFilter {
+    pub fn matches(&self, r: &Record) -> bool {
+        self.min_level.is_none_or(|l| r.level >= l)
+            && self.since.is_none_or(|t| r.time >= t)
+            && self.after_seq.is_none_or(|s| r.seq > s)
+            && self
+                .stream
+                .as_deref()
+                .is_none_or(|s| r.stream.unwrap_or("podkit") == s)
+    }
+}
+
+// === impl RingLayer ===
+
+/// A tracing layer that copies every event that passes the filter into the ring.
+struct RingLayer {
+    ring: LogRing,
+}
+
+impl<S: Subscriber> Layer<S> for RingLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut visitor = FieldVisitor::default();
+        event.record(&mut visitor);
+        let meta = event.metadata();
+        self.ring.push(
+            meta.level().into(),
+            meta.target(),
+            None,
+            visitor.message,
+            visitor.fields,
+        );
+    }
+}
+
+#[derive(Default)]
+struct FieldVisitor {
+    message: String,
+    fields: Map<String, Value>,
+}
+
+impl Visit for FieldVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+}
+
+impl FieldVisitor {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+        } else {
+            self.fields.insert(field.name().to_string(), value);
+        }
+    }
+}
+
+/// Installs the global subscriber: stderr in the chosen format, plus the ring.
+///
+/// Fails only if a subscriber is already installed (a second call in one process).
+pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String> {
+    let filter = EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| e.to_string())?;
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let fmt_layer = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(RingLayer { ring })
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(ring: &LogRing, level: Level, stream: Option<&'static str>, msg: &str) {
+        ring.push(level, "test", stream, msg.to_string(), Map::new());
+    }
+
+    #[test]
+    fn ring_is_bounded_and_keeps_the_newest() {
+        let ring = LogRing::new(3);
+        for i in 0..5 {
+            push(&ring, Level::Info, None, &format!("m{i}"));
+        }
+        let all = ring.query(&LogFilter::default(), 100);
+        let msgs: Vec<_> = all.iter().map(|r| r.message.as_str()).collect();
+        assert_eq!(msgs, ["m2", "m3", "m4"]);
+        assert_eq!(all[0].seq, 3);
+    }
+
+    #[test]
+    fn filters_by_level_stream_seq_and_limit() {
+        let ring = LogRing::new(100);
+        push(&ring, Level::Debug, None, "debug");
+        push(&ring, Level::Warn, None, "warn");
+        push(&ring, Level::Info, Some("stdout"), "out");
+        push(&ring, Level::Info, Some("stderr"), "err");
+        push(&ring, Level::Error, None, "error");
+
+        let f = LogFilter {
+            min_level: Some(Level::Warn),
+            ..Default::default()
+        };
+        let got: Vec<_> = ring
+            .query(&f, 100)
+            .iter()
+            .map(|r| r.message.clone())
+            .collect();
+        assert_eq!(got, ["warn", "error"]);
+
+        let f = LogFilter {
+            stream: Some("stdout".into()),
+            ..Default::default()
+        };
+        assert_eq!(ring.query(&f, 100)[0].message, "out");
+        let f = LogFilter {
+            stream: Some("podkit".into()),
+            ..Default::default()
+        };
+        assert_eq!(ring.query(&f, 100).len(), 3);
+
+        let f = LogFilter {
+            after_seq: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(ring.query(&f, 100).len(), 2);
+
+        let got: Vec<_> = ring
+            .query(&LogFilter::default(), 2)
+            .iter()
+            .map(|r| r.message.clone())
+            .collect();
+        assert_eq!(got, ["err", "error"], "limit keeps the newest");
+    }
+
+    #[test]
+    fn record_serializes_with_rfc3339_time_and_lowercase_level() {
+        let ring = LogRing::new(10);
+        let mut fields = Map::new();
+        fields.insert("pid".into(), Value::from(42));
+        ring.push(
+            Level::Warn,
+            "podkit_run",
+            Some("stderr"),
+            "boom".into(),
+            fields,
+        );
+        let r = &ring.query(&LogFilter::default(), 1)[0];
+        let v = serde_json::to_value(&**r).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["fields"]["pid"], 42);
+        assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_new_records() {
+        let ring = LogRing::new(10);
+        let mut rx = ring.subscribe();
+        push(&ring, Level::Info, None, "live");
+        assert_eq!(rx.recv().await.unwrap().message, "live");
+    }
+}

@@ -1,0 +1,61 @@
+//! Readiness: a command is ready when nothing says it is not.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// The reasons a command is not ready, by key. Cloning shares them.
+///
+/// Each part of a command owns one key (`child`, `probe`, `stopping`…) and sets or clears its
+/// own reason, so parts never overwrite each other's view.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    reasons: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn not_ready(&self, key: &'static str, reason: impl Into<String>) {
+        self.lock().insert(key, reason.into());
+    }
+
+    pub fn ready(&self, key: &'static str) {
+        self.lock().remove(key);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Every reason, as `key: reason`, in key order.
+    pub fn reasons(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        self.reasons.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_every_key_is_cleared() {
+        let r = Readiness::new();
+        assert!(r.is_ready());
+        r.not_ready("child", "not started");
+        r.not_ready("probe", "HTTP 503");
+        assert_eq!(r.reasons(), ["child: not started", "probe: HTTP 503"]);
+        r.ready("child");
+        assert!(!r.is_ready());
+        r.ready("probe");
+        assert!(r.is_ready());
+    }
+}

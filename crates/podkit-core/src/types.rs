@@ -1,0 +1,135 @@
+//! Small value types shared by every command's configuration.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+// === impl Duration ===
+
+/// A duration written the way operators write them: `30s`, `500ms`, `2m`, `1h 30m`.
+///
+/// A newtype rather than `std::time::Duration` so that flags, environment variables and config
+/// files all accept (and `/config` prints) the same human form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(Duration)
+            .map_err(|e| format!("{e}; expected a duration such as 30s, 500ms or 2m"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl From<Duration> for std::time::Duration {
+    fn from(d: Duration) -> Self {
+        d.0
+    }
+}
+
+// === impl Argv ===
+
+/// A command to run, as argv. On the command line it is one string split the way a POSIX
+/// shell splits words (quotes and backslashes honoured), but it is never given to a shell: no
+/// globbing, no variables, no pipes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Argv(Vec<String>);
+
+impl Argv {
+    pub fn new(argv: Vec<String>) -> Result<Self, String> {
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err("expected a command, got an empty one".into());
+        }
+        Ok(Self(argv))
+    }
+
+    pub fn program(&self) -> &str {
+        &self.0[0]
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.0[1..]
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl FromStr for Argv {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let words = shlex::split(s).ok_or_else(|| {
+            "unbalanced quotes; expected a command such as: curl -fsS http://127.0.0.1:8080/ready"
+                .to_string()
+        })?;
+        Argv::new(words)
+    }
+}
+
+impl fmt::Display for Argv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let joined = shlex::try_join(self.0.iter().map(String::as_str)).map_err(|_| fmt::Error)?;
+        f.write_str(&joined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print_in_human_form() {
+        assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            "1m 30s".parse::<Duration>().unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            " 250ms".parse::<Duration>().unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(Duration::from_secs(90).to_string(), "1m 30s");
+        let err = "30".parse::<Duration>().unwrap_err();
+        assert!(err.contains("expected a duration such as 30s"), "{err}");
+    }
+
+    #[test]
+    fn argv_splits_like_a_shell_but_keeps_metacharacters_literal() {
+        let argv: Argv = r#"sh -c 'echo "a b" > /tmp/x' $HOME"#.parse().unwrap();
+        assert_eq!(argv.program(), "sh");
+        assert_eq!(argv.args(), ["-c", r#"echo "a b" > /tmp/x"#, "$HOME"]);
+        assert!("echo 'unterminated".parse::<Argv>().is_err());
+        assert!("".parse::<Argv>().is_err());
+    }
+}
