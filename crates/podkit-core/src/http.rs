@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// A client with rustls on the `ring` provider and the platform's roots, for calls to the app
 /// beside podkit. `timeout` bounds each whole request.
-pub fn client(timeout: Duration) -> reqwest::Client {
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
         // Fails only if another provider is already installed, which is as good.
@@ -18,5 +18,4 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         // must not capture them.
         .no_proxy()
         .build()
-        .expect("HTTP client configuration is static and valid")
 }

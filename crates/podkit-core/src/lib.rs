@@ -27,6 +27,7 @@ pub use config::{CommonArgs, EX_USAGE};
 pub use logs::LogRing;
 pub use readiness::Readiness;
 pub use shutdown::{Reload, Shutdown, StopReason};
+pub use tokio::runtime::Builder as RuntimeBuilder;
 pub use types::{Argv, Duration};
 
 /// Exit status for an internal failure (sysexits.h `EX_SOFTWARE`).

@@ -80,7 +80,7 @@ impl Shutdown {
     /// Begins a graceful stop. The first reason given is kept; later calls change nothing.
     pub fn trigger(&self, reason: StopReason) {
         if self.inner.reason.set(reason).is_ok() {
-            tracing::info!(%reason, "graceful stop requested");
+            tracing::info!(%reason, "stopping");
         }
         self.token.cancel();
     }

@@ -1,1 +1,52 @@
-fn main() {}
+//! The `podkit` binary: command-line parsing and dispatch only. Each command lives in its own
+//! crate; this file lists them.
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use podkit_core::config::{self, with_admin_default};
+
+/// Pattern containers for distributed systems, as one small binary: run it beside any app and
+/// talk to it over localhost.
+#[derive(Debug, Parser)]
+#[command(name = "podkit", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a program as PID 1 (or a subreaper) with the container lifecycle: signal forwarding,
+    /// zombie reaping, pre-stop and save hooks, readiness, logs and metrics on the admin port.
+    #[command(
+        after_help = "Example:\n  podkit run --admin 127.0.0.1:0 --admin-addr-file /tmp/admin --pre-stop-exec 'curl -fsS -X POST http://127.0.0.1:8080/drain' -- my-server --port 8080"
+    )]
+    Run(podkit_run::RunArgs),
+}
+
+/// Options whose values `GET /config` never shows.
+const SECRETS: &[&str] = &[];
+
+fn main() {
+    let cmd = Cli::command().mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN));
+    let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
+        Ok(p) => p,
+        Err(e) => std::process::exit(e.report()),
+    };
+    let cli = match Cli::from_arg_matches(&parsed.matches) {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(config::ConfigError::Cli(e).report()),
+    };
+    let code = match cli.command {
+        Command::Run(args) => {
+            let common = args.common.clone();
+            // An init needs no worker pool: one thread keeps podkit's own footprint small.
+            let runtime = tokio_current_thread();
+            podkit_core::launch(podkit_run::Run::new(args), &common, parsed.effective, runtime)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn tokio_current_thread() -> podkit_core::RuntimeBuilder {
+    podkit_core::RuntimeBuilder::new_current_thread()
+}
