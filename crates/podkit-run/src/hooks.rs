@@ -19,7 +19,10 @@ const OUTPUT_TAIL: usize = 4096;
 #[derive(Debug, Clone)]
 pub enum Hook {
     /// An HTTP request; any 2xx status is success.
-    Http { method: reqwest::Method, url: reqwest::Url },
+    Http {
+        method: reqwest::Method,
+        url: reqwest::Url,
+    },
     /// A command (argv, no shell); exit status 0 is success.
     Exec(Argv),
 }
@@ -31,7 +34,10 @@ impl Hook {
         method: reqwest::Method,
     ) -> Option<Hook> {
         match (http, exec) {
-            (Some(url), _) => Some(Hook::Http { method, url: url.clone() }),
+            (Some(url), _) => Some(Hook::Http {
+                method,
+                url: url.clone(),
+            }),
             (None, Some(argv)) => Some(Hook::Exec(argv.clone())),
             (None, None) => None,
         }
@@ -72,26 +78,49 @@ impl Runner {
             Hook::Http { method, url } => self.http(method.clone(), url, timeout).await,
             Hook::Exec(argv) => self.exec(argv, name, timeout).await,
         };
-        Outcome { ok, detail, output, duration_ms: start.elapsed().as_millis() as u64 }
+        Outcome {
+            ok,
+            detail,
+            output,
+            duration_ms: start.elapsed().as_millis() as u64,
+        }
     }
 
-    async fn http(&self, method: reqwest::Method, url: &reqwest::Url, timeout: Duration) -> (bool, String, String) {
+    async fn http(
+        &self,
+        method: reqwest::Method,
+        url: &reqwest::Url,
+        timeout: Duration,
+    ) -> (bool, String, String) {
         let req = self.client.request(method, url.clone()).timeout(timeout);
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
-                (status.is_success(), format!("HTTP {}", status.as_u16()), tail(body.as_bytes()))
+                (
+                    status.is_success(),
+                    format!("HTTP {}", status.as_u16()),
+                    tail(body.as_bytes()),
+                )
             }
-            Err(e) if e.is_timeout() => (false, format!("timed out after {}", humantime(timeout)), String::new()),
-            Err(e) => (false, format!("request failed: {}", error_chain(&e)), String::new()),
+            Err(e) if e.is_timeout() => (
+                false,
+                format!("timed out after {}", humantime(timeout)),
+                String::new(),
+            ),
+            Err(e) => (
+                false,
+                format!("request failed: {}", error_chain(&e)),
+                String::new(),
+            ),
         }
     }
 
     async fn exec(&self, argv: &Argv, name: &str, timeout: Duration) -> (bool, String, String) {
         let args: Vec<OsString> = argv.as_slice().iter().map(OsString::from).collect();
         let mut cmd = process::command(&args, false);
-        cmd.stdin(std::process::Stdio::null()).env("PODKIT_HOOK", name);
+        cmd.stdin(std::process::Stdio::null())
+            .env("PODKIT_HOOK", name);
         // Both streams share one pipe, so the output keeps its interleaving.
         let (reader, writer) = match std::io::pipe() {
             Ok(p) => p,
@@ -106,7 +135,13 @@ impl Runner {
         drop(cmd); // closes podkit's copies of the write ends
         let spawned = match spawned {
             Ok(s) => s,
-            Err(e) => return (false, format!("cannot run `{}`: {e}", argv.program()), String::new()),
+            Err(e) => {
+                return (
+                    false,
+                    format!("cannot run `{}`: {e}", argv.program()),
+                    String::new(),
+                );
+            }
         };
         let output = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
@@ -122,11 +157,19 @@ impl Runner {
                 let out = output.await.unwrap_or_default();
                 (exit.success(), exit.to_string(), tail(&out))
             }
-            Ok(Err(_)) => (false, "the reaper lost the hook's exit status".into(), String::new()),
+            Ok(Err(_)) => (
+                false,
+                "the reaper lost the hook's exit status".into(),
+                String::new(),
+            ),
             Err(_) => {
                 process::signal(pid, Signal::SIGKILL, true);
                 let out = output.await.unwrap_or_default();
-                (false, format!("timed out after {}", humantime(timeout)), tail(&out))
+                (
+                    false,
+                    format!("timed out after {}", humantime(timeout)),
+                    tail(&out),
+                )
             }
         }
     }

@@ -71,11 +71,21 @@ pub struct RunArgs {
     pub ready_exec: Option<Argv>,
 
     /// How often the readiness probe runs.
-    #[arg(long, value_name = "DURATION", default_value = "2s", help_heading = "Readiness")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "2s",
+        help_heading = "Readiness"
+    )]
     pub ready_interval: podkit_core::Duration,
 
     /// How long one readiness probe may take before it counts as a failure.
-    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Readiness")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        help_heading = "Readiness"
+    )]
     pub ready_timeout: podkit_core::Duration,
 
     /// `POST /lifecycle/save` POSTs to this URL: the app's "save your state now" hook.
@@ -87,7 +97,12 @@ pub struct RunArgs {
     pub save_exec: Option<Argv>,
 
     /// How long the save hook may take.
-    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Saving state")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        help_heading = "Saving state"
+    )]
     pub save_timeout: podkit_core::Duration,
 
     /// Restart the program when it exits: never (the default, as under an orchestrator),
@@ -96,12 +111,22 @@ pub struct RunArgs {
     pub restart: RestartPolicy,
 
     /// First delay before a restart; it doubles after each quick failure.
-    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Restarting")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        help_heading = "Restarting"
+    )]
     pub restart_delay: podkit_core::Duration,
 
     /// Longest delay between restarts. A program that ran at least this long before exiting
     /// is restarted after --restart-delay again.
-    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Restarting")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        help_heading = "Restarting"
+    )]
     pub restart_delay_max: podkit_core::Duration,
 
     /// Let the program write straight to podkit's stdout and stderr instead of through a pipe:
@@ -132,10 +157,13 @@ impl RestartPolicy {
 }
 
 fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{e}; expected a URL such as http://127.0.0.1:8080/ready"))?;
+    let url = reqwest::Url::parse(s)
+        .map_err(|e| format!("{e}; expected a URL such as http://127.0.0.1:8080/ready"))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        other => Err(format!("scheme {other:?} is not supported; expected http or https")),
+        other => Err(format!(
+            "scheme {other:?} is not supported; expected http or https"
+        )),
     }
 }
 
@@ -182,13 +210,19 @@ struct HookLabels {
 impl State {
     fn count_hook(&self, hook: &'static str, outcome: &Outcome) {
         let result = if outcome.ok { "ok" } else { "failed" };
-        self.hook_runs.get_or_create(&HookLabels { hook, result }).inc();
+        self.hook_runs
+            .get_or_create(&HookLabels { hook, result })
+            .inc();
     }
 }
 
 impl Run {
     pub fn new(args: RunArgs) -> Self {
-        let save = Hook::from_options(args.save_http.as_ref(), args.save_exec.as_ref(), reqwest::Method::POST);
+        let save = Hook::from_options(
+            args.save_http.as_ref(),
+            args.save_exec.as_ref(),
+            reqwest::Method::POST,
+        );
         let state = Arc::new(State {
             pid: AtomicI32::new(0),
             last_exit: AtomicI64::new(-1),
@@ -208,23 +242,35 @@ impl Component for Run {
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
         let reg = admin.metrics();
-        reg.register("restarts", "Times the program was restarted", self.state.restarts.clone());
-        reg.register("hook_runs", "Hook and probe runs by hook and result", self.state.hook_runs.clone());
-        reg.register_collector(Box::new(ChildCollector { state: self.state.clone() }));
+        reg.register(
+            "restarts",
+            "Times the program was restarted",
+            self.state.restarts.clone(),
+        );
+        reg.register(
+            "hook_runs",
+            "Hook and probe runs by hook and result",
+            self.state.hook_runs.clone(),
+        );
+        reg.register_collector(Box::new(ChildCollector {
+            state: self.state.clone(),
+        }));
 
         let state = self.state.clone();
         admin.protected_route("/lifecycle/save", post(move || save(state.clone())));
 
         ctx.readiness.not_ready("program", "not started");
         if self.args.ready_http.is_some() || self.args.ready_exec.is_some() {
-            ctx.readiness.not_ready("probe", "no successful readiness probe yet");
+            ctx.readiness
+                .not_ready("probe", "no successful readiness probe yet");
         }
     }
 
     async fn run(self, ctx: Context) -> Result<i32, RunError> {
         let reaper = Reaper::start().map_err(RunError::Reaper)?;
         become_reaper();
-        let client = podkit_core::http::client(Duration::from_secs(30)).map_err(RunError::HttpClient)?;
+        let client =
+            podkit_core::http::client(Duration::from_secs(30)).map_err(RunError::HttpClient)?;
         let runner = Runner::new(reaper.clone(), client);
         let _ = self.state.runner.set(runner.clone());
         let forward = Forwarder::new().map_err(RunError::Signals)?;
@@ -236,12 +282,29 @@ impl Component for Run {
             process::kill_all((pid > 0).then_some(pid));
         });
 
-        if let Some(probe) = Hook::from_options(self.args.ready_http.as_ref(), self.args.ready_exec.as_ref(), reqwest::Method::GET)
-        {
-            ctx.tasks.spawn(probe_loop(probe, runner.clone(), self.state.clone(), ctx.clone(), self.args.clone()));
+        if let Some(probe) = Hook::from_options(
+            self.args.ready_http.as_ref(),
+            self.args.ready_exec.as_ref(),
+            reqwest::Method::GET,
+        ) {
+            ctx.tasks.spawn(probe_loop(
+                probe,
+                runner.clone(),
+                self.state.clone(),
+                ctx.clone(),
+                self.args.clone(),
+            ));
         }
 
-        let sup = Supervisor { args: self.args, state: self.state, ctx, reaper, runner, forward, stop_deadline: None };
+        let sup = Supervisor {
+            args: self.args,
+            state: self.state,
+            ctx,
+            reaper,
+            runner,
+            forward,
+            stop_deadline: None,
+        };
         Ok(sup.supervise().await)
     }
 }
@@ -254,7 +317,9 @@ fn become_reaper() {
     }
     match nix::sys::prctl::set_child_subreaper(true) {
         Ok(()) => tracing::debug!("registered as child subreaper"),
-        Err(e) => tracing::warn!(error = %e, "cannot become a child subreaper; orphans will escape to PID 1"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans will escape to PID 1")
+        }
     }
 }
 
@@ -270,7 +335,11 @@ async fn save(state: Arc<State>) -> Response {
     let outcome = runner.run(hook, "save", state.save_timeout).await;
     state.count_hook("save", &outcome);
     tracing::info!(ok = outcome.ok, detail = %outcome.detail, duration_ms = outcome.duration_ms, "save hook ran");
-    let status = if outcome.ok { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    let status = if outcome.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
     (status, Json(outcome)).into_response()
 }
 
@@ -291,7 +360,10 @@ async fn probe_loop(probe: Hook, runner: Runner, state: Arc<State>, ctx: Context
         if outcome.ok {
             ctx.readiness.ready("probe");
         } else {
-            ctx.readiness.not_ready("probe", format!("readiness probe failed: {}", outcome.detail));
+            ctx.readiness.not_ready(
+                "probe",
+                format!("readiness probe failed: {}", outcome.detail),
+            );
         }
         if was_ok != Some(outcome.ok) {
             tracing::info!(ready = outcome.ok, detail = %outcome.detail, "readiness probe changed");
@@ -401,9 +473,15 @@ impl Supervisor {
             Err(e) => {
                 // The shell's conventions: 127 when there is no such program, 126 when it
                 // cannot be executed.
-                let status = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+                let status = if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
                 tracing::error!(program = %program, error = %e, status, "cannot start the program");
-                self.ctx.readiness.not_ready("program", format!("cannot start {program}: {e}"));
+                self.ctx
+                    .readiness
+                    .not_ready("program", format!("cannot start {program}: {e}"));
                 return Err(status);
             }
         };
@@ -414,10 +492,18 @@ impl Supervisor {
 
         let mut pumps = Vec::new();
         if let Some(out) = spawned.child.stdout.take() {
-            pumps.push(tokio::spawn(output::pump(out.into(), output::Stream::Stdout, self.ctx.logs.clone())));
+            pumps.push(tokio::spawn(output::pump(
+                out.into(),
+                output::Stream::Stdout,
+                self.ctx.logs.clone(),
+            )));
         }
         if let Some(err) = spawned.child.stderr.take() {
-            pumps.push(tokio::spawn(output::pump(err.into(), output::Stream::Stderr, self.ctx.logs.clone())));
+            pumps.push(tokio::spawn(output::pump(
+                err.into(),
+                output::Stream::Stderr,
+                self.ctx.logs.clone(),
+            )));
         }
 
         let mut reload = self.ctx.reload.clone();
@@ -441,8 +527,12 @@ impl Supervisor {
             Ended::Exited(e) | Ended::Stopped(e) => e,
         };
         self.state.pid.store(0, Ordering::Relaxed);
-        self.state.last_exit.store(exit.status() as i64, Ordering::Relaxed);
-        self.ctx.readiness.not_ready("program", format!("exited ({exit})"));
+        self.state
+            .last_exit
+            .store(exit.status() as i64, Ordering::Relaxed);
+        self.ctx
+            .readiness
+            .not_ready("program", format!("exited ({exit})"));
         tracing::info!(pid, %exit, "program ended");
 
         // Whatever the program left running goes with it, so a restart starts clean and podkit
@@ -457,11 +547,19 @@ impl Supervisor {
     }
 
     /// The stop sequence: pre-stop hook, stop signal, grace, SIGKILL to everything.
-    async fn stop(&mut self, pid: i32, exit: &mut tokio::sync::oneshot::Receiver<Exit>, reason: StopReason) -> Exit {
+    async fn stop(
+        &mut self,
+        pid: i32,
+        exit: &mut tokio::sync::oneshot::Receiver<Exit>,
+        reason: StopReason,
+    ) -> Exit {
         let deadline = tokio::time::Instant::now() + self.ctx.grace;
         self.stop_deadline = Some(deadline);
-        if let Some(hook) = Hook::from_options(self.args.pre_stop_http.as_ref(), self.args.pre_stop_exec.as_ref(), reqwest::Method::POST)
-        {
+        if let Some(hook) = Hook::from_options(
+            self.args.pre_stop_http.as_ref(),
+            self.args.pre_stop_exec.as_ref(),
+            reqwest::Method::POST,
+        ) {
             tracing::info!("running the pre-stop hook");
             // The hook's time counts against the grace period, as Kubernetes counts preStop.
             let outcome = tokio::select! {
@@ -479,14 +577,21 @@ impl Supervisor {
             }
         }
         // Ctrl-C on a terminal reaches the program as SIGINT; every other stop uses --stop-signal.
-        let sig = if reason == StopReason::Interrupt { Signal::SIGINT } else { self.args.stop_signal };
+        let sig = if reason == StopReason::Interrupt {
+            Signal::SIGINT
+        } else {
+            self.args.stop_signal
+        };
         tracing::info!(pid, signal = %sig, grace = %podkit_core::Duration(self.ctx.grace), "stopping the program");
         process::signal(pid, sig, self.args.signal_group);
         tokio::select! {
             e = &mut *exit => return e.unwrap_or(Exit::Signal(Signal::SIGKILL as i32)),
             _ = tokio::time::sleep_until(deadline) => {}
         }
-        tracing::warn!(pid, "the program did not stop within the grace period; sending SIGKILL to it and everything it started");
+        tracing::warn!(
+            pid,
+            "the program did not stop within the grace period; sending SIGKILL to it and everything it started"
+        );
         process::kill_all(Some(pid));
         exit.await.unwrap_or(Exit::Signal(Signal::SIGKILL as i32))
     }
@@ -495,7 +600,9 @@ impl Supervisor {
     /// period (or at once if a stop is under way and its grace is spent).
     async fn sweep(&self, pgid: i32) {
         let me = std::process::id() as i32;
-        if process::live_descendants(me).is_empty() && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err() {
+        if process::live_descendants(me).is_empty()
+            && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err()
+        {
             return;
         }
         let n = process::signal_all(Some(pgid), self.args.stop_signal);
@@ -508,7 +615,9 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::warn!("processes left behind did not stop within the grace period; sending SIGKILL");
+        tracing::warn!(
+            "processes left behind did not stop within the grace period; sending SIGKILL"
+        );
         process::kill_all(Some(pgid));
     }
 }
@@ -524,7 +633,9 @@ struct ChildCollector {
 impl Collector for ChildCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pid = self.state.pid.load(Ordering::Relaxed);
-        let stats = (pid > 0).then(|| podkit_core::procstat::stats(pid)).flatten();
+        let stats = (pid > 0)
+            .then(|| podkit_core::procstat::stats(pid))
+            .flatten();
         ConstGauge::new(i64::from(stats.is_some())).encode(encoder.encode_descriptor(
             "up",
             "1 while the program is running",
@@ -537,9 +648,18 @@ impl Collector for ChildCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        ConstCounter::new(self.state.runner.get().map_or(0, |r| r.reaper().orphans_reaped())).encode(
-            encoder.encode_descriptor("orphans_reaped", "Orphaned processes podkit reaped", None, MetricType::Counter)?,
-        )?;
+        ConstCounter::new(
+            self.state
+                .runner
+                .get()
+                .map_or(0, |r| r.reaper().orphans_reaped()),
+        )
+        .encode(encoder.encode_descriptor(
+            "orphans_reaped",
+            "Orphaned processes podkit reaped",
+            None,
+            MetricType::Counter,
+        )?)?;
         match stats {
             Some(s) => encode_proc_stats(encoder, "child", "the program", &s),
             None => Ok(()),

@@ -34,7 +34,12 @@ pub fn command(argv: &[OsString], capture: bool) -> Command {
             }
             // Start the program with default dispositions and nothing blocked, whatever podkit
             // itself had installed.
-            for sig in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGTSTP, Signal::SIGPIPE] {
+            for sig in [
+                Signal::SIGTTOU,
+                Signal::SIGTTIN,
+                Signal::SIGTSTP,
+                Signal::SIGPIPE,
+            ] {
                 nix::sys::signal::signal(sig, SigHandler::SigDfl)?;
             }
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
@@ -47,7 +52,11 @@ pub fn command(argv: &[OsString], capture: bool) -> Command {
 /// Sends `sig` to `pid`, or to its whole process group. A process that is already gone is not
 /// an error.
 pub fn signal(pid: i32, sig: Signal, group: bool) {
-    let res = if group { killpg(Pid::from_raw(pid), sig) } else { kill(Pid::from_raw(pid), sig) };
+    let res = if group {
+        killpg(Pid::from_raw(pid), sig)
+    } else {
+        kill(Pid::from_raw(pid), sig)
+    };
     if let Err(e) = res
         && e != Errno::ESRCH
     {
@@ -95,7 +104,10 @@ fn is_zombie(pid: i32) -> bool {
     // /proc/PID/stat: "pid (comm) S ..."; comm may contain spaces and parentheses.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with(['Z', 'X'])))
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with(['Z', 'X']))
+        })
         .unwrap_or(true)
 }
 
@@ -105,7 +117,11 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let parsed = match upper.parse::<i32>() {
         Ok(n) => Signal::try_from(n).ok(),
         Err(_) => {
-            let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+            let name = if upper.starts_with("SIG") {
+                upper
+            } else {
+                format!("SIG{upper}")
+            };
             name.parse::<Signal>().ok()
         }
     };
@@ -127,12 +143,18 @@ mod tests {
         assert_eq!(parse_signal("int").unwrap(), Signal::SIGINT);
         assert_eq!(parse_signal("10").unwrap(), Signal::SIGUSR1);
         assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
-        assert!(parse_signal("SIGKILL").is_err(), "SIGKILL cannot be handled, so no graceful stop");
+        assert!(
+            parse_signal("SIGKILL").is_err(),
+            "SIGKILL cannot be handled, so no graceful stop"
+        );
     }
 
     #[test]
     fn zombie_detection_reads_state_after_the_command_name() {
         assert!(!is_zombie(std::process::id() as i32));
-        assert!(is_zombie(i32::MAX), "a pid that does not exist is not alive");
+        assert!(
+            is_zombie(i32::MAX),
+            "a pid that does not exist is not alive"
+        );
     }
 }

@@ -1,1 +1,52 @@
+//! Test support for podkit: real servers on free loopback ports, `assert_eventually!`, and a
+//! client for the admin API.
+//!
+//! Servers are the real programs (memcached, redis-server, etcd, nats-server, nutcracker),
+//! started on free loopback ports in a temporary directory and killed when dropped. A missing
+//! program fails the test with the command that installs it; it never skips.
 
+mod admin;
+mod servers;
+
+pub use admin::AdminClient;
+pub use servers::{
+    EtcdCluster, Server, etcd, free_port, memcached, nats, nutcracker, redis, require_program,
+};
+
+/// Waits until `cond` holds, checking it every few milliseconds, and panics with the message
+/// if it still does not hold at the deadline (default 10 s).
+///
+/// ```text
+/// assert_eventually!(admin.ready(), "the program never became ready");
+/// assert_eventually!(Duration::from_secs(30), log.contains("done"), "no done line: {log}");
+/// ```
+#[macro_export]
+macro_rules! assert_eventually {
+    ($timeout:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = ::std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            if ::std::time::Instant::now() >= deadline {
+                panic!("condition not met within {:?}: {}", $timeout, format!($($msg)+));
+            }
+            ::std::thread::sleep(::std::time::Duration::from_millis(10));
+        }
+    }};
+    ($cond:expr, $($msg:tt)+) => {
+        $crate::assert_eventually!(::std::time::Duration::from_secs(10), $cond, $($msg)+)
+    };
+}
+
+/// Reads a file's content once it exists and is not empty, within `timeout`.
+pub fn wait_for_file(path: &std::path::Path, timeout: std::time::Duration) -> String {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    assert_eventually!(
+        timeout,
+        !read().trim().is_empty(),
+        "{} was not written",
+        path.display()
+    );
+    read()
+}

@@ -7,7 +7,12 @@ use podkit_core::config::{self, with_admin_default};
 /// Pattern containers for distributed systems, as one small binary: run it beside any app and
 /// talk to it over localhost.
 #[derive(Debug, Parser)]
-#[command(name = "podkit", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "podkit",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +32,8 @@ enum Command {
 const SECRETS: &[&str] = &[];
 
 fn main() {
-    let cmd = Cli::command().mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN));
+    let cmd =
+        Cli::command().mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN));
     let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
@@ -41,7 +47,12 @@ fn main() {
             let common = args.common.clone();
             // An init needs no worker pool: one thread keeps podkit's own footprint small.
             let runtime = tokio_current_thread();
-            podkit_core::launch(podkit_run::Run::new(args), &common, parsed.effective, runtime)
+            podkit_core::launch(
+                podkit_run::Run::new(args),
+                &common,
+                parsed.effective,
+                runtime,
+            )
         }
     };
     std::process::exit(code);

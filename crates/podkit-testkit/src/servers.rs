@@ -1,0 +1,452 @@
+//! Real servers on free loopback ports.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first ping.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many ports to try when another process takes the one picked first.
+const PORT_ATTEMPTS: usize = 5;
+
+/// A loopback port that was free a moment ago. The operating system picks it (port 0), so
+/// parallel tests do not collide; a server that then loses the race is restarted on another.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// The path of `program`, or a panic that says which package provides it.
+pub fn require_program(program: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    for dir in dirs {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{program}` is not installed (Debian package `{package}`): run scripts/setup");
+}
+
+// === impl Server ===
+
+/// A running server process; killed (and its directory removed) on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// The address clients connect to.
+    pub addr: SocketAddr,
+    /// Other ports the server listens on (peer, stats…), in the order the starter gave them.
+    pub extra_ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The server's working directory (data, config files, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What the server wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server now (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("server log file");
+    let err = out.try_clone().expect("server log file");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
+}
+
+fn wait_ready(server: &mut Server, ready: &dyn Fn(SocketAddr) -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(child) = server.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            server.child = None;
+            return Err(format!("exited with {status}"));
+        }
+        if ready(server.addr) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no answer within {START_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `program` with the arguments `args(dir, ports)` on `nports` fresh ports (the first
+/// is the client port), retrying on other ports if it cannot start.
+fn start(
+    name: &'static str,
+    program: PathBuf,
+    nports: usize,
+    args: &dyn Fn(&Path, &[u16]) -> Vec<String>,
+    ready: &dyn Fn(SocketAddr) -> bool,
+) -> Server {
+    let mut last_error = String::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let ports: Vec<u16> = (0..nports).map(|_| free_port()).collect();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("podkit-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("server.log");
+        let mut cmd = Command::new(&program);
+        cmd.args(args(dir.path(), &ports)).current_dir(dir.path());
+        let child = spawn_logged(cmd, &log);
+        let mut server = Server {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+            extra_ports: ports[1..].to_vec(),
+            dir,
+            log,
+        };
+        match wait_ready(&mut server, ready) {
+            Ok(()) => return server,
+            Err(e) => last_error = format!("{e}\n{}", server.log()),
+        }
+    }
+    panic!("{name} did not start: {last_error}");
+}
+
+/// Sends `request` and reads until the answer contains `expect`.
+fn ping(addr: SocketAddr, request: &[u8], expect: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if !request.is_empty() && s.write_all(request).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if String::from_utf8_lossy(&buf).contains(expect) {
+            return true;
+        }
+    }
+    false
+}
+
+fn http_get_contains(addr: SocketAddr, path: &str, expect: &str) -> bool {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    ping(addr, req.as_bytes(), expect)
+}
+
+// === servers ===
+
+/// A memcached server.
+pub fn memcached() -> Server {
+    let program = require_program("memcached", "memcached");
+    start(
+        "memcached",
+        program,
+        1,
+        &|_, p| {
+            // -U 0: no UDP; -u root: memcached refuses to run as root without it.
+            [
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &p[0].to_string(),
+                "-U",
+                "0",
+                "-m",
+                "64",
+                "-u",
+                "root",
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        &|a| ping(a, b"version\r\n", "VERSION"),
+    )
+}
+
+/// A Redis server without persistence.
+pub fn redis() -> Server {
+    let program = require_program("redis-server", "redis-server");
+    start(
+        "redis",
+        program,
+        1,
+        &|dir, p| {
+            let port = p[0].to_string();
+            let dir = dir.display().to_string();
+            [
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+                "--daemonize",
+                "no",
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        &|a| ping(a, b"PING\r\n", "+PONG"),
+    )
+}
+
+/// A NATS server with JetStream, its store in the server's directory.
+pub fn nats() -> Server {
+    let program = require_program("nats-server", "nats-server");
+    start(
+        "nats",
+        program,
+        1,
+        &|dir, p| {
+            let port = p[0].to_string();
+            let store = dir.join("jetstream").display().to_string();
+            ["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store]
+                .map(String::from)
+                .to_vec()
+        },
+        &|a| ping(a, b"", "INFO"),
+    )
+}
+
+/// nutcracker (twemproxy) with the pools `config(listen_addr)` returns as YAML. Its stats port
+/// is `extra_ports[0]`.
+pub fn nutcracker(config: &dyn Fn(SocketAddr) -> String) -> Server {
+    let program = require_program("nutcracker", "nutcracker");
+    start(
+        "nutcracker",
+        program,
+        2,
+        &|dir, p| {
+            let conf = dir.join("nutcracker.yml");
+            std::fs::write(&conf, config(SocketAddr::from(([127, 0, 0, 1], p[0]))))
+                .expect("write nutcracker.yml");
+            let conf = conf.display().to_string();
+            let stats = p[1].to_string();
+            ["-c", &conf, "-s", &stats, "-a", "127.0.0.1"]
+                .map(String::from)
+                .to_vec()
+        },
+        &|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok(),
+    )
+}
+
+fn etcd_args(
+    name: &str,
+    dir: &Path,
+    client: u16,
+    peer: u16,
+    cluster: &str,
+    state: &str,
+) -> Vec<String> {
+    let c = format!("http://127.0.0.1:{client}");
+    let p = format!("http://127.0.0.1:{peer}");
+    vec![
+        "--name".into(),
+        name.into(),
+        "--data-dir".into(),
+        dir.join(name).display().to_string(),
+        "--listen-client-urls".into(),
+        c.clone(),
+        "--advertise-client-urls".into(),
+        c,
+        "--listen-peer-urls".into(),
+        p.clone(),
+        "--initial-advertise-peer-urls".into(),
+        p,
+        "--initial-cluster".into(),
+        cluster.into(),
+        "--initial-cluster-state".into(),
+        state.into(),
+        "--initial-cluster-token".into(),
+        "podkit-test".into(),
+    ]
+}
+
+fn etcd_healthy(a: SocketAddr) -> bool {
+    http_get_contains(a, "/health", "\"health\":\"true\"")
+}
+
+/// A one-node etcd. Its peer port is `extra_ports[0]`.
+pub fn etcd() -> Server {
+    let program = require_program("etcd", "etcd-server");
+    start(
+        "etcd",
+        program,
+        2,
+        &|dir, p| {
+            etcd_args(
+                "n0",
+                dir,
+                p[0],
+                p[1],
+                &format!("n0=http://127.0.0.1:{}", p[1]),
+                "new",
+            )
+        },
+        &etcd_healthy,
+    )
+}
+
+// === impl EtcdCluster ===
+
+/// A three-member etcd cluster; members can be stopped and started again.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    program: PathBuf,
+    dir: tempfile::TempDir,
+    cluster: String,
+    /// (client port, peer port) per member.
+    ports: Vec<(u16, u16)>,
+    members: Vec<Option<Child>>,
+}
+
+impl EtcdCluster {
+    pub fn start() -> EtcdCluster {
+        let program = require_program("etcd", "etcd-server");
+        let dir = tempfile::Builder::new()
+            .prefix("podkit-etcd3-")
+            .tempdir()
+            .expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            program,
+            dir,
+            cluster,
+            ports,
+            members: vec![None, None, None],
+        };
+        for i in 0..3 {
+            c.spawn(i, "new");
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !(0..3).all(|i| etcd_healthy(c.client_addr(i))) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd cluster did not become healthy:\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let (client, peer) = self.ports[i];
+        let mut cmd = Command::new(&self.program);
+        cmd.args(etcd_args(
+            &format!("m{i}"),
+            self.dir.path(),
+            client,
+            peer,
+            &self.cluster,
+            state,
+        ));
+        let log = self.dir.path().join(format!("m{i}.log"));
+        self.members[i] = Some(spawn_logged(cmd, &log));
+    }
+
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i].0))
+    }
+
+    /// `host:port,host:port,host:port` of every member's client URL.
+    pub fn endpoints(&self) -> String {
+        (0..3)
+            .map(|i| self.client_addr(i).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a stopped member again with its data and waits until it is healthy.
+    pub fn start_member(&mut self, i: usize) {
+        assert!(self.members[i].is_none(), "member {i} is running");
+        self.spawn(i, "existing");
+    }
+
+    pub fn healthy(&self, i: usize) -> bool {
+        etcd_healthy(self.client_addr(i))
+    }
+
+    pub fn logs(&self) -> String {
+        (0..3)
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default();
+                format!(
+                    "--- m{i}\n{}",
+                    log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.stop(i);
+        }
+    }
+}
