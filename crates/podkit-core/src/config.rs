@@ -159,7 +159,9 @@ pub fn with_env(cmd: Command) -> Command {
 /// Parses `argv` against `cmd` with flags over `PODKIT_*` environment over `--config FILE`.
 pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Parsed, ConfigError> {
     let cmd = with_env(cmd);
-    let first = cmd.clone().try_get_matches_from(&argv)?;
+    // The first pass only finds the subcommand, the config file and where each value came
+    // from; required arguments may still come from the file, so none is required yet.
+    let first = relaxed(cmd.clone()).try_get_matches_from(&argv)?;
     let (path, leaf) = leaf_matches(&first);
     let leaf_cmd = find_subcommand(&cmd, &path);
 
@@ -169,11 +171,16 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
         .flatten()
         .cloned();
     let Some(file) = config_file else {
-        let effective = effective_config(&path, leaf, leaf_cmd, &BTreeMap::new(), secrets);
-        return Ok(Parsed {
-            matches: first,
-            effective,
-        });
+        let matches = cmd.clone().try_get_matches_from(&argv)?;
+        let (path, leaf) = leaf_matches(&matches);
+        let effective = effective_config(
+            &path,
+            leaf,
+            find_subcommand(&cmd, &path),
+            &BTreeMap::new(),
+            secrets,
+        );
+        return Ok(Parsed { matches, effective });
     };
 
     let values = read_file(&file)?;
@@ -284,6 +291,10 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
         secrets,
     );
     Ok(Parsed { matches, effective })
+}
+
+fn relaxed(cmd: Command) -> Command {
+    cmd.mut_args(|a| a.required(false)).mut_subcommands(relaxed)
 }
 
 fn leaf_matches(m: &ArgMatches) -> (Vec<String>, &ArgMatches) {

@@ -69,6 +69,18 @@ impl AdminClient {
         self.send(self.http.get(format!("{}{path}", self.base)))
     }
 
+    /// Starts a streaming GET (`/logs?follow=1`): the response reads as the body arrives.
+    pub fn stream(&self, path: &str) -> reqwest::blocking::Response {
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("static client configuration");
+        client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .unwrap_or_else(|e| panic!("admin request to {} failed: {e}", self.base))
+    }
+
     pub fn post(&self, path: &str) -> Answer {
         self.send(self.http.post(format!("{}{path}", self.base)))
     }

@@ -18,11 +18,11 @@ pub use servers::{
 ///
 /// ```text
 /// assert_eventually!(admin.ready(), "the program never became ready");
-/// assert_eventually!(Duration::from_secs(30), log.contains("done"), "no done line: {log}");
+/// assert_eventually!(timeout = Duration::from_secs(30), log.contains("done"), "no done line: {log}");
 /// ```
 #[macro_export]
 macro_rules! assert_eventually {
-    ($timeout:expr, $cond:expr, $($msg:tt)+) => {{
+    (timeout = $timeout:expr, $cond:expr, $($msg:tt)+) => {{
         let deadline = ::std::time::Instant::now() + $timeout;
         loop {
             if $cond {
@@ -35,7 +35,7 @@ macro_rules! assert_eventually {
         }
     }};
     ($cond:expr, $($msg:tt)+) => {
-        $crate::assert_eventually!(::std::time::Duration::from_secs(10), $cond, $($msg)+)
+        $crate::assert_eventually!(timeout = ::std::time::Duration::from_secs(10), $cond, $($msg)+)
     };
 }
 
@@ -43,7 +43,7 @@ macro_rules! assert_eventually {
 pub fn wait_for_file(path: &std::path::Path, timeout: std::time::Duration) -> String {
     let read = || std::fs::read_to_string(path).unwrap_or_default();
     assert_eventually!(
-        timeout,
+        timeout = timeout,
         !read().trim().is_empty(),
         "{} was not written",
         path.display()

@@ -74,14 +74,14 @@ fn etcd_cluster_survives_a_member_and_takes_it_back() {
     let mut c = EtcdCluster::start();
     c.stop(2);
     assert_eventually!(
-        Duration::from_secs(30),
+        timeout = Duration::from_secs(30),
         c.healthy(0) && c.healthy(1),
         "two of three members did not keep quorum:\n{}",
         c.logs()
     );
     c.start_member(2);
     assert_eventually!(
-        Duration::from_secs(30),
+        timeout = Duration::from_secs(30),
         c.healthy(2),
         "member 2 did not rejoin:\n{}",
         c.logs()

@@ -1,0 +1,180 @@
+//! Running the real `podkit` binary in tests.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use podkit_testkit::{AdminClient, assert_eventually};
+
+pub const PODKIT: &str = env!("CARGO_BIN_EXE_podkit");
+
+/// Where `podkit run` runs: as PID 1 of a new PID namespace, or as an ordinary process (then it
+/// registers as a subreaper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pid1,
+    Subreaper,
+}
+
+/// One podkit process with its own directory, admin address file and captured output.
+pub struct Podkit {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    mode: Mode,
+    status: Option<i32>,
+}
+
+impl Podkit {
+    /// Starts `podkit ARGS…` with an admin listener on a free port.
+    pub fn start(mode: Mode, args: &[&str]) -> Podkit {
+        Self::start_with(mode, args, |_| {})
+    }
+
+    /// Like [`start`], with a chance to change the command (environment, say).
+    pub fn start_with(mode: Mode, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Podkit {
+        let dir = tempfile::Builder::new()
+            .prefix("podkit-test-")
+            .tempdir()
+            .unwrap();
+        let addr_file = dir.path().join("admin.addr");
+        let mut cmd = match mode {
+            Mode::Pid1 => {
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc", PODKIT]);
+                c
+            }
+            Mode::Subreaper => Command::new(PODKIT),
+        };
+        let (sub, rest) = args.split_first().expect("a subcommand");
+        cmd.arg(sub);
+        cmd.args(["--admin", "127.0.0.1:0", "--admin-addr-file"])
+            .arg(&addr_file);
+        cmd.args(["--log-format", "json"]);
+        cmd.args(rest);
+        cmd.env_remove("RUST_LOG");
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap());
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("spawn podkit");
+        Podkit {
+            child,
+            dir,
+            mode,
+            status: None,
+        }
+    }
+
+    /// A path inside this test's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::from_addr_file(&self.path("admin.addr"))
+    }
+
+    /// podkit's pid as seen from the test (in PID-1 mode: the child of `unshare`).
+    pub fn pid(&self) -> i32 {
+        let outer = self.child.id() as i32;
+        match self.mode {
+            Mode::Subreaper => outer,
+            Mode::Pid1 => {
+                let children = format!("/proc/{outer}/task/{outer}/children");
+                let read = || std::fs::read_to_string(&children).unwrap_or_default();
+                assert_eventually!(!read().trim().is_empty(), "unshare never started podkit");
+                read().split_whitespace().next().unwrap().parse().unwrap()
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).expect("signal podkit");
+    }
+
+    /// Waits for podkit to exit (at most 30 s) and returns its exit status.
+    pub fn wait(&mut self) -> i32 {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                self.status = Some(code);
+                return code;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "podkit did not exit within 30 s\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.path("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("stderr")).unwrap_or_default()
+    }
+
+    /// podkit's own log records (JSON lines on stderr) whose message is `message`.
+    pub fn log_records(&self, message: &str) -> Vec<serde_json::Value> {
+        self.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+
+    /// Reads a file in this test's directory (empty if it does not exist yet).
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Podkit {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| !s[i + 1..].trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs podkit to completion with no admin options added, returning (status, stderr).
+pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(PODKIT)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run podkit");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
