@@ -761,7 +761,9 @@ fn restart_always_until_stopped() {
 #[test]
 fn bad_configuration_exits_64_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    // (flags, environment, what the message must contain)
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["--grace".into(), "soon".into()],
             vec![],
