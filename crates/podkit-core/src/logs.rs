@@ -295,6 +295,7 @@ pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
     };

@@ -571,7 +571,7 @@ impl Supervisor {
             };
             self.state.count_hook("pre-stop", &outcome);
             if outcome.ok {
-                tracing::info!(detail = %outcome.detail, duration_ms = outcome.duration_ms, "pre-stop hook done");
+                tracing::info!(detail = %outcome.detail, duration_ms = outcome.duration_ms, output = %outcome.output.trim_end(), "pre-stop hook done");
             } else {
                 tracing::warn!(detail = %outcome.detail, output = %outcome.output, "pre-stop hook failed; stopping anyway");
             }
@@ -600,13 +600,13 @@ impl Supervisor {
     /// period (or at once if a stop is under way and its grace is spent).
     async fn sweep(&self, pgid: i32) {
         let me = std::process::id() as i32;
-        if process::live_descendants(me).is_empty()
-            && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err()
-        {
+        let left = process::live_descendants(me);
+        let group_alive = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
+        if left.is_empty() && !group_alive {
             return;
         }
-        let n = process::signal_all(Some(pgid), self.args.stop_signal);
-        tracing::info!(processes = n, signal = %self.args.stop_signal, "stopping processes the program left behind");
+        tracing::info!(processes = ?left, signal = %self.args.stop_signal, "stopping processes the program left behind");
+        process::signal_all(Some(pgid), self.args.stop_signal);
         let fresh = tokio::time::Instant::now() + self.ctx.grace;
         let deadline = self.stop_deadline.map_or(fresh, |d| d.min(fresh));
         while tokio::time::Instant::now() < deadline {
