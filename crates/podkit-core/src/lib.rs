@@ -7,12 +7,15 @@
 
 pub mod admin;
 pub mod config;
+pub mod hook;
 pub mod http;
 pub mod logs;
 pub mod metrics;
+pub mod process;
 pub mod procstat;
 mod profile;
 pub mod readiness;
+pub mod reaper;
 pub mod shutdown;
 pub mod types;
 

@@ -5,10 +5,7 @@
 //! grace period that ends in SIGKILL for the child's whole tree, the app's output, process
 //! metrics and readiness on the admin port, a save-state hook, and restarts with backoff.
 
-mod hooks;
 mod output;
-mod process;
-mod reaper;
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -31,10 +28,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::hooks::{Hook, Outcome, Runner};
-use crate::reaper::{Exit, Reaper};
-
-pub use crate::process::parse_signal;
+use podkit_core::hook::{Hook, Outcome, Runner};
+use podkit_core::process::{self, parse_signal};
+use podkit_core::reaper::{Exit, Reaper};
 
 /// The admin listener's default address for `podkit run`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9190";

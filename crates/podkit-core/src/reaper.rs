@@ -4,7 +4,8 @@
 //! would steal the exit status of processes podkit started itself. So all of them are started
 //! through [`Reaper::spawn`], which records the pid in a table under the same lock the reaping
 //! loop holds: a status is always delivered to whoever started the process, and everything else
-//! is an orphan, reaped and counted. Nothing in this crate may use `tokio::process`.
+//! is an orphan, reaped and counted. No podkit command may use `tokio::process`, which reaps on
+//! its own.
 
 use std::collections::HashMap;
 use std::io;
@@ -66,9 +67,15 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Starts the reaping loop on SIGCHLD. Call once per process, inside the runtime, before
-    /// anything is spawned.
+    /// The process' reaper, started on first use: the reaping loop runs on SIGCHLD. Call it
+    /// inside the runtime, before anything is spawned.
     pub fn start() -> io::Result<Arc<Reaper>> {
+        static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
+        static STARTING: Mutex<()> = Mutex::new(());
+        let _once = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = REAPER.get() {
+            return Ok(r.clone());
+        }
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = Arc::new(Reaper::default());
         reaper.reap();
@@ -79,6 +86,7 @@ impl Reaper {
                 r.reap();
             }
         });
+        let _ = REAPER.set(reaper.clone());
         Ok(reaper)
     }
 

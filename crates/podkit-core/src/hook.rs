@@ -1,4 +1,4 @@
-//! Hooks and probes: calls into the wrapped app, by HTTP or by running a command.
+//! Hooks and probes: calls into the app beside podkit, by HTTP or by running a command.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use podkit_core::Argv;
 use serde::Serialize;
 
+use crate::Argv;
 use crate::process;
 use crate::reaper::Reaper;
 
@@ -181,7 +181,7 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 fn humantime(d: Duration) -> String {
-    podkit_core::Duration(d).to_string()
+    crate::Duration(d).to_string()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

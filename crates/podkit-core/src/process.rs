@@ -1,4 +1,5 @@
-//! Starting the wrapped process and stopping it and everything it started.
+//! Starting processes (the wrapped program, hooks) and stopping them and everything they
+//! started.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -94,7 +95,7 @@ pub fn kill_all(pgid: Option<i32>) {
 
 /// Descendants of `root` that are not zombies.
 pub fn live_descendants(root: i32) -> Vec<i32> {
-    podkit_core::procstat::descendants(root)
+    crate::procstat::descendants(root)
         .into_iter()
         .filter(|&pid| !is_zombie(pid))
         .collect()
