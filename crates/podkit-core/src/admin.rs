@@ -1,6 +1,7 @@
 //! The admin listener every command serves: the upward API (health, readiness, metrics, logs,
 //! profiles, configuration) and the downward API (lifecycle requests).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,13 +30,18 @@ const MAX_PROFILE_SECONDS: u64 = 300;
 // === impl AdminBuilder ===
 
 /// What a command adds to the admin listener before it starts: metrics and extra routes.
-#[derive(Debug)]
+#[allow(missing_debug_implementations)] // holds closures
 pub struct AdminBuilder {
     component: &'static str,
     registry: Registry,
     public: Router,
     protected: Router,
+    readiness_check: Option<ReadinessCheck>,
 }
+
+/// A command's own readiness question, asked with `/readyz`'s query parameters
+/// (`/readyz?election=NAME`). `None` means "not mine": the general answer applies.
+pub type ReadinessCheck = Arc<dyn Fn(&HashMap<String, String>) -> Option<Result<(), Vec<String>>> + Send + Sync>;
 
 impl AdminBuilder {
     pub fn new(component: &'static str) -> Self {
@@ -46,6 +52,7 @@ impl AdminBuilder {
             registry,
             public: Router::new(),
             protected: Router::new(),
+            readiness_check: None,
         }
     }
 
@@ -66,12 +73,21 @@ impl AdminBuilder {
         self.protected = std::mem::take(&mut self.protected).route(path, route);
     }
 
+    /// Lets `/readyz?…` answer a command-specific question (is this replica the leader of…).
+    pub fn readiness_check(
+        &mut self,
+        check: impl Fn(&HashMap<String, String>) -> Option<Result<(), Vec<String>>> + Send + Sync + 'static,
+    ) {
+        self.readiness_check = Some(Arc::new(check));
+    }
+
     /// The finished router.
     pub fn build(self, parts: AdminParts) -> Router {
         let state = AdminState {
             inner: Arc::new(StateInner {
                 registry: self.registry,
                 parts,
+                readiness_check: self.readiness_check,
                 profiling: tokio::sync::Mutex::new(()),
             }),
         };
@@ -106,15 +122,15 @@ pub struct AdminParts {
     pub token: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct AdminState {
     inner: Arc<StateInner>,
 }
 
-#[derive(Debug)]
 struct StateInner {
     registry: Registry,
     parts: AdminParts,
+    readiness_check: Option<ReadinessCheck>,
     /// Only one CPU profile at a time: the profiler is process-wide.
     profiling: tokio::sync::Mutex<()>,
 }
@@ -139,13 +155,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(st): State<AdminState>) -> Response {
+async fn readyz(State(st): State<AdminState>, Query(q): Query<HashMap<String, String>>) -> Response {
     let readiness = &st.inner.parts.readiness;
-    if readiness.is_ready() {
-        Json(json!({ "ready": true })).into_response()
-    } else {
-        let body = json!({ "ready": false, "reasons": readiness.reasons() });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    let specific = match &st.inner.readiness_check {
+        Some(check) if !q.is_empty() => check(&q),
+        _ => None,
+    };
+    let answer = specific.unwrap_or_else(|| if readiness.is_ready() { Ok(()) } else { Err(readiness.reasons()) });
+    match answer {
+        Ok(()) => Json(json!({ "ready": true })).into_response(),
+        Err(reasons) => {
+            let body = json!({ "ready": false, "reasons": reasons });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 
@@ -422,6 +444,22 @@ mod tests {
 
         let (_, body) = call(&router, "GET", "/config", "127.0.0.1:1", None).await;
         assert!(body.contains("30s"));
+    }
+
+    #[tokio::test]
+    async fn readiness_check_answers_its_own_questions() {
+        let (p, ..) = parts(None);
+        let mut b = AdminBuilder::new("test");
+        b.readiness_check(|q| {
+            let name = q.get("election")?;
+            Some(if name == "a" { Ok(()) } else { Err(vec![format!("not the leader of {name}")]) })
+        });
+        let router = b.build(p);
+        assert_eq!(call(&router, "GET", "/readyz?election=a", "127.0.0.1:1", None).await.0, StatusCode::OK);
+        let (status, body) = call(&router, "GET", "/readyz?election=b", "127.0.0.1:1", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not the leader of b"));
+        assert_eq!(call(&router, "GET", "/readyz?other=1", "127.0.0.1:1", None).await.0, StatusCode::OK);
     }
 
     #[tokio::test]
