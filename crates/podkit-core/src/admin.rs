@@ -91,12 +91,11 @@ impl AdminBuilder {
                 profiling: tokio::sync::Mutex::new(()),
             }),
         };
-        let guarded = middleware::from_fn_with_state(state.clone(), guard);
         let protected = Router::new()
             .route("/lifecycle/shutdown", post(shutdown))
             .with_state(state.clone())
-            .merge(self.protected)
-            .route_layer(guarded);
+            .merge(self.protected);
+        let protected = protect(protected, state.inner.parts.token.clone());
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
@@ -138,11 +137,7 @@ struct StateInner {
 /// Serves `router` on `listener` until the process exits. The admin listener outlives the
 /// graceful stop on purpose: readiness and metrics stay visible while a command drains.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
 // === handlers ===
@@ -161,7 +156,13 @@ async fn readyz(State(st): State<AdminState>, Query(q): Query<HashMap<String, St
         Some(check) if !q.is_empty() => check(&q),
         _ => None,
     };
-    let answer = specific.unwrap_or_else(|| if readiness.is_ready() { Ok(()) } else { Err(readiness.reasons()) });
+    let answer = specific.unwrap_or_else(|| {
+        if readiness.is_ready() {
+            Ok(())
+        } else {
+            Err(readiness.reasons())
+        }
+    });
     match answer {
         Ok(()) => Json(json!({ "ready": true })).into_response(),
         Err(reasons) => {
@@ -174,10 +175,7 @@ async fn readyz(State(st): State<AdminState>, Query(q): Query<HashMap<String, St
 async fn metrics(State(st): State<AdminState>) -> Response {
     let mut body = String::new();
     if let Err(e) = encode(&mut body, &st.inner.registry) {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding metrics: {e}"),
-        );
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}"));
     }
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, ct)], body).into_response()
@@ -227,9 +225,7 @@ fn parse_since(s: &str) -> Result<SystemTime, String> {
         return Ok(t);
     }
     match humantime::parse_duration(s) {
-        Ok(age) => Ok(SystemTime::now()
-            .checked_sub(age)
-            .unwrap_or(SystemTime::UNIX_EPOCH)),
+        Ok(age) => Ok(SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)),
         Err(_) => Err(format!(
             "since={s:?}: expected an RFC 3339 time such as 2026-11-24T08:00:00Z or an age such as 5m"
         )),
@@ -269,10 +265,8 @@ async fn logs(State(st): State<AdminState>, Query(q): Query<LogsQuery>) -> Respo
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
     });
     let mut resp = Body::from_stream(lines).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp
 }
 
@@ -306,9 +300,7 @@ async fn profile(State(st): State<AdminState>, Query(q): Query<ProfileQuery>) ->
             "a CPU profile is already being taken; retry when it ends",
         );
     };
-    let result =
-        tokio::task::spawn_blocking(move || crate::profile::cpu(Duration::from_secs(seconds), svg))
-            .await;
+    let result = tokio::task::spawn_blocking(move || crate::profile::cpu(Duration::from_secs(seconds), svg)).await;
     match result {
         Ok(Ok(body)) => {
             let ct = if svg {
@@ -318,14 +310,8 @@ async fn profile(State(st): State<AdminState>, Query(q): Query<ProfileQuery>) ->
             };
             ([(header::CONTENT_TYPE, ct)], body).into_response()
         }
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("profiling failed: {e}"),
-        ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("profiling task failed: {e}"),
-        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("profiling failed: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("profiling task failed: {e}")),
     }
 }
 
@@ -334,24 +320,28 @@ async fn shutdown(State(st): State<AdminState>) -> Response {
     (StatusCode::ACCEPTED, Json(json!({ "status": "stopping" }))).into_response()
 }
 
-/// Guards state-changing endpoints: a bearer token when one is configured, else loopback only.
+/// Guards every route of `router` as state-changing endpoints are guarded: with `token`, a
+/// bearer token from every caller; without, loopback callers only. Serve the router with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn protect(router: Router, token: Option<String>) -> Router {
+    router.route_layer(middleware::from_fn_with_state(Arc::new(token), guard))
+}
+
 async fn guard(
-    State(st): State<AdminState>,
+    State(token): State<Arc<Option<String>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
-    match &st.inner.parts.token {
+    match token.as_ref() {
         Some(token) => {
             let presented = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim);
-            let ok = presented.is_some_and(|p| {
-                constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes())
-            });
+            let ok = presented.is_some_and(|p| constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes()));
             if !ok {
                 let mut resp = error(
                     StatusCode::UNAUTHORIZED,
@@ -398,13 +388,7 @@ mod tests {
         (parts, shutdown, readiness, logs)
     }
 
-    async fn call(
-        router: &Router,
-        method: &str,
-        uri: &str,
-        peer: &str,
-        auth: Option<&str>,
-    ) -> (StatusCode, String) {
+    async fn call(router: &Router, method: &str, uri: &str, peer: &str, auth: Option<&str>) -> (StatusCode, String) {
         let mut req = HttpRequest::builder().method(method).uri(uri);
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -414,9 +398,7 @@ mod tests {
             .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         let resp = router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -425,9 +407,7 @@ mod tests {
         let (p, _s, readiness, _l) = parts(None);
         let router = AdminBuilder::new("test").build(p);
         assert_eq!(
-            call(&router, "GET", "/healthz", "127.0.0.1:1", None)
-                .await
-                .0,
+            call(&router, "GET", "/healthz", "127.0.0.1:1", None).await.0,
             StatusCode::OK
         );
 
@@ -452,14 +432,24 @@ mod tests {
         let mut b = AdminBuilder::new("test");
         b.readiness_check(|q| {
             let name = q.get("election")?;
-            Some(if name == "a" { Ok(()) } else { Err(vec![format!("not the leader of {name}")]) })
+            Some(if name == "a" {
+                Ok(())
+            } else {
+                Err(vec![format!("not the leader of {name}")])
+            })
         });
         let router = b.build(p);
-        assert_eq!(call(&router, "GET", "/readyz?election=a", "127.0.0.1:1", None).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&router, "GET", "/readyz?election=a", "127.0.0.1:1", None).await.0,
+            StatusCode::OK
+        );
         let (status, body) = call(&router, "GET", "/readyz?election=b", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("not the leader of b"));
-        assert_eq!(call(&router, "GET", "/readyz?other=1", "127.0.0.1:1", None).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&router, "GET", "/readyz?other=1", "127.0.0.1:1", None).await.0,
+            StatusCode::OK
+        );
     }
 
     #[tokio::test]
@@ -473,10 +463,7 @@ mod tests {
         let (status, body) = call(&router, "GET", "/metrics", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("podkit_test_things_total 1"), "{body}");
-        assert!(
-            body.contains("podkit_process_resident_memory_bytes"),
-            "{body}"
-        );
+        assert!(body.contains("podkit_process_resident_memory_bytes"), "{body}");
         assert!(body.contains("podkit_build_info"), "{body}");
     }
 
@@ -484,26 +471,13 @@ mod tests {
     async fn logs_filters_and_rejects_bad_parameters() {
         let (p, _s, _r, logs) = parts(None);
         logs.push(Level::Info, "t", None, "hello".into(), Default::default());
-        logs.push(
-            Level::Error,
-            "t",
-            Some("stderr"),
-            "bad".into(),
-            Default::default(),
-        );
+        logs.push(Level::Error, "t", Some("stderr"), "bad".into(), Default::default());
         let router = AdminBuilder::new("test").build(p);
         let (_, body) = call(&router, "GET", "/logs?level=error", "127.0.0.1:1", None).await;
         let v: Vec<Value> = serde_json::from_str(&body).unwrap();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0]["message"], "bad");
-        let (_, body) = call(
-            &router,
-            "GET",
-            "/logs?since=1h&limit=1",
-            "127.0.0.1:1",
-            None,
-        )
-        .await;
+        let (_, body) = call(&router, "GET", "/logs?since=1h&limit=1", "127.0.0.1:1", None).await;
         let v: Vec<Value> = serde_json::from_str(&body).unwrap();
         assert_eq!(v.len(), 1);
         let (status, body) = call(&router, "GET", "/logs?level=loud", "127.0.0.1:1", None).await;
@@ -517,14 +491,7 @@ mod tests {
     async fn shutdown_is_loopback_only_without_a_token() {
         let (p, s, ..) = parts(None);
         let router = AdminBuilder::new("test").build(p);
-        let (status, body) = call(
-            &router,
-            "POST",
-            "/lifecycle/shutdown",
-            "10.1.2.3:5555",
-            None,
-        )
-        .await;
+        let (status, body) = call(&router, "POST", "/lifecycle/shutdown", "10.1.2.3:5555", None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         assert!(!s.is_triggered());
         let (status, _) = call(&router, "POST", "/lifecycle/shutdown", "[::1]:5555", None).await;
@@ -564,14 +531,7 @@ mod tests {
     async fn profile_rejects_bad_parameters() {
         let (p, ..) = parts(None);
         let router = AdminBuilder::new("test").build(p);
-        let (status, _) = call(
-            &router,
-            "GET",
-            "/debug/pprof/profile?seconds=0",
-            "127.0.0.1:1",
-            None,
-        )
-        .await;
+        let (status, _) = call(&router, "GET", "/debug/pprof/profile?seconds=0", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = call(
             &router,
@@ -609,14 +569,7 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("<svg"), "{}", &body[..body.len().min(200)]);
-        let (status, _) = call(
-            &router,
-            "GET",
-            "/debug/pprof/profile?seconds=1",
-            "127.0.0.1:1",
-            None,
-        )
-        .await;
+        let (status, _) = call(&router, "GET", "/debug/pprof/profile?seconds=1", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::OK);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         spinner.join().unwrap();

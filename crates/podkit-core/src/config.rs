@@ -80,11 +80,7 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(s)
         .map(|_| s.to_string())
-        .map_err(|e| {
-            format!(
-                "{e}; expected a level such as info or directives such as info,podkit_run=debug"
-            )
-        })
+        .map_err(|e| format!("{e}; expected a level such as info or directives such as info,podkit_run=debug"))
 }
 
 // === impl ConfigError ===
@@ -165,21 +161,11 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
     let (path, leaf) = leaf_matches(&first);
     let leaf_cmd = find_subcommand(&cmd, &path);
 
-    let config_file = leaf
-        .try_get_one::<PathBuf>("config")
-        .ok()
-        .flatten()
-        .cloned();
+    let config_file = leaf.try_get_one::<PathBuf>("config").ok().flatten().cloned();
     let Some(file) = config_file else {
         let matches = cmd.clone().try_get_matches_from(&argv)?;
         let (path, leaf) = leaf_matches(&matches);
-        let effective = effective_config(
-            &path,
-            leaf,
-            find_subcommand(&cmd, &path),
-            &BTreeMap::new(),
-            secrets,
-        );
+        let effective = effective_config(&path, leaf, find_subcommand(&cmd, &path), &BTreeMap::new(), secrets);
         return Ok(Parsed { matches, effective });
     };
 
@@ -189,10 +175,10 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
     let mut from_file = BTreeMap::<String, String>::new();
     for (key, value) in &values {
         let long = key.replace('_', "-");
-        let Some(arg) = leaf_cmd.get_arguments().find(|a| {
-            a.get_long() == Some(long.as_str())
-                || (a.is_positional() && a.get_id() == long.as_str())
-        }) else {
+        let Some(arg) = leaf_cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) || (a.is_positional() && a.get_id() == long.as_str()))
+        else {
             let known: Vec<_> = leaf_cmd
                 .get_arguments()
                 .filter(|a| !matches!(a.get_id().as_str(), "help" | "version" | "config"))
@@ -233,17 +219,11 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
                 other => {
                     return Err(ConfigError::File {
                         path: file,
-                        reason: format!(
-                            "key `{key}`: invalid value {other}; expected true or false"
-                        ),
+                        reason: format!("key `{key}`: invalid value {other}; expected true or false"),
                     });
                 }
             },
-            _ => injected.extend(
-                items
-                    .into_iter()
-                    .map(|v| OsString::from(format!("--{long}={v}"))),
-            ),
+            _ => injected.extend(items.into_iter().map(|v| OsString::from(format!("--{long}={v}")))),
         }
     }
 
@@ -259,9 +239,7 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
     }
 
     let matches = cmd.clone().try_get_matches_from(&argv2).map_err(|e| {
-        let from = e
-            .get(clap::error::ContextKind::InvalidArg)
-            .map(|a| a.to_string());
+        let from = e.get(clap::error::ContextKind::InvalidArg).map(|a| a.to_string());
         let key = from.and_then(|a| {
             from_file
                 .iter()
@@ -272,10 +250,7 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
             Some(key) => ConfigError::FromFile {
                 message: format!(
                     "{} (from config file {}, key `{key}`)",
-                    e.render()
-                        .to_string()
-                        .trim_end()
-                        .trim_start_matches("error: "),
+                    e.render().to_string().trim_end().trim_start_matches("error: "),
                     file.display()
                 ),
             },
@@ -283,13 +258,7 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
         }
     })?;
     let (path, leaf) = leaf_matches(&matches);
-    let effective = effective_config(
-        &path,
-        leaf,
-        find_subcommand(&cmd, &path),
-        &from_file,
-        secrets,
-    );
+    let effective = effective_config(&path, leaf, find_subcommand(&cmd, &path), &from_file, secrets);
     Ok(Parsed { matches, effective })
 }
 
@@ -342,10 +311,7 @@ fn effective_config(
         } else if matches!(arg.get_action(), ArgAction::Append) || arg.is_positional() {
             Value::Array(raw.into_iter().map(Value::String).collect())
         } else {
-            raw.into_iter()
-                .next()
-                .map(Value::String)
-                .unwrap_or(Value::Null)
+            raw.into_iter().next().map(Value::String).unwrap_or(Value::Null)
         };
         let source = if from_file.contains_key(id) {
             "file"
@@ -535,9 +501,7 @@ mod tests {
     fn unknown_key_is_rejected_with_the_known_ones() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(&dir, "c.yaml", "gracee: 5s\n");
-        let err = run(&["podkit", "demo", "--config", &f])
-            .unwrap_err()
-            .to_string();
+        let err = run(&["podkit", "demo", "--config", &f]).unwrap_err().to_string();
         assert!(err.contains("unknown key `gracee`"), "{err}");
         assert!(err.contains("grace"), "{err}");
     }
@@ -587,15 +551,9 @@ mod tests {
     fn every_long_option_has_an_environment_variable() {
         let cmd = with_env(command());
         let demo = cmd.find_subcommand("demo").unwrap();
-        let grace = demo
-            .get_arguments()
-            .find(|a| a.get_id() == "grace")
-            .unwrap();
+        let grace = demo.get_arguments().find(|a| a.get_id() == "grace").unwrap();
         assert_eq!(grace.get_env().unwrap(), "PODKIT_GRACE");
-        let file = demo
-            .get_arguments()
-            .find(|a| a.get_id() == "admin_addr_file")
-            .unwrap();
+        let file = demo.get_arguments().find(|a| a.get_id() == "admin_addr_file").unwrap();
         assert_eq!(file.get_env().unwrap(), "PODKIT_ADMIN_ADDR_FILE");
     }
 }

@@ -1,38 +1,33 @@
 //! Hooks and probes: calls into the app beside podkit, by HTTP or by running a command.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::Argv;
 use crate::process;
-use crate::reaper::Reaper;
+use crate::reaper::{Exit, Reaper};
 
 /// How much of a hook's output is kept in its outcome.
 const OUTPUT_TAIL: usize = 4096;
+/// How long output is still read after the hook exited.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
 /// A call into the app.
 #[derive(Debug, Clone)]
 pub enum Hook {
     /// An HTTP request; any 2xx status is success.
-    Http {
-        method: reqwest::Method,
-        url: reqwest::Url,
-    },
+    Http { method: reqwest::Method, url: reqwest::Url },
     /// A command (argv, no shell); exit status 0 is success.
     Exec(Argv),
 }
 
 impl Hook {
-    pub fn from_options(
-        http: Option<&reqwest::Url>,
-        exec: Option<&Argv>,
-        method: reqwest::Method,
-    ) -> Option<Hook> {
+    pub fn from_options(http: Option<&reqwest::Url>, exec: Option<&Argv>, method: reqwest::Method) -> Option<Hook> {
         match (http, exec) {
             (Some(url), _) => Some(Hook::Http {
                 method,
@@ -42,6 +37,15 @@ impl Hook {
             (None, None) => None,
         }
     }
+}
+
+/// What a hook is handed besides `PODKIT_HOOK`.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// Environment variables for a command.
+    pub env: Vec<(String, String)>,
+    /// The body of an HTTP hook (sent as JSON).
+    pub json: Option<serde_json::Value>,
 }
 
 /// What a hook did, as `POST /lifecycle/save` reports it.
@@ -73,10 +77,16 @@ impl Runner {
 
     /// Runs `hook` for at most `timeout`. `name` is passed to a command as `PODKIT_HOOK`.
     pub async fn run(&self, hook: &Hook, name: &str, timeout: Duration) -> Outcome {
+        self.run_with(hook, name, timeout, &Input::default()).await
+    }
+
+    /// Like [`Runner::run`], handing the hook `input`: environment variables for a command,
+    /// a JSON body for an HTTP request.
+    pub async fn run_with(&self, hook: &Hook, name: &str, timeout: Duration, input: &Input) -> Outcome {
         let start = Instant::now();
         let (ok, detail, output) = match hook {
-            Hook::Http { method, url } => self.http(method.clone(), url, timeout).await,
-            Hook::Exec(argv) => self.exec(argv, name, timeout).await,
+            Hook::Http { method, url } => self.http(method.clone(), url, timeout, input.json.as_ref()).await,
+            Hook::Exec(argv) => self.exec(argv, name, timeout, &input.env).await,
         };
         Outcome {
             ok,
@@ -91,8 +101,12 @@ impl Runner {
         method: reqwest::Method,
         url: &reqwest::Url,
         timeout: Duration,
+        json: Option<&serde_json::Value>,
     ) -> (bool, String, String) {
-        let req = self.client.request(method, url.clone()).timeout(timeout);
+        let mut req = self.client.request(method, url.clone()).timeout(timeout);
+        if let Some(body) = json {
+            req = req.json(body);
+        }
         match req.send().await {
             Ok(resp) => {
                 let status = resp.status();
@@ -103,24 +117,22 @@ impl Runner {
                     tail(body.as_bytes()),
                 )
             }
-            Err(e) if e.is_timeout() => (
-                false,
-                format!("timed out after {}", humantime(timeout)),
-                String::new(),
-            ),
-            Err(e) => (
-                false,
-                format!("request failed: {}", error_chain(&e)),
-                String::new(),
-            ),
+            Err(e) if e.is_timeout() => (false, format!("timed out after {}", humantime(timeout)), String::new()),
+            Err(e) => (false, format!("request failed: {}", error_chain(&e)), String::new()),
         }
     }
 
-    async fn exec(&self, argv: &Argv, name: &str, timeout: Duration) -> (bool, String, String) {
+    async fn exec(
+        &self,
+        argv: &Argv,
+        name: &str,
+        timeout: Duration,
+        env: &[(String, String)],
+    ) -> (bool, String, String) {
         let args: Vec<OsString> = argv.as_slice().iter().map(OsString::from).collect();
         let mut cmd = process::command(&args, false);
-        cmd.stdin(std::process::Stdio::null())
-            .env("PODKIT_HOOK", name);
+        cmd.stdin(std::process::Stdio::null()).env("PODKIT_HOOK", name);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         // Both streams share one pipe, so the output keeps its interleaving.
         let (reader, writer) = match std::io::pipe() {
             Ok(p) => p,
@@ -135,43 +147,59 @@ impl Runner {
         drop(cmd); // closes podkit's copies of the write ends
         let spawned = match spawned {
             Ok(s) => s,
+            Err(e) => return (false, format!("cannot run `{}`: {e}", argv.program()), String::new()),
+        };
+        // Whatever happens to this future (done, timed out, or dropped because the caller went
+        // away), the hook's process group does not outlive it.
+        let _kill = KillGroupOnDrop(spawned.pid);
+        let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) {
+            Ok(rx) => Some(rx),
             Err(e) => {
-                return (
-                    false,
-                    format!("cannot run `{}`: {e}", argv.program()),
-                    String::new(),
-                );
+                tracing::warn!(error = %e, "cannot read the hook's output");
+                None
             }
         };
-        let output = tokio::task::spawn_blocking(move || {
-            let mut reader = reader;
-            let mut buf = Vec::new();
-            let _ = reader.read_to_end(&mut buf);
-            buf
-        });
-        let pid = spawned.pid;
-        match tokio::time::timeout(timeout, spawned.exit).await {
-            Ok(Ok(exit)) => {
-                // The hook's own children may keep the pipe open; they belong to its group.
-                process::signal(pid, Signal::SIGKILL, true);
-                let out = output.await.unwrap_or_default();
-                (exit.success(), exit.to_string(), tail(&out))
+        let mut exit = spawned.exit;
+        let mut exited = None;
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::select! {
+                r = async { rx.as_mut().expect("guarded").read(&mut chunk).await }, if rx.is_some() => match r {
+                    Ok(n) if n > 0 => {
+                        out.extend_from_slice(&chunk[..n]);
+                        if out.len() > 4 * OUTPUT_TAIL {
+                            out.drain(..out.len() - OUTPUT_TAIL);
+                        }
+                    }
+                    _ => rx = None,
+                },
+                e = &mut exit, if exited.is_none() => {
+                    exited = Some(e.unwrap_or(Exit::Signal(Signal::SIGKILL as i32)));
+                    // A process the hook left behind may hold the pipe open: read what is
+                    // already there, briefly, and no more.
+                    deadline = deadline.min(tokio::time::Instant::now() + OUTPUT_DRAIN);
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
             }
-            Ok(Err(_)) => (
-                false,
-                "the reaper lost the hook's exit status".into(),
-                String::new(),
-            ),
-            Err(_) => {
-                process::signal(pid, Signal::SIGKILL, true);
-                let out = output.await.unwrap_or_default();
-                (
-                    false,
-                    format!("timed out after {}", humantime(timeout)),
-                    tail(&out),
-                )
+            if exited.is_some() && rx.is_none() {
+                break;
             }
         }
+        match exited {
+            Some(exit) => (exit.success(), exit.to_string(), tail(&out)),
+            None => (false, format!("timed out after {}", humantime(timeout)), tail(&out)),
+        }
+    }
+}
+
+/// SIGKILLs a hook's process group when dropped.
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        process::signal(self.0, Signal::SIGKILL, true);
     }
 }
 

@@ -74,12 +74,7 @@ pub fn launch<C: Component>(
     effective: Value,
     mut runtime: tokio::runtime::Builder,
 ) -> i32 {
-    let token = match common
-        .admin_token_file
-        .as_deref()
-        .map(read_token)
-        .transpose()
-    {
+    let token = match common.admin_token_file.as_deref().map(read_token).transpose() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");

@@ -204,10 +204,7 @@ impl LogFilter {
         self.min_level.is_none_or(|l| r.level >= l)
             && self.since.is_none_or(|t| r.time >= t)
             && self.after_seq.is_none_or(|s| r.seq > s)
-            && self
-                .stream
-                .as_deref()
-                .is_none_or(|s| r.stream.unwrap_or("podkit") == s)
+            && self.stream.as_deref().is_none_or(|s| r.stream.unwrap_or("podkit") == s)
     }
 }
 
@@ -277,9 +274,7 @@ impl FieldVisitor {
 ///
 /// Fails only if a subscriber is already installed (a second call in one process).
 pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String> {
-    let filter = EnvFilter::builder()
-        .parse(filter)
-        .map_err(|e| e.to_string())?;
+    let filter = EnvFilter::builder().parse(filter).map_err(|e| e.to_string())?;
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -340,11 +335,7 @@ mod tests {
             min_level: Some(Level::Warn),
             ..Default::default()
         };
-        let got: Vec<_> = ring
-            .query(&f, 100)
-            .iter()
-            .map(|r| r.message.clone())
-            .collect();
+        let got: Vec<_> = ring.query(&f, 100).iter().map(|r| r.message.clone()).collect();
         assert_eq!(got, ["warn", "error"]);
 
         let f = LogFilter {
@@ -377,13 +368,7 @@ mod tests {
         let ring = LogRing::new(10);
         let mut fields = Map::new();
         fields.insert("pid".into(), Value::from(42));
-        ring.push(
-            Level::Warn,
-            "podkit_run",
-            Some("stderr"),
-            "boom".into(),
-            fields,
-        );
+        ring.push(Level::Warn, "podkit_run", Some("stderr"), "boom".into(), fields);
         let r = &ring.query(&LogFilter::default(), 1)[0];
         let v = serde_json::to_value(&**r).unwrap();
         assert_eq!(v["level"], "warn");

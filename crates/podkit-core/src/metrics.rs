@@ -12,8 +12,7 @@ use crate::procstat::ProcStats;
 
 pub(crate) fn register_process_metrics(registry: &mut Registry) {
     let info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-    info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
-        .set(1);
+    info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
     registry.register("podkit_build_info", "podkit's version; always 1", info);
     registry.register_collector(Box::new(SelfCollector));
 }
@@ -60,12 +59,7 @@ pub fn encode_proc_stats(
             Some(Unit::Bytes),
             s.virtual_bytes as f64,
         ),
-        (
-            "threads",
-            format!("Threads of {what}"),
-            None,
-            s.threads as f64,
-        ),
+        ("threads", format!("Threads of {what}"), None, s.threads as f64),
         (
             "open_fds",
             format!("Open file descriptors of {what}"),

@@ -35,12 +35,7 @@ pub fn command(argv: &[OsString], capture: bool) -> Command {
             }
             // Start the program with default dispositions and nothing blocked, whatever podkit
             // itself had installed.
-            for sig in [
-                Signal::SIGTTOU,
-                Signal::SIGTTIN,
-                Signal::SIGTSTP,
-                Signal::SIGPIPE,
-            ] {
+            for sig in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGTSTP, Signal::SIGPIPE] {
                 nix::sys::signal::signal(sig, SigHandler::SigDfl)?;
             }
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
@@ -105,10 +100,7 @@ fn is_zombie(pid: i32) -> bool {
     // /proc/PID/stat: "pid (comm) S ..."; comm may contain spaces and parentheses.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 1..].trim_start().starts_with(['Z', 'X']))
-        })
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with(['Z', 'X'])))
         .unwrap_or(true)
 }
 
@@ -153,9 +145,6 @@ mod tests {
     #[test]
     fn zombie_detection_reads_state_after_the_command_name() {
         assert!(!is_zombie(std::process::id() as i32));
-        assert!(
-            is_zombie(i32::MAX),
-            "a pid that does not exist is not alive"
-        );
+        assert!(is_zombie(i32::MAX), "a pid that does not exist is not alive");
     }
 }

@@ -91,18 +91,12 @@ mod tests {
             if d.contains(&pid) && d.len() >= 2 {
                 break d;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "grandchild never appeared: {d:?}"
-            );
+            assert!(std::time::Instant::now() < deadline, "grandchild never appeared: {d:?}");
             std::thread::yield_now();
         };
         assert!(found.contains(&pid));
         for p in descendants(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
         }
         child.kill().unwrap();
         child.wait().unwrap();

@@ -31,10 +31,7 @@ impl Readiness {
 
     /// Every reason, as `key: reason`, in key order.
     pub fn reasons(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect()
+        self.lock().iter().map(|(k, v)| format!("{k}: {v}")).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {

@@ -54,9 +54,7 @@ struct Inner {
 
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shutdown")
-            .field("reason", &self.reason())
-            .finish()
+        f.debug_struct("Shutdown").field("reason", &self.reason()).finish()
     }
 }
 
@@ -117,13 +115,7 @@ impl Shutdown {
     /// Runs the force hooks and exits the process with `code`.
     pub fn force_exit(&self, code: i32) -> ! {
         tracing::warn!(code, "second stop signal: exiting at once");
-        for hook in self
-            .inner
-            .force_hooks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        for hook in self.inner.force_hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             hook();
         }
         std::process::exit(code)

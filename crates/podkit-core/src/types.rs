@@ -90,8 +90,7 @@ impl FromStr for Argv {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let words = shlex::split(s).ok_or_else(|| {
-            "unbalanced quotes; expected a command such as: curl -fsS http://127.0.0.1:8080/ready"
-                .to_string()
+            "unbalanced quotes; expected a command such as: curl -fsS http://127.0.0.1:8080/ready".to_string()
         })?;
         Argv::new(words)
     }
@@ -111,14 +110,8 @@ mod tests {
     #[test]
     fn durations_parse_and_print_in_human_form() {
         assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
-        assert_eq!(
-            "1m 30s".parse::<Duration>().unwrap(),
-            Duration::from_secs(90)
-        );
-        assert_eq!(
-            " 250ms".parse::<Duration>().unwrap(),
-            Duration::from_millis(250)
-        );
+        assert_eq!("1m 30s".parse::<Duration>().unwrap(), Duration::from_secs(90));
+        assert_eq!(" 250ms".parse::<Duration>().unwrap(), Duration::from_millis(250));
         assert_eq!(Duration::from_secs(90).to_string(), "1m 30s");
         let err = "30".parse::<Duration>().unwrap_err();
         assert!(err.contains("expected a duration such as 30s"), "{err}");

@@ -67,21 +67,11 @@ pub struct RunArgs {
     pub ready_exec: Option<Argv>,
 
     /// How often the readiness probe runs.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "2s",
-        help_heading = "Readiness"
-    )]
+    #[arg(long, value_name = "DURATION", default_value = "2s", help_heading = "Readiness")]
     pub ready_interval: podkit_core::Duration,
 
     /// How long one readiness probe may take before it counts as a failure.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "1s",
-        help_heading = "Readiness"
-    )]
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Readiness")]
     pub ready_timeout: podkit_core::Duration,
 
     /// `POST /lifecycle/save` POSTs to this URL: the app's "save your state now" hook.
@@ -93,12 +83,7 @@ pub struct RunArgs {
     pub save_exec: Option<Argv>,
 
     /// How long the save hook may take.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "30s",
-        help_heading = "Saving state"
-    )]
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Saving state")]
     pub save_timeout: podkit_core::Duration,
 
     /// Restart the program when it exits: never (the default, as under an orchestrator),
@@ -107,22 +92,12 @@ pub struct RunArgs {
     pub restart: RestartPolicy,
 
     /// First delay before a restart; it doubles after each quick failure.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "1s",
-        help_heading = "Restarting"
-    )]
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Restarting")]
     pub restart_delay: podkit_core::Duration,
 
     /// Longest delay between restarts. A program that ran at least this long before exiting
     /// is restarted after --restart-delay again.
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "30s",
-        help_heading = "Restarting"
-    )]
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Restarting")]
     pub restart_delay_max: podkit_core::Duration,
 
     /// Let the program write straight to podkit's stdout and stderr instead of through a pipe:
@@ -153,13 +128,10 @@ impl RestartPolicy {
 }
 
 fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s)
-        .map_err(|e| format!("{e}; expected a URL such as http://127.0.0.1:8080/ready"))?;
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{e}; expected a URL such as http://127.0.0.1:8080/ready"))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
-        other => Err(format!(
-            "scheme {other:?} is not supported; expected http or https"
-        )),
+        other => Err(format!("scheme {other:?} is not supported; expected http or https")),
     }
 }
 
@@ -206,19 +178,13 @@ struct HookLabels {
 impl State {
     fn count_hook(&self, hook: &'static str, outcome: &Outcome) {
         let result = if outcome.ok { "ok" } else { "failed" };
-        self.hook_runs
-            .get_or_create(&HookLabels { hook, result })
-            .inc();
+        self.hook_runs.get_or_create(&HookLabels { hook, result }).inc();
     }
 }
 
 impl Run {
     pub fn new(args: RunArgs) -> Self {
-        let save = Hook::from_options(
-            args.save_http.as_ref(),
-            args.save_exec.as_ref(),
-            reqwest::Method::POST,
-        );
+        let save = Hook::from_options(args.save_http.as_ref(), args.save_exec.as_ref(), reqwest::Method::POST);
         let state = Arc::new(State {
             pid: AtomicI32::new(0),
             last_exit: AtomicI64::new(-1),
@@ -257,16 +223,14 @@ impl Component for Run {
 
         ctx.readiness.not_ready("program", "not started");
         if self.args.ready_http.is_some() || self.args.ready_exec.is_some() {
-            ctx.readiness
-                .not_ready("probe", "no successful readiness probe yet");
+            ctx.readiness.not_ready("probe", "no successful readiness probe yet");
         }
     }
 
     async fn run(self, ctx: Context) -> Result<i32, RunError> {
         let reaper = Reaper::start().map_err(RunError::Reaper)?;
         become_reaper();
-        let client =
-            podkit_core::http::client(Duration::from_secs(30)).map_err(RunError::HttpClient)?;
+        let client = podkit_core::http::client(Duration::from_secs(30)).map_err(RunError::HttpClient)?;
         let runner = Runner::new(reaper.clone(), client);
         let _ = self.state.runner.set(runner.clone());
         let forward = Forwarder::new().map_err(RunError::Signals)?;
@@ -356,10 +320,8 @@ async fn probe_loop(probe: Hook, runner: Runner, state: Arc<State>, ctx: Context
         if outcome.ok {
             ctx.readiness.ready("probe");
         } else {
-            ctx.readiness.not_ready(
-                "probe",
-                format!("readiness probe failed: {}", outcome.detail),
-            );
+            ctx.readiness
+                .not_ready("probe", format!("readiness probe failed: {}", outcome.detail));
         }
         if was_ok != Some(outcome.ok) {
             tracing::info!(ready = outcome.ok, detail = %outcome.detail, "readiness probe changed");
@@ -523,12 +485,8 @@ impl Supervisor {
             Ended::Exited(e) | Ended::Stopped(e) => e,
         };
         self.state.pid.store(0, Ordering::Relaxed);
-        self.state
-            .last_exit
-            .store(exit.status() as i64, Ordering::Relaxed);
-        self.ctx
-            .readiness
-            .not_ready("program", format!("exited ({exit})"));
+        self.state.last_exit.store(exit.status() as i64, Ordering::Relaxed);
+        self.ctx.readiness.not_ready("program", format!("exited ({exit})"));
         tracing::info!(pid, %exit, "program ended");
 
         // Whatever the program left running goes with it, so a restart starts clean and podkit
@@ -543,12 +501,7 @@ impl Supervisor {
     }
 
     /// The stop sequence: pre-stop hook, stop signal, grace, SIGKILL to everything.
-    async fn stop(
-        &mut self,
-        pid: i32,
-        exit: &mut tokio::sync::oneshot::Receiver<Exit>,
-        reason: StopReason,
-    ) -> Exit {
+    async fn stop(&mut self, pid: i32, exit: &mut tokio::sync::oneshot::Receiver<Exit>, reason: StopReason) -> Exit {
         let deadline = tokio::time::Instant::now() + self.ctx.grace;
         self.stop_deadline = Some(deadline);
         if let Some(hook) = Hook::from_options(
@@ -611,9 +564,7 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::warn!(
-            "processes left behind did not stop within the grace period; sending SIGKILL"
-        );
+        tracing::warn!("processes left behind did not stop within the grace period; sending SIGKILL");
         process::kill_all(Some(pgid));
     }
 }
@@ -629,9 +580,7 @@ struct ChildCollector {
 impl Collector for ChildCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pid = self.state.pid.load(Ordering::Relaxed);
-        let stats = (pid > 0)
-            .then(|| podkit_core::procstat::stats(pid))
-            .flatten();
+        let stats = (pid > 0).then(|| podkit_core::procstat::stats(pid)).flatten();
         ConstGauge::new(i64::from(stats.is_some())).encode(encoder.encode_descriptor(
             "up",
             "1 while the program is running",
@@ -644,18 +593,14 @@ impl Collector for ChildCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        ConstCounter::new(
-            self.state
-                .runner
-                .get()
-                .map_or(0, |r| r.reaper().orphans_reaped()),
-        )
-        .encode(encoder.encode_descriptor(
-            "orphans_reaped",
-            "Orphaned processes podkit reaped",
-            None,
-            MetricType::Counter,
-        )?)?;
+        ConstCounter::new(self.state.runner.get().map_or(0, |r| r.reaper().orphans_reaped())).encode(
+            encoder.encode_descriptor(
+                "orphans_reaped",
+                "Orphaned processes podkit reaped",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
         match stats {
             Some(s) => encode_proc_stats(encoder, "child", "the program", &s),
             None => Ok(()),

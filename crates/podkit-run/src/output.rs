@@ -88,12 +88,6 @@ fn emit(ring: &LogRing, stream: Stream, line: &mut Vec<u8>) {
         line.pop();
     }
     let text = String::from_utf8_lossy(line).into_owned();
-    ring.push(
-        Level::Info,
-        "child",
-        Some(stream.name()),
-        text,
-        Default::default(),
-    );
+    ring.push(Level::Info, "child", Some(stream.name()), text, Default::default());
     line.clear();
 }

@@ -110,11 +110,7 @@ impl AdminClient {
         let a = self.get("/readyz");
         a.json()["reasons"]
             .as_array()
-            .map(|r| {
-                r.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|r| r.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     }
 

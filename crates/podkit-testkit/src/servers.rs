@@ -265,8 +265,7 @@ pub fn nutcracker(config: &dyn Fn(SocketAddr) -> String) -> Server {
         2,
         &|dir, p| {
             let conf = dir.join("nutcracker.yml");
-            std::fs::write(&conf, config(SocketAddr::from(([127, 0, 0, 1], p[0]))))
-                .expect("write nutcracker.yml");
+            std::fs::write(&conf, config(SocketAddr::from(([127, 0, 0, 1], p[0])))).expect("write nutcracker.yml");
             let conf = conf.display().to_string();
             let stats = p[1].to_string();
             ["-c", &conf, "-s", &stats, "-a", "127.0.0.1"]
@@ -277,14 +276,7 @@ pub fn nutcracker(config: &dyn Fn(SocketAddr) -> String) -> Server {
     )
 }
 
-fn etcd_args(
-    name: &str,
-    dir: &Path,
-    client: u16,
-    peer: u16,
-    cluster: &str,
-    state: &str,
-) -> Vec<String> {
+fn etcd_args(name: &str, dir: &Path, client: u16, peer: u16, cluster: &str, state: &str) -> Vec<String> {
     let c = format!("http://127.0.0.1:{client}");
     let p = format!("http://127.0.0.1:{peer}");
     vec![
@@ -320,16 +312,7 @@ pub fn etcd() -> Server {
         "etcd",
         program,
         2,
-        &|dir, p| {
-            etcd_args(
-                "n0",
-                dir,
-                p[0],
-                p[1],
-                &format!("n0=http://127.0.0.1:{}", p[1]),
-                "new",
-            )
-        },
+        &|dir, p| etcd_args("n0", dir, p[0], p[1], &format!("n0=http://127.0.0.1:{}", p[1]), "new"),
         &etcd_healthy,
     )
 }
@@ -431,8 +414,7 @@ impl EtcdCluster {
     pub fn logs(&self) -> String {
         (0..3)
             .map(|i| {
-                let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
-                    .unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log"))).unwrap_or_default();
                 format!(
                     "--- m{i}\n{}",
                     log.lines().rev().take(20).collect::<Vec<_>>().join("\n")

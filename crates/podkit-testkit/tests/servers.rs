@@ -47,25 +47,18 @@ fn nutcracker_proxies_to_memcached() {
     let m = podkit_testkit::memcached();
     let backend = m.addr;
     let n = podkit_testkit::nutcracker(&|listen| {
-        format!(
-            "pool:\n  listen: {listen}\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n    - {backend}:1\n"
-        )
+        format!("pool:\n  listen: {listen}\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n    - {backend}:1\n")
     });
     let got = roundtrip(n.addr, "set k 0 0 2\r\nhi\r\nget k\r\n", 4);
     assert_eq!(got, ["STORED", "VALUE k 0 2", "hi", "END"]);
     // And the value really is in memcached.
-    assert_eq!(
-        roundtrip(m.addr, "get k\r\n", 3),
-        ["VALUE k 0 2", "hi", "END"]
-    );
+    assert_eq!(roundtrip(m.addr, "get k\r\n", 3), ["VALUE k 0 2", "hi", "END"]);
 }
 
 #[test]
 fn etcd_one_node_is_healthy() {
     let e = podkit_testkit::etcd();
-    let body = podkit_testkit::AdminClient::new(e.addr)
-        .get("/version")
-        .body;
+    let body = podkit_testkit::AdminClient::new(e.addr).get("/version").body;
     assert!(body.contains("etcdserver"), "{body}");
 }
 

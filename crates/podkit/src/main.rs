@@ -7,12 +7,7 @@ use podkit_core::config::{self, with_admin_default};
 /// Pattern containers for distributed systems, as one small binary: run it beside any app and
 /// talk to it over localhost.
 #[derive(Debug, Parser)]
-#[command(
-    name = "podkit",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "podkit", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,14 +21,22 @@ enum Command {
         after_help = "Example:\n  podkit run --admin 127.0.0.1:0 --admin-addr-file /tmp/admin --pre-stop-exec 'curl -fsS -X POST http://127.0.0.1:8080/drain' -- my-server --port 8080"
     )]
     Run(podkit_run::RunArgs),
+
+    /// Leader election sidecar: an HTTP API on localhost (campaign, renew, resign, who leads)
+    /// with fencing tokens, over a lease file (one host) or etcd (a cluster).
+    #[command(
+        after_help = "Example:\n  podkit elect --id $HOSTNAME --backend etcd://etcd-0:2379,etcd-1:2379,etcd-2:2379/myapp --ttl 5s\n  curl -s localhost:4040/v1/elections/default"
+    )]
+    Elect(podkit_elect::ElectArgs),
 }
 
 /// Options whose values `GET /config` never shows.
 const SECRETS: &[&str] = &[];
 
 fn main() {
-    let cmd =
-        Cli::command().mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN));
+    let cmd = Cli::command()
+        .mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN))
+        .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN));
     let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
@@ -42,22 +45,18 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(config::ConfigError::Cli(e).report()),
     };
+    // Both commands are mostly idle and latency-bound: one thread keeps podkit's own footprint
+    // small (the blocking pool still serves file I/O and profiles).
+    let runtime = podkit_core::RuntimeBuilder::new_current_thread();
     let code = match cli.command {
         Command::Run(args) => {
             let common = args.common.clone();
-            // An init needs no worker pool: one thread keeps podkit's own footprint small.
-            let runtime = tokio_current_thread();
-            podkit_core::launch(
-                podkit_run::Run::new(args),
-                &common,
-                parsed.effective,
-                runtime,
-            )
+            podkit_core::launch(podkit_run::Run::new(args), &common, parsed.effective, runtime)
+        }
+        Command::Elect(args) => {
+            let common = args.common.clone();
+            podkit_core::launch(podkit_elect::Elect::new(args), &common, parsed.effective, runtime)
         }
     };
     std::process::exit(code);
-}
-
-fn tokio_current_thread() -> podkit_core::RuntimeBuilder {
-    podkit_core::RuntimeBuilder::new_current_thread()
 }

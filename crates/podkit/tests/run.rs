@@ -65,23 +65,14 @@ fn orphans_are_reaped_as_pid1() {
         done
     "#;
     let mut p = Podkit::start(Mode::Pid1, &["run", "--", "sh", "-c", script]);
-    assert_eq!(
-        p.wait(),
-        0,
-        "orphan not reaped:\n{}\n{}",
-        p.stdout(),
-        p.stderr()
-    );
+    assert_eq!(p.wait(), 0, "orphan not reaped:\n{}\n{}", p.stdout(), p.stderr());
 }
 
 #[test]
 fn orphans_are_reaped_as_subreaper() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("orphan");
-    let script = format!(
-        "sh -c 'sleep 0.2 & echo $! > {0}'; sleep 1000",
-        pidfile.display()
-    );
+    let script = format!("sh -c 'sleep 0.2 & echo $! > {0}'; sleep 1000", pidfile.display());
     let mut p = Podkit::start(Mode::Subreaper, &["run", "--", "sh", "-c", &script]);
     let orphan: i32 = podkit_testkit::wait_for_file(&pidfile, Duration::from_secs(10))
         .trim()
@@ -93,10 +84,7 @@ fn orphans_are_reaped_as_subreaper() {
         "orphan {orphan} was never reaped"
     );
     assert_eventually!(
-        admin
-            .metric("podkit_run_orphans_reaped_total")
-            .unwrap_or(0.0)
-            >= 1.0,
+        admin.metric("podkit_run_orphans_reaped_total").unwrap_or(0.0) >= 1.0,
         "{}",
         admin.metrics()
     );
@@ -135,11 +123,7 @@ fn signals_are_forwarded_to_the_program() {
             assert_eq!(log().lines().last(), Some(*name));
         }
         p.signal(Signal::SIGTERM);
-        assert_eq!(
-            p.wait(),
-            143,
-            "{mode:?}: the program dies of the forwarded SIGTERM"
-        );
+        assert_eq!(p.wait(), 143, "{mode:?}: the program dies of the forwarded SIGTERM");
     }
 }
 
@@ -155,18 +139,12 @@ fn signal_group_reaches_the_programs_children() {
         child_ready.display()
     );
     let script = trapping_script(dir.path(), &["USR1"], &extra);
-    let mut p = Podkit::start(
-        Mode::Pid1,
-        &["run", "--signal-group", "--", "sh", "-c", &script],
-    );
+    let mut p = Podkit::start(Mode::Pid1, &["run", "--signal-group", "--", "sh", "-c", &script]);
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
     assert_eventually!(child_ready.exists(), "background job never started");
     p.signal(Signal::SIGUSR1);
     let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
-    assert_eventually!(
-        read(&child_log).contains("USR1"),
-        "the group member did not get USR1"
-    );
+    assert_eventually!(read(&child_log).contains("USR1"), "the group member did not get USR1");
     assert_eventually!(
         read(&dir.path().join("signals")).contains("USR1"),
         "the program did not get USR1"
@@ -183,24 +161,21 @@ fn stop_escalates_to_sigkill_after_the_grace_period() {
         let dir = tempfile::tempdir().unwrap();
         // The program ignores SIGTERM (it only logs it).
         let script = trapping_script(dir.path(), &["TERM"], "");
-        let mut p = Podkit::start(
-            mode,
-            &["run", "--grace", "500ms", "--", "sh", "-c", &script],
-        );
+        let mut p = Podkit::start(mode, &["run", "--grace", "500ms", "--", "sh", "-c", &script]);
         podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
         p.signal(Signal::SIGTERM);
+        assert_eq!(p.wait(), 137, "{mode:?}: killed by SIGKILL after the grace period");
         assert_eq!(
-            p.wait(),
-            137,
-            "{mode:?}: killed by SIGKILL after the grace period"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("signals"))
-                .unwrap()
-                .trim(),
+            std::fs::read_to_string(dir.path().join("signals")).unwrap().trim(),
             "TERM"
         );
-        assert_eq!(p.log_records("the program did not stop within the grace period; sending SIGKILL to it and everything it started").len(), 1);
+        assert_eq!(
+            p.log_records(
+                "the program did not stop within the grace period; sending SIGKILL to it and everything it started"
+            )
+            .len(),
+            1
+        );
     }
 }
 
@@ -264,11 +239,7 @@ impl TestHttp {
                 let _ = reader.read_exact(&mut body);
                 let line = first.trim().to_string();
                 if let Some(log) = &log {
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(log)
-                        .unwrap();
+                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
                     writeln!(f, "{line}").unwrap();
                 }
                 sn.lock().unwrap().push(line);
@@ -321,10 +292,7 @@ fn stop_kills_every_descendant_as_subreaper() {
         gc.display()
     );
     let script = trapping_script(dir.path(), &[], &extra);
-    let mut p = Podkit::start(
-        Mode::Subreaper,
-        &["run", "--grace", "500ms", "--", "sh", "-c", &script],
-    );
+    let mut p = Podkit::start(Mode::Subreaper, &["run", "--grace", "500ms", "--", "sh", "-c", &script]);
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
     let gc_pid: i32 = podkit_testkit::wait_for_file(&gc, Duration::from_secs(10))
         .trim()
@@ -343,36 +311,21 @@ fn leftovers_are_stopped_when_the_program_exits() {
     let script = format!("sleep 1000 & echo $! > {}; exit 0", bg.display());
     let mut p = Podkit::start(Mode::Subreaper, &["run", "--", "sh", "-c", &script]);
     assert_eq!(p.wait(), 0);
-    let bg_pid: i32 = std::fs::read_to_string(&bg)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !alive(bg_pid),
-        "background process {bg_pid} outlived podkit run"
-    );
+    let bg_pid: i32 = std::fs::read_to_string(&bg).unwrap().trim().parse().unwrap();
+    assert!(!alive(bg_pid), "background process {bg_pid} outlived podkit run");
 }
 
 #[test]
 fn second_signal_exits_at_once_and_kills_everything() {
     let dir = tempfile::tempdir().unwrap();
     let script = trapping_script(dir.path(), &["TERM"], "");
-    let mut p = Podkit::start(
-        Mode::Subreaper,
-        &["run", "--grace", "1h", "--", "sh", "-c", &script],
-    );
-    let child: i32 =
-        podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10))
-            .trim()
-            .parse()
-            .unwrap();
+    let mut p = Podkit::start(Mode::Subreaper, &["run", "--grace", "1h", "--", "sh", "-c", &script]);
+    let child: i32 = podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10))
+        .trim()
+        .parse()
+        .unwrap();
     p.signal(Signal::SIGTERM);
-    assert_eventually!(
-        !p.log_records("stopping the program").is_empty(),
-        "{}",
-        p.stderr()
-    );
+    assert_eventually!(!p.log_records("stopping the program").is_empty(), "{}", p.stderr());
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143);
     assert!(!alive(child), "the program outlived a forced exit");
@@ -486,11 +439,7 @@ fn logs_follow_streams_new_lines() {
 fn metrics_describe_the_program() {
     let mut p = Podkit::start(Mode::Pid1, &["run", "--", "sleep", "1000"]);
     let admin = p.admin();
-    assert_eventually!(
-        admin.metric("podkit_run_up") == Some(1.0),
-        "{}",
-        admin.metrics()
-    );
+    assert_eventually!(admin.metric("podkit_run_up") == Some(1.0), "{}", admin.metrics());
     let m = |name: &str| {
         admin
             .metric(name)
@@ -547,10 +496,7 @@ fn readiness_follows_an_exec_probe() {
     std::fs::write(&flag, "").unwrap();
     assert_eventually!(admin.ready(), "{:?}", admin.not_ready_reasons());
     std::fs::remove_file(&flag).unwrap();
-    assert_eventually!(
-        !admin.ready(),
-        "readiness did not follow the probe back down"
-    );
+    assert_eventually!(!admin.ready(), "readiness did not follow the probe back down");
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143);
 }
@@ -580,31 +526,19 @@ fn readiness_follows_an_http_probe_and_fails_while_stopping() {
     );
     let admin = p.admin();
     assert_eventually!(
-        admin
-            .not_ready_reasons()
-            .iter()
-            .any(|r| r.contains("HTTP 503")),
+        admin.not_ready_reasons().iter().any(|r| r.contains("HTTP 503")),
         "{:?}",
         admin.not_ready_reasons()
     );
     http.status.store(200, Ordering::SeqCst);
     assert_eventually!(admin.ready(), "{:?}", admin.not_ready_reasons());
-    assert!(
-        http.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|l| l == "GET /ready HTTP/1.1")
-    );
+    assert!(http.seen.lock().unwrap().iter().all(|l| l == "GET /ready HTTP/1.1"));
     // The program ignores SIGTERM, so podkit stays in its grace period for a while: readiness
     // must already say it is stopping.
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
     p.signal(Signal::SIGTERM);
     assert_eventually!(
-        admin
-            .not_ready_reasons()
-            .iter()
-            .any(|r| r.contains("stopping")),
+        admin.not_ready_reasons().iter().any(|r| r.contains("stopping")),
         "{:?}",
         admin.not_ready_reasons()
     );
@@ -616,10 +550,7 @@ fn save_hook_runs_on_request_and_reports_its_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("saved");
     let hook = format!("sh -c 'echo saving; echo state > {}'", saved.display());
-    let mut p = Podkit::start(
-        Mode::Subreaper,
-        &["run", "--save-exec", &hook, "--", "sleep", "1000"],
-    );
+    let mut p = Podkit::start(Mode::Subreaper, &["run", "--save-exec", &hook, "--", "sleep", "1000"]);
     let admin = p.admin();
     let a = admin.post("/lifecycle/save");
     assert_eq!(a.status, 200, "{}", a.body);
@@ -764,36 +695,20 @@ fn bad_configuration_exits_64_naming_the_problem() {
     // (flags, environment, what the message must contain)
     type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
-        (
-            vec!["--grace".into(), "soon".into()],
-            vec![],
-            "'soon' for '--grace",
-        ),
-        (
-            vec!["--stop-signal".into(), "SIGNOPE".into()],
-            vec![],
-            "SIGNOPE",
-        ),
+        (vec!["--grace".into(), "soon".into()], vec![], "'soon' for '--grace"),
+        (vec!["--stop-signal".into(), "SIGNOPE".into()], vec![], "SIGNOPE"),
         (
             vec!["--pre-stop-http".into(), "ftp://x/".into()],
             vec![],
             "expected http or https",
         ),
-        (
-            vec!["--restart".into(), "sometimes".into()],
-            vec![],
-            "sometimes",
-        ),
+        (vec!["--restart".into(), "sometimes".into()], vec![], "sometimes"),
         (
             vec!["--ready-exec".into(), "echo 'oops".into()],
             vec![],
             "unbalanced quotes",
         ),
-        (
-            vec![],
-            vec![("PODKIT_GRACE", "lots")],
-            "'lots' for '--grace",
-        ),
+        (vec![], vec![("PODKIT_GRACE", "lots")], "'lots' for '--grace"),
         (
             vec!["--admin-token-file".into(), "/no/such/token".into()],
             vec![],
@@ -820,10 +735,7 @@ fn bad_configuration_exits_64_naming_the_problem() {
 
     let file = dir.path().join("podkit.yaml");
     std::fs::write(&file, "grace: 5s\nrestart: sometimes\n").unwrap();
-    let (code, stderr) = run_plain(
-        &["run", "--config", file.to_str().unwrap(), "--", "true"],
-        &[],
-    );
+    let (code, stderr) = run_plain(&["run", "--config", file.to_str().unwrap(), "--", "true"], &[]);
     assert_eq!(code, 64);
     assert!(
         stderr.contains("key `restart`") && stderr.contains("sometimes"),
@@ -831,10 +743,7 @@ fn bad_configuration_exits_64_naming_the_problem() {
     );
 
     std::fs::write(&file, "grace: 5s\ngraec: 5s\n").unwrap();
-    let (code, stderr) = run_plain(
-        &["run", "--config", file.to_str().unwrap(), "--", "true"],
-        &[],
-    );
+    let (code, stderr) = run_plain(&["run", "--config", file.to_str().unwrap(), "--", "true"], &[]);
     assert_eq!(code, 64);
     assert!(stderr.contains("unknown key `graec`"), "{stderr}");
 
@@ -846,18 +755,7 @@ fn bad_configuration_exits_64_naming_the_problem() {
 fn admin_address_in_use_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, stderr) = run_plain(
-        &[
-            "run",
-            "--admin",
-            &addr,
-            "--log-format",
-            "json",
-            "--",
-            "true",
-        ],
-        &[],
-    );
+    let (code, stderr) = run_plain(&["run", "--admin", &addr, "--log-format", "json", "--", "true"], &[]);
     assert_eq!(code, 64);
     assert!(
         stderr.contains("cannot open the admin listener") && stderr.contains(&addr),
@@ -869,14 +767,17 @@ fn admin_address_in_use_is_a_clear_error() {
 fn config_layers_flags_over_env_over_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("podkit.toml");
-    std::fs::write(&file, "grace = \"5s\"\nrestart-delay = \"3s\"\nready-timeout = \"4s\"\ncommand = [\"sleep\", \"1000\"]\n").unwrap();
+    std::fs::write(
+        &file,
+        "grace = \"5s\"\nrestart-delay = \"3s\"\nready-timeout = \"4s\"\ncommand = [\"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
     let file_s = file.to_str().unwrap().to_string();
     let mut p = Podkit::start_with(
         Mode::Subreaper,
         &["run", "--config", &file_s, "--ready-timeout", "9s"],
         |c| {
-            c.env("PODKIT_GRACE", "7s")
-                .env("PODKIT_RESTART_DELAY", "2s");
+            c.env("PODKIT_GRACE", "7s").env("PODKIT_RESTART_DELAY", "2s");
         },
     );
     let cfg = p.admin().config();
@@ -886,10 +787,7 @@ fn config_layers_flags_over_env_over_file() {
     assert_eq!(cfg["values"]["restart-delay"], "2s");
     assert_eq!(cfg["values"]["ready-timeout"], "9s");
     assert_eq!(cfg["sources"]["ready-timeout"], "flag");
-    assert_eq!(
-        cfg["values"]["command"],
-        serde_json::json!(["sleep", "1000"])
-    );
+    assert_eq!(cfg["values"]["command"], serde_json::json!(["sleep", "1000"]));
     assert_eq!(cfg["sources"]["command"], "file");
     assert_eq!(cfg["values"]["stop-signal"], "SIGTERM");
     assert_eq!(cfg["sources"]["stop-signal"], "default");

@@ -36,10 +36,7 @@ impl Podkit {
 
     /// Like [`start`], with a chance to change the command (environment, say).
     pub fn start_with(mode: Mode, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Podkit {
-        let dir = tempfile::Builder::new()
-            .prefix("podkit-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("podkit-test-").tempdir().unwrap();
         let addr_file = dir.path().join("admin.addr");
         let mut cmd = match mode {
             Mode::Pid1 => {
@@ -105,18 +102,13 @@ impl Podkit {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 use std::os::unix::process::ExitStatusExt;
-                let code = status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
                 self.status = Some(code);
                 return code;
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "podkit did not exit within 30 s\nstderr:\n{}",
-                    self.stderr()
-                );
+                panic!("podkit did not exit within 30 s\nstderr:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -158,10 +150,7 @@ impl Drop for Podkit {
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| !s[i + 1..].trim_start().starts_with(['Z', 'X']))
-        })
+        .and_then(|s| s.rfind(')').map(|i| !s[i + 1..].trim_start().starts_with(['Z', 'X'])))
         .unwrap_or(false)
 }
 

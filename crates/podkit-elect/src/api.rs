@@ -1,0 +1,219 @@
+//! The HTTP API the app calls on localhost (`--listen`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::election::{Election, RenewMode};
+
+/// The longest long poll or campaign wait one request may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub elections: Arc<BTreeMap<String, Arc<Election>>>,
+    pub renew: RenewMode,
+}
+
+/// The routes; the state-changing ones are guarded like the admin port's.
+pub fn router(api: Api, token: Option<String>) -> Router {
+    let reads = Router::new()
+        .route("/", get(compat))
+        .route("/v1/elections", get(list))
+        .route("/v1/elections/{name}", get(status))
+        .with_state(api.clone());
+    let writes = Router::new()
+        .route("/v1/elections/{name}/campaign", post(campaign))
+        .route("/v1/elections/{name}/renew", post(renew))
+        .route("/v1/elections/{name}/resign", post(resign))
+        .with_state(api);
+    reads.merge(podkit_core::admin::protect(writes, token))
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+impl Api {
+    fn find(&self, name: &str) -> Result<&Arc<Election>, Response> {
+        self.elections.get(name).ok_or_else(|| {
+            let known: Vec<_> = self.elections.keys().cloned().collect();
+            error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "unknown election {name:?}; this sidecar takes part in: {}",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+}
+
+fn parse_wait(s: Option<&str>, field: &str) -> Result<Option<Duration>, Response> {
+    let Some(s) = s else { return Ok(None) };
+    match s.parse::<podkit_core::Duration>() {
+        Ok(d) if d.get() <= MAX_WAIT => Ok(Some(d.get())),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{field}={s}: at most {}", podkit_core::Duration(MAX_WAIT)),
+        )),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("{field}={s}: {e}"))),
+    }
+}
+
+/// `GET /`: `{"name": LEADER}`, what the Kubernetes leader-elector sidecar answered, for the
+/// first election.
+async fn compat(State(api): State<Api>) -> Json<serde_json::Value> {
+    let leader = api.elections.values().next().and_then(|e| e.status().leader);
+    Json(json!({ "name": leader }))
+}
+
+async fn list(State(api): State<Api>) -> Json<serde_json::Value> {
+    let all: Vec<_> = api.elections.values().map(|e| e.status()).collect();
+    Json(json!({ "elections": all }))
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusQuery {
+    wait: Option<String>,
+    token: Option<u64>,
+    leader: Option<String>,
+}
+
+/// `GET /v1/elections/NAME[?wait=30s&token=N&leader=ID]`: with `wait`, a long poll that answers
+/// as soon as the token or the leader differs from what the caller saw (or this replica's own
+/// leadership changes), or when `wait` runs out.
+async fn status(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<StatusQuery>) -> Response {
+    let election = match api.find(&name) {
+        Ok(e) => e.clone(),
+        Err(r) => return r,
+    };
+    let wait = match parse_wait(q.wait.as_deref(), "wait") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mut changes = election.subscribe();
+    let first = election.status();
+    let Some(wait) = wait else {
+        return Json(first).into_response();
+    };
+    let differs = |s: &crate::election::Status| {
+        q.token.is_some_and(|t| t != s.token)
+            || q.leader.as_ref().is_some_and(|l| Some(l) != s.leader.as_ref())
+            || s.is_leader != first.is_leader
+            || s.leader != first.leader
+            || s.token != first.token
+    };
+    if q.token.is_some_and(|t| t != first.token) || q.leader.as_ref().is_some_and(|l| Some(l) != first.leader.as_ref())
+    {
+        return Json(first).into_response();
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Our own claim can lapse without any event (a renewal that never came back); look at
+        // the clock at least at the moment it would.
+        let now = election.status();
+        if differs(&now) {
+            return Json(now).into_response();
+        }
+        let tick = now
+            .lease_remaining_ms
+            .filter(|_| now.is_leader)
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms + 1))
+            .unwrap_or(deadline)
+            .min(deadline);
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return Json(election.status()).into_response() },
+            _ = tokio::time::sleep_until(tick) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Json(election.status()).into_response();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CampaignQuery {
+    timeout: Option<String>,
+}
+
+/// `POST /v1/elections/NAME/campaign[?timeout=30s]` (becomeLeader): 200 with the token once
+/// this replica leads, 408 at the timeout (the campaign goes on).
+async fn campaign(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<CampaignQuery>) -> Response {
+    let election = match api.find(&name) {
+        Ok(e) => e.clone(),
+        Err(r) => return r,
+    };
+    let timeout = match parse_wait(q.timeout.as_deref(), "timeout") {
+        Ok(t) => t.unwrap_or(Duration::from_secs(30)),
+        Err(r) => return r,
+    };
+    let mut changes = election.subscribe();
+    election.campaign();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = election.status();
+        if s.is_leader {
+            return Json(s).into_response();
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let s = election.status();
+    if s.is_leader {
+        return Json(s).into_response();
+    }
+    let body = json!({ "error": format!("not leader after {}; still campaigning", podkit_core::Duration(timeout)), "status": s });
+    (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response()
+}
+
+/// `POST /v1/elections/NAME/renew` (renewLeadership).
+async fn renew(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let election = match api.find(&name) {
+        Ok(e) => e.clone(),
+        Err(r) => return r,
+    };
+    let s = election.status();
+    if !s.is_leader {
+        let body = json!({ "error": "not the leader", "status": s });
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    }
+    if api.renew == RenewMode::App {
+        election.app_renewed();
+    }
+    Json(s).into_response()
+}
+
+/// `POST /v1/elections/NAME/resign`: gives leadership up at once.
+async fn resign(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    let election = match api.find(&name) {
+        Ok(e) => e.clone(),
+        Err(r) => return r,
+    };
+    let was_leader = election.is_leader();
+    let mut changes = election.subscribe();
+    election.resign();
+    if was_leader {
+        // Answer once the claim is dropped, so the caller's next read is already true.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while election.is_leader() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    Json(json!({ "resigned": was_leader, "status": election.status() })).into_response()
+}
