@@ -38,15 +38,21 @@ pub fn router(api: Api, token: Option<String>) -> Router {
     reads.merge(podkit_core::admin::protect(writes, token))
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+/// An error answer: a status and a message naming what was wrong.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
 }
 
 impl Api {
-    fn find(&self, name: &str) -> Result<&Arc<Election>, Response> {
-        self.elections.get(name).ok_or_else(|| {
+    fn find(&self, name: &str) -> Result<Arc<Election>, ApiError> {
+        self.elections.get(name).cloned().ok_or_else(|| {
             let known: Vec<_> = self.elections.keys().cloned().collect();
-            error(
+            ApiError(
                 StatusCode::NOT_FOUND,
                 format!(
                     "unknown election {name:?}; this sidecar takes part in: {}",
@@ -57,15 +63,15 @@ impl Api {
     }
 }
 
-fn parse_wait(s: Option<&str>, field: &str) -> Result<Option<Duration>, Response> {
+fn parse_wait(s: Option<&str>, field: &str) -> Result<Option<Duration>, ApiError> {
     let Some(s) = s else { return Ok(None) };
     match s.parse::<podkit_core::Duration>() {
         Ok(d) if d.get() <= MAX_WAIT => Ok(Some(d.get())),
-        Ok(_) => Err(error(
+        Ok(_) => Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("{field}={s}: at most {}", podkit_core::Duration(MAX_WAIT)),
         )),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("{field}={s}: {e}"))),
+        Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, format!("{field}={s}: {e}"))),
     }
 }
 
@@ -93,12 +99,12 @@ struct StatusQuery {
 /// leadership changes), or when `wait` runs out.
 async fn status(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<StatusQuery>) -> Response {
     let election = match api.find(&name) {
-        Ok(e) => e.clone(),
-        Err(r) => return r,
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
     let wait = match parse_wait(q.wait.as_deref(), "wait") {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let mut changes = election.subscribe();
     let first = election.status();
@@ -150,12 +156,12 @@ struct CampaignQuery {
 /// this replica leads, 408 at the timeout (the campaign goes on).
 async fn campaign(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<CampaignQuery>) -> Response {
     let election = match api.find(&name) {
-        Ok(e) => e.clone(),
-        Err(r) => return r,
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
     let timeout = match parse_wait(q.timeout.as_deref(), "timeout") {
         Ok(t) => t.unwrap_or(Duration::from_secs(30)),
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let mut changes = election.subscribe();
     election.campaign();
@@ -181,16 +187,18 @@ async fn campaign(State(api): State<Api>, Path(name): Path<String>, Query(q): Qu
 /// `POST /v1/elections/NAME/renew` (renewLeadership).
 async fn renew(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let election = match api.find(&name) {
-        Ok(e) => e.clone(),
-        Err(r) => return r,
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
+    // With --renew app this is also the app's heartbeat: a follower whose app heartbeats
+    // campaigns, one whose app is silent does not.
+    if api.renew == RenewMode::App {
+        election.app_renewed();
+    }
     let s = election.status();
     if !s.is_leader {
         let body = json!({ "error": "not the leader", "status": s });
         return (StatusCode::CONFLICT, Json(body)).into_response();
-    }
-    if api.renew == RenewMode::App {
-        election.app_renewed();
     }
     Json(s).into_response()
 }
@@ -198,8 +206,8 @@ async fn renew(State(api): State<Api>, Path(name): Path<String>) -> Response {
 /// `POST /v1/elections/NAME/resign`: gives leadership up at once.
 async fn resign(State(api): State<Api>, Path(name): Path<String>) -> Response {
     let election = match api.find(&name) {
-        Ok(e) => e.clone(),
-        Err(r) => return r,
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
     let was_leader = election.is_leader();
     let mut changes = election.subscribe();

@@ -73,6 +73,11 @@ impl Settings {
         (self.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
+    /// Bound on one renewal attempt.
+    fn attempt_timeout(&self) -> Duration {
+        (self.ttl / 6).max(Duration::from_millis(200))
+    }
+
     /// How long the app may go without `POST …/renew` (ttl/3, plus a tenth for scheduling).
     fn app_renew_window(&self) -> Duration {
         self.ttl / 3 + self.ttl / 30
@@ -147,6 +152,7 @@ pub struct Election {
     changes: watch::Sender<u64>,
     campaigning: watch::Sender<bool>,
     app_renewed: Mutex<Option<Instant>>,
+    heartbeat: Notify,
     resign: Notify,
     label: ElectionLabel,
     metrics: Metrics,
@@ -163,6 +169,7 @@ impl Election {
             changes,
             campaigning,
             app_renewed: Mutex::new(None),
+            heartbeat: Notify::new(),
             resign: Notify::new(),
             label: ElectionLabel {
                 election: name.to_string(),
@@ -221,6 +228,13 @@ impl Election {
     /// Records an app heartbeat (`--renew app`).
     pub fn app_renewed(&self) {
         *self.app_renewed.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.heartbeat.notify_one();
+    }
+
+    /// Whether the app heartbeated within `window`.
+    fn app_alive(&self, window: Duration) -> bool {
+        let last = *self.app_renewed.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|t| t.elapsed() <= window)
     }
 
     fn bump(&self) {
@@ -386,9 +400,8 @@ pub async fn run<B: Backend>(
                 tokio::spawn(async move { release(&*b, &l, &s).await });
                 continue;
             }
-            if settings.renew == RenewMode::App {
-                let last = *e.app_renewed.lock().unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| now.duration_since(t) > settings.app_renew_window()) {
+            if settings.renew == RenewMode::App && !e.app_alive(settings.app_renew_window()) {
+                {
                     tracing::warn!(election = %e.name, "the app stopped renewing: resigning");
                     e.demote();
                     tell(false, "the app stopped renewing");
@@ -397,8 +410,11 @@ pub async fn run<B: Backend>(
                     continue;
                 }
             }
+            // Each attempt gets a slice of what is left, so a request stuck on a dead etcd
+            // member is abandoned in time to try another before the claim runs out.
             let sent = Instant::now();
-            match tokio::time::timeout(deadline - sent, backend.renew(&lease, settings.ttl)).await {
+            let attempt = (deadline - sent).min(settings.attempt_timeout());
+            match tokio::time::timeout(attempt, backend.renew(&lease, settings.ttl)).await {
                 Ok(Ok(true)) => {
                     let took = sent.elapsed();
                     e.metrics
@@ -429,10 +445,11 @@ pub async fn run<B: Backend>(
             continue;
         }
 
-        // Follower.
-        let may_campaign = *campaigning.borrow() && cooldown_until.is_none_or(|t| Instant::now() >= t);
+        // Follower. With --renew app, only an app that heartbeats may lead.
+        let app_ok = settings.renew == RenewMode::Auto || e.app_alive(settings.app_renew_window());
+        let may_campaign = app_ok && *campaigning.borrow() && cooldown_until.is_none_or(|t| Instant::now() >= t);
         if !may_campaign {
-            let wait = cooldown_until.map_or(settings.ttl, |t| t.saturating_duration_since(Instant::now()));
+            let wait = cooldown_until.map_or(settings.renew_every(), |t| t.saturating_duration_since(Instant::now()));
             let observed = match backend.observe(&e.name).await {
                 Ok(o) => {
                     e.observe(&o);
@@ -448,6 +465,7 @@ pub async fn run<B: Backend>(
                 _ = shutdown.triggered() => break,
                 _ = campaigning.changed() => {}
                 _ = e.resign.notified() => {} // not leader: nothing to give up
+                _ = e.heartbeat.notified() => {}
                 _ = wait_for_change(&*backend, &e.name, observed.as_ref(), wait, settings.retry()) => {}
             }
             if cooldown_until.is_some_and(|t| Instant::now() >= t) {
@@ -471,10 +489,6 @@ pub async fn run<B: Backend>(
                 }
                 tracing::info!(election = %e.name, token = lease.token, "elected leader");
                 e.promote(&lease, deadline);
-                if settings.renew == RenewMode::App {
-                    // The app gets a full window from the moment it becomes leader.
-                    e.app_renewed();
-                }
                 tell(true, "elected");
                 next_renew = sent + settings.renew_every();
                 held = Some((lease, deadline));
@@ -484,7 +498,8 @@ pub async fn run<B: Backend>(
                 tokio::select! {
                     _ = shutdown.triggered() => break,
                     _ = campaigning.changed() => {}
-                    _ = wait_for_change(&*backend, &e.name, Some(&observed), settings.ttl, settings.retry()) => {}
+                    // Look again at least every ttl/3, so the leader's remaining lease stays fresh.
+                    _ = wait_for_change(&*backend, &e.name, Some(&observed), settings.renew_every(), settings.retry()) => {}
                 }
             }
             Ok(Err(err)) => {

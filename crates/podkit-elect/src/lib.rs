@@ -50,6 +50,11 @@ pub struct ElectArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4040")]
     pub listen: SocketAddr,
 
+    /// Write the API listener's bound address to this file once it listens (with --listen
+    /// 127.0.0.1:0).
+    #[arg(long, value_name = "PATH")]
+    pub listen_addr_file: Option<PathBuf>,
+
     /// Lease length. A leader that cannot renew stops claiming leadership before it ends;
     /// a dead leader is replaced about this long after it died.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
@@ -361,6 +366,12 @@ impl Elect {
         };
         let router = api::router(api, token);
         let bound = listener.local_addr().unwrap_or(self.args.listen);
+        if let Some(path) = &self.args.listen_addr_file
+            && let Err(e) = podkit_core::write_atomically(path, &bound.to_string())
+        {
+            tracing::error!(path = %path.display(), error = %e, "cannot write --listen-addr-file");
+            return Ok(EX_USAGE);
+        }
         tokio::spawn(async move {
             let svc = router.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, svc).await {
