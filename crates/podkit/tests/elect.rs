@@ -27,9 +27,13 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(id: &str, backend: &str, extra: &[&str]) -> Sidecar {
+        Self::start_ttl(id, backend, TTL, extra)
+    }
+
+    fn start_ttl(id: &str, backend: &str, ttl: Duration, extra: &[&str]) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let addr_file = dir.path().join("api.addr");
-        let ttl = format!("{}ms", TTL.as_millis());
+        let ttl = format!("{}ms", ttl.as_millis());
         let mut args = vec![
             "elect",
             "--id",
@@ -140,7 +144,10 @@ impl Recorder {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let seen = self.seen.lock().unwrap().clone();
-        assert!(seen.len() > 10, "the recorder saw almost nothing: {}", seen.len());
+        assert!(
+            seen.iter().any(|s| s.is_leader),
+            "the recorder never saw a leader: {seen:?}"
+        );
         check_history(&seen);
         seen
     }
