@@ -18,7 +18,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::BroadcastStream;
 
 use crate::logs::{Level, LogFilter, LogRing};
 use crate::readiness::Readiness;
@@ -47,19 +46,12 @@ impl AdminBuilder {
     pub fn new(component: &'static str) -> Self {
         let mut registry = Registry::default();
         crate::metrics::register_process_metrics(&mut registry);
-        Self {
-            component,
-            registry,
-            public: Router::new(),
-            protected: Router::new(),
-            readiness_check: None,
-        }
+        Self { component, registry, public: Router::new(), protected: Router::new(), readiness_check: None }
     }
 
     /// The metrics registry for this command; names get the `podkit_<component>_` prefix.
     pub fn metrics(&mut self) -> &mut Registry {
-        self.registry
-            .sub_registry_with_prefix(format!("podkit_{}", self.component))
+        self.registry.sub_registry_with_prefix(format!("podkit_{}", self.component))
     }
 
     /// Adds a read-only route, open to every caller that can reach the listener.
@@ -91,10 +83,8 @@ impl AdminBuilder {
                 profiling: tokio::sync::Mutex::new(()),
             }),
         };
-        let protected = Router::new()
-            .route("/lifecycle/shutdown", post(shutdown))
-            .with_state(state.clone())
-            .merge(self.protected);
+        let protected =
+            Router::new().route("/lifecycle/shutdown", post(shutdown)).with_state(state.clone()).merge(self.protected);
         let protected = protect(protected, state.inner.parts.token.clone());
         Router::new()
             .route("/healthz", get(healthz))
@@ -156,13 +146,7 @@ async fn readyz(State(st): State<AdminState>, Query(q): Query<HashMap<String, St
         Some(check) if !q.is_empty() => check(&q),
         _ => None,
     };
-    let answer = specific.unwrap_or_else(|| {
-        if readiness.is_ready() {
-            Ok(())
-        } else {
-            Err(readiness.reasons())
-        }
-    });
+    let answer = specific.unwrap_or_else(|| if readiness.is_ready() { Ok(()) } else { Err(readiness.reasons()) });
     match answer {
         Ok(()) => Json(json!({ "ready": true })).into_response(),
         Err(reasons) => {
@@ -202,12 +186,7 @@ impl LogsQuery {
             None => None,
             Some(s) => Some(parse_since(s)?),
         };
-        Ok(LogFilter {
-            min_level,
-            since,
-            after_seq: self.since_seq,
-            stream: self.stream.clone(),
-        })
+        Ok(LogFilter { min_level, since, after_seq: self.since_seq, stream: self.stream.clone() })
     }
 
     fn follow(&self) -> Result<bool, String> {
@@ -226,9 +205,9 @@ fn parse_since(s: &str) -> Result<SystemTime, String> {
     }
     match humantime::parse_duration(s) {
         Ok(age) => Ok(SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)),
-        Err(_) => Err(format!(
-            "since={s:?}: expected an RFC 3339 time such as 2026-11-24T08:00:00Z or an age such as 5m"
-        )),
+        Err(_) => {
+            Err(format!("since={s:?}: expected an RFC 3339 time such as 2026-11-24T08:00:00Z or an age such as 5m"))
+        }
     }
 }
 
@@ -238,35 +217,26 @@ async fn logs(State(st): State<AdminState>, Query(q): Query<LogsQuery>) -> Respo
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let ring = &st.inner.parts.logs;
-    let limit = q.limit.unwrap_or(if follow { 0 } else { 100 });
+    // A follower that names where to resume from gets everything after it; one that does
+    // not gets only new records unless it asks for a backlog.
+    let resuming = q.since.is_some() || q.since_seq.is_some();
+    let default_limit = match (follow, resuming) {
+        (false, _) => 100,
+        (true, true) => ring.capacity(),
+        (true, false) => 0,
+    };
+    let limit = q.limit.unwrap_or(default_limit);
     if !follow {
         let records = ring.query(&filter, limit);
         return Json(records.iter().map(|r| &**r).collect::<Vec<_>>()).into_response();
     }
-
-    // Subscribe before reading the backlog so nothing falls between the two; records already
-    // sent from the backlog are skipped in the live stream by sequence number.
-    let live = ring.subscribe();
-    let backlog = ring.query(&filter, limit);
-    let last_seq = backlog.last().map(|r| r.seq).unwrap_or(0);
-    let head = futures_util::stream::iter(backlog);
-    let tail = BroadcastStream::new(live).filter_map(move |r| {
-        let keep = match r {
-            Ok(r) if r.seq > last_seq && filter.matches(&r) => Some(r),
-            // A follower that falls more than the channel's capacity behind loses records;
-            // it keeps the stream rather than ending it.
-            _ => None,
-        };
-        std::future::ready(keep)
-    });
-    let lines = head.chain(tail).map(|r| {
+    let lines = ring.follow(filter, limit).map(|r| {
         let mut line = serde_json::to_vec(&*r).unwrap_or_default();
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
     });
     let mut resp = Body::from_stream(lines).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp
 }
 
@@ -279,35 +249,22 @@ struct ProfileQuery {
 async fn profile(State(st): State<AdminState>, Query(q): Query<ProfileQuery>) -> Response {
     let seconds = q.seconds.unwrap_or(30);
     if seconds == 0 || seconds > MAX_PROFILE_SECONDS {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("seconds={seconds}: expected 1 to {MAX_PROFILE_SECONDS}"),
-        );
+        return error(StatusCode::BAD_REQUEST, format!("seconds={seconds}: expected 1 to {MAX_PROFILE_SECONDS}"));
     }
     let svg = match q.format.as_deref() {
         None | Some("pprof") | Some("proto") => false,
         Some("svg") => true,
         Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("format={other:?}: expected pprof or svg"),
-            );
+            return error(StatusCode::BAD_REQUEST, format!("format={other:?}: expected pprof or svg"));
         }
     };
     let Ok(_busy) = st.inner.profiling.try_lock() else {
-        return error(
-            StatusCode::CONFLICT,
-            "a CPU profile is already being taken; retry when it ends",
-        );
+        return error(StatusCode::CONFLICT, "a CPU profile is already being taken; retry when it ends");
     };
     let result = tokio::task::spawn_blocking(move || crate::profile::cpu(Duration::from_secs(seconds), svg)).await;
     match result {
         Ok(Ok(body)) => {
-            let ct = if svg {
-                "image/svg+xml"
-            } else {
-                "application/octet-stream"
-            };
+            let ct = if svg { "image/svg+xml" } else { "application/octet-stream" };
             ([(header::CONTENT_TYPE, ct)], body).into_response()
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("profiling failed: {e}")),
@@ -343,12 +300,8 @@ async fn guard(
                 .map(str::trim);
             let ok = presented.is_some_and(|p| constant_time_eq::constant_time_eq(p.as_bytes(), token.as_bytes()));
             if !ok {
-                let mut resp = error(
-                    StatusCode::UNAUTHORIZED,
-                    "this endpoint needs Authorization: Bearer <token>",
-                );
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut resp = error(StatusCode::UNAUTHORIZED, "this endpoint needs Authorization: Bearer <token>");
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return resp;
             }
         }
@@ -394,8 +347,7 @@ mod tests {
             req = req.header("authorization", a);
         }
         let mut req = req.body(Body::empty()).unwrap();
-        req.extensions_mut()
-            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        req.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         let resp = router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
@@ -406,10 +358,7 @@ mod tests {
     async fn health_readiness_and_config() {
         let (p, _s, readiness, _l) = parts(None);
         let router = AdminBuilder::new("test").build(p);
-        assert_eq!(
-            call(&router, "GET", "/healthz", "127.0.0.1:1", None).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(call(&router, "GET", "/healthz", "127.0.0.1:1", None).await.0, StatusCode::OK);
 
         readiness.not_ready("child", "not started");
         let (status, body) = call(&router, "GET", "/readyz", "127.0.0.1:1", None).await;
@@ -417,10 +366,7 @@ mod tests {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["reasons"][0], "child: not started");
         readiness.ready("child");
-        assert_eq!(
-            call(&router, "GET", "/readyz", "127.0.0.1:1", None).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(call(&router, "GET", "/readyz", "127.0.0.1:1", None).await.0, StatusCode::OK);
 
         let (_, body) = call(&router, "GET", "/config", "127.0.0.1:1", None).await;
         assert!(body.contains("30s"));
@@ -432,24 +378,14 @@ mod tests {
         let mut b = AdminBuilder::new("test");
         b.readiness_check(|q| {
             let name = q.get("election")?;
-            Some(if name == "a" {
-                Ok(())
-            } else {
-                Err(vec![format!("not the leader of {name}")])
-            })
+            Some(if name == "a" { Ok(()) } else { Err(vec![format!("not the leader of {name}")]) })
         });
         let router = b.build(p);
-        assert_eq!(
-            call(&router, "GET", "/readyz?election=a", "127.0.0.1:1", None).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(call(&router, "GET", "/readyz?election=a", "127.0.0.1:1", None).await.0, StatusCode::OK);
         let (status, body) = call(&router, "GET", "/readyz?election=b", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("not the leader of b"));
-        assert_eq!(
-            call(&router, "GET", "/readyz?other=1", "127.0.0.1:1", None).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(call(&router, "GET", "/readyz?other=1", "127.0.0.1:1", None).await.0, StatusCode::OK);
     }
 
     #[tokio::test]
@@ -505,24 +441,10 @@ mod tests {
         let router = AdminBuilder::new("test").build(p);
         let (status, _) = call(&router, "POST", "/lifecycle/shutdown", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        let (status, _) = call(
-            &router,
-            "POST",
-            "/lifecycle/shutdown",
-            "127.0.0.1:1",
-            Some("Bearer wrong"),
-        )
-        .await;
+        let (status, _) = call(&router, "POST", "/lifecycle/shutdown", "127.0.0.1:1", Some("Bearer wrong")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(!s.is_triggered());
-        let (status, _) = call(
-            &router,
-            "POST",
-            "/lifecycle/shutdown",
-            "10.1.2.3:1",
-            Some("Bearer sekret"),
-        )
-        .await;
+        let (status, _) = call(&router, "POST", "/lifecycle/shutdown", "10.1.2.3:1", Some("Bearer sekret")).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         assert!(s.is_triggered());
     }
@@ -533,14 +455,7 @@ mod tests {
         let router = AdminBuilder::new("test").build(p);
         let (status, _) = call(&router, "GET", "/debug/pprof/profile?seconds=0", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let (status, _) = call(
-            &router,
-            "GET",
-            "/debug/pprof/profile?seconds=1&format=gif",
-            "127.0.0.1:1",
-            None,
-        )
-        .await;
+        let (status, _) = call(&router, "GET", "/debug/pprof/profile?seconds=1&format=gif", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
@@ -559,14 +474,8 @@ mod tests {
                 }
             }
         });
-        let (status, body) = call(
-            &router,
-            "GET",
-            "/debug/pprof/profile?seconds=1&format=svg",
-            "127.0.0.1:1",
-            None,
-        )
-        .await;
+        let (status, body) =
+            call(&router, "GET", "/debug/pprof/profile?seconds=1&format=svg", "127.0.0.1:1", None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("<svg"), "{}", &body[..body.len().min(200)]);
         let (status, _) = call(&router, "GET", "/debug/pprof/profile?seconds=1", "127.0.0.1:1", None).await;

@@ -54,12 +54,7 @@ pub struct CommonArgs {
 
     /// On SIGTERM, how long to drain before giving up (Kubernetes'
     /// terminationGracePeriodSeconds).
-    #[arg(
-        long,
-        value_name = "DURATION",
-        default_value = "30s",
-        help_heading = "Admin and logging"
-    )]
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Admin and logging")]
     pub grace: Duration,
 
     /// Read options from a YAML or TOML file whose keys are the long option names. Flags and
@@ -144,7 +139,9 @@ pub fn with_env(cmd: Command) -> Command {
         match arg.get_long() {
             Some(long) => {
                 let var = format!("PODKIT_{}", long.to_ascii_uppercase().replace('-', "_"));
-                arg.env(var)
+                let flag = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
+                // Flags read the usual spellings from the environment: 1/0, yes/no, on/off.
+                if flag { arg.env(var).value_parser(clap::builder::BoolishValueParser::new()) } else { arg.env(var) }
             }
             None => arg,
         }
@@ -190,17 +187,24 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
             });
         };
         if long == "config" {
-            return Err(ConfigError::File {
-                path: file,
-                reason: "key `config` cannot name another file".into(),
-            });
+            return Err(ConfigError::File { path: file, reason: "key `config` cannot name another file".into() });
         }
         let id = arg.get_id().as_str();
-        if matches!(
-            leaf.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        let set_above =
+            |id: &str| matches!(leaf.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        if set_above(id) {
             continue; // flags and environment win over the file
+        }
+        // An option set above wins over a file key it conflicts with (a flag
+        // --pre-stop-http over a file's pre-stop-exec), rather than making them clash.
+        // (clap records a conflict on the side that declared it, so look both ways.)
+        let clashes = leaf_cmd.get_arguments().any(|other| {
+            set_above(other.get_id().as_str())
+                && (leaf_cmd.get_arg_conflicts_with(arg).iter().any(|c| c.get_id() == other.get_id())
+                    || leaf_cmd.get_arg_conflicts_with(other).iter().any(|c| c.get_id() == arg.get_id()))
+        });
+        if clashes {
+            continue;
         }
         from_file.insert(id.to_string(), key.clone());
         let items = value.items();
@@ -241,10 +245,7 @@ pub fn parse(cmd: Command, argv: Vec<OsString>, secrets: Secrets) -> Result<Pars
     let matches = cmd.clone().try_get_matches_from(&argv2).map_err(|e| {
         let from = e.get(clap::error::ContextKind::InvalidArg).map(|a| a.to_string());
         let key = from.and_then(|a| {
-            from_file
-                .iter()
-                .find(|(id, _)| a.contains(&format!("--{}", id.replace('_', "-"))))
-                .map(|(_, k)| k.clone())
+            from_file.iter().find(|(id, _)| a.contains(&format!("--{}", id.replace('_', "-")))).map(|(_, k)| k.clone())
         });
         match key {
             Some(key) => ConfigError::FromFile {
@@ -277,9 +278,7 @@ fn leaf_matches(m: &ArgMatches) -> (Vec<String>, &ArgMatches) {
 }
 
 fn find_subcommand<'a>(cmd: &'a Command, path: &[String]) -> &'a Command {
-    path.iter().fold(cmd, |c, name| {
-        c.find_subcommand(name).expect("matched subcommand exists")
-    })
+    path.iter().fold(cmd, |c, name| c.find_subcommand(name).expect("matched subcommand exists"))
 }
 
 /// The effective configuration: every option's value and where it came from.
@@ -300,12 +299,12 @@ fn effective_config(
         let Some(source) = m.value_source(id) else {
             continue;
         };
-        let raw: Vec<String> = m
-            .get_raw(id)
-            .map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
+        let raw: Vec<String> =
+            m.get_raw(id).map(|vals| vals.map(|v| v.to_string_lossy().into_owned()).collect()).unwrap_or_default();
         let value = if secrets.contains(&id) {
             Value::String("<redacted>".into())
+        } else if let Some(url) = raw.first().and_then(|v| redact_url_password(v)) {
+            Value::String(url)
         } else if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
             Value::Bool(m.get_flag(id))
         } else if matches!(arg.get_action(), ArgAction::Append) || arg.is_positional() {
@@ -327,6 +326,16 @@ fn effective_config(
         sources.insert(key, Value::String(source.into()));
     }
     serde_json::json!({ "command": path.join(" "), "values": values, "sources": sources })
+}
+
+/// `http://user:secret@host/` → `http://user:<redacted>@host/`; `None` when there is nothing
+/// to hide.
+fn redact_url_password(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once("://")?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let (user, _password) = userinfo.split_once(':')?;
+    Some(format!("{scheme}://{user}:<redacted>@{host}{}", &rest[authority_end..]))
 }
 
 // === impl FileValue ===
@@ -384,16 +393,9 @@ impl FileValue {
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, FileValue>, ConfigError> {
-    let err = |reason: String| ConfigError::File {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "toml" => toml::from_str(&text).map_err(|e| err(format!("invalid TOML: {e}"))),
         "yaml" | "yml" => {
@@ -402,9 +404,7 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, FileValue>, ConfigError> {
             }
             serde_saphyr::from_str(&text).map_err(|e| err(format!("invalid YAML: {e}")))
         }
-        _ => Err(err(
-            "unknown format; expected a file name ending in .yaml, .yml or .toml".into(),
-        )),
+        _ => Err(err("unknown format; expected a file name ending in .yaml, .yml or .toml".into())),
     }
 }
 
@@ -529,22 +529,19 @@ mod tests {
     fn malformed_and_unknown_format_files_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(&dir, "c.yaml", "grace: [unclosed\n");
-        assert!(
-            run(&["podkit", "demo", "--config", &f])
-                .unwrap_err()
-                .to_string()
-                .contains("invalid YAML")
-        );
+        assert!(run(&["podkit", "demo", "--config", &f]).unwrap_err().to_string().contains("invalid YAML"));
         let f = write(&dir, "c.json", "{}");
-        assert!(
-            run(&["podkit", "demo", "--config", &f])
-                .unwrap_err()
-                .to_string()
-                .contains("unknown format")
-        );
+        assert!(run(&["podkit", "demo", "--config", &f]).unwrap_err().to_string().contains("unknown format"));
         let missing = dir.path().join("nope.yaml");
         let err = run(&["podkit", "demo", "--config", missing.to_str().unwrap()]).unwrap_err();
         assert!(err.to_string().contains("cannot read it"));
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        assert_eq!(redact_url_password("redis://u:pw@h:1/0").unwrap(), "redis://u:<redacted>@h:1/0");
+        assert_eq!(redact_url_password("http://h/a@b"), None);
+        assert_eq!(redact_url_password("http://user@h/"), None);
     }
 
     #[test]

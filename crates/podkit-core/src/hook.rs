@@ -29,10 +29,7 @@ pub enum Hook {
 impl Hook {
     pub fn from_options(http: Option<&reqwest::Url>, exec: Option<&Argv>, method: reqwest::Method) -> Option<Hook> {
         match (http, exec) {
-            (Some(url), _) => Some(Hook::Http {
-                method,
-                url: url.clone(),
-            }),
+            (Some(url), _) => Some(Hook::Http { method, url: url.clone() }),
             (None, Some(argv)) => Some(Hook::Exec(argv.clone())),
             (None, None) => None,
         }
@@ -88,12 +85,7 @@ impl Runner {
             Hook::Http { method, url } => self.http(method.clone(), url, timeout, input.json.as_ref()).await,
             Hook::Exec(argv) => self.exec(argv, name, timeout, &input.env).await,
         };
-        Outcome {
-            ok,
-            detail,
-            output,
-            duration_ms: start.elapsed().as_millis() as u64,
-        }
+        Outcome { ok, detail, output, duration_ms: start.elapsed().as_millis() as u64 }
     }
 
     async fn http(
@@ -111,11 +103,7 @@ impl Runner {
             Ok(resp) => {
                 let status = resp.status();
                 let body = resp.text().await.unwrap_or_default();
-                (
-                    status.is_success(),
-                    format!("HTTP {}", status.as_u16()),
-                    tail(body.as_bytes()),
-                )
+                (status.is_success(), format!("HTTP {}", status.as_u16()), tail(body.as_bytes()))
             }
             Err(e) if e.is_timeout() => (false, format!("timed out after {}", humantime(timeout)), String::new()),
             Err(e) => (false, format!("request failed: {}", error_chain(&e)), String::new()),

@@ -196,10 +196,7 @@ fn read_token(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("--admin-token-file {}: cannot read it: {e}", path.display()))?;
     let token = text.trim().to_string();
     if token.is_empty() {
-        return Err(format!(
-            "--admin-token-file {}: the file is empty; expected a token",
-            path.display()
-        ));
+        return Err(format!("--admin-token-file {}: the file is empty; expected a token", path.display()));
     }
     Ok(token)
 }

@@ -65,9 +65,7 @@ impl FromStr for Level {
             "info" => Ok(Level::Info),
             "warn" | "warning" => Ok(Level::Warn),
             "error" => Ok(Level::Error),
-            _ => Err(format!(
-                "unknown level {s:?}; expected trace, debug, info, warn or error"
-            )),
+            _ => Err(format!("unknown level {s:?}; expected trace, debug, info, warn or error")),
         }
     }
 }
@@ -161,21 +159,15 @@ impl LogRing {
             records.pop_front();
         }
         records.push_back(record.clone());
-        drop(records);
-        // No receiver is the normal case (nobody follows); that is not an error.
+        // Sent under the lock, so followers receive records in sequence order. No receiver is
+        // the normal case (nobody follows); that is not an error.
         let _ = self.inner.live.send(record);
     }
 
     /// The most recent `limit` records that pass `filter`, oldest first.
     pub fn query(&self, filter: &LogFilter, limit: usize) -> Vec<Arc<Record>> {
         let records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = records
-            .iter()
-            .rev()
-            .filter(|r| filter.matches(r))
-            .take(limit)
-            .cloned()
-            .collect();
+        let mut out: Vec<_> = records.iter().rev().filter(|r| filter.matches(r)).take(limit).cloned().collect();
         out.reverse();
         out
     }
@@ -184,6 +176,55 @@ impl LogRing {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
         self.inner.live.subscribe()
     }
+
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Records that pass `filter` as they arrive, after the `backlog` most recent ones that
+    /// already did. A follower that falls behind the live channel catches up from the ring, so
+    /// it only loses records that the ring itself has dropped.
+    pub fn follow(
+        &self,
+        filter: LogFilter,
+        backlog: usize,
+    ) -> impl futures_util::Stream<Item = Arc<Record>> + Send + 'static {
+        // Subscribe before reading the backlog so nothing falls between the two.
+        let live = self.subscribe();
+        let queue: std::collections::VecDeque<_> = self.query(&filter, backlog).into();
+        let state = Follow { ring: self.clone(), live, filter, last: 0, queue };
+        futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(r) = st.queue.pop_front() {
+                    if r.seq > st.last {
+                        st.last = r.seq;
+                        return Some((r, st));
+                    }
+                    continue;
+                }
+                match st.live.recv().await {
+                    Ok(r) if r.seq > st.last && st.filter.matches(&r) => {
+                        st.last = r.seq;
+                        return Some((r, st));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let after = LogFilter { after_seq: Some(st.last), ..st.filter.clone() };
+                        st.queue = st.ring.query(&after, st.ring.capacity()).into();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+}
+
+struct Follow {
+    ring: LogRing,
+    live: broadcast::Receiver<Arc<Record>>,
+    filter: LogFilter,
+    last: u64,
+    queue: std::collections::VecDeque<Arc<Record>>,
 }
 
 /// Which records a `/logs` caller wants.
@@ -220,13 +261,7 @@ impl<S: Subscriber> Layer<S> for RingLayer {
         let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
         let meta = event.metadata();
-        self.ring.push(
-            meta.level().into(),
-            meta.target(),
-            None,
-            visitor.message,
-            visitor.fields,
-        );
+        self.ring.push(meta.level().into(), meta.target(), None, visitor.message, visitor.fields);
     }
 }
 
@@ -289,10 +324,7 @@ pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String
             .with_writer(std::io::stderr)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .boxed()
+        tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).boxed()
     };
     tracing_subscriber::registry()
         .with(filter)
@@ -331,35 +363,19 @@ mod tests {
         push(&ring, Level::Info, Some("stderr"), "err");
         push(&ring, Level::Error, None, "error");
 
-        let f = LogFilter {
-            min_level: Some(Level::Warn),
-            ..Default::default()
-        };
+        let f = LogFilter { min_level: Some(Level::Warn), ..Default::default() };
         let got: Vec<_> = ring.query(&f, 100).iter().map(|r| r.message.clone()).collect();
         assert_eq!(got, ["warn", "error"]);
 
-        let f = LogFilter {
-            stream: Some("stdout".into()),
-            ..Default::default()
-        };
+        let f = LogFilter { stream: Some("stdout".into()), ..Default::default() };
         assert_eq!(ring.query(&f, 100)[0].message, "out");
-        let f = LogFilter {
-            stream: Some("podkit".into()),
-            ..Default::default()
-        };
+        let f = LogFilter { stream: Some("podkit".into()), ..Default::default() };
         assert_eq!(ring.query(&f, 100).len(), 3);
 
-        let f = LogFilter {
-            after_seq: Some(3),
-            ..Default::default()
-        };
+        let f = LogFilter { after_seq: Some(3), ..Default::default() };
         assert_eq!(ring.query(&f, 100).len(), 2);
 
-        let got: Vec<_> = ring
-            .query(&LogFilter::default(), 2)
-            .iter()
-            .map(|r| r.message.clone())
-            .collect();
+        let got: Vec<_> = ring.query(&LogFilter::default(), 2).iter().map(|r| r.message.clone()).collect();
         assert_eq!(got, ["err", "error"], "limit keeps the newest");
     }
 
@@ -375,6 +391,24 @@ mod tests {
         assert_eq!(v["stream"], "stderr");
         assert_eq!(v["fields"]["pid"], 42);
         assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_catches_up_from_the_ring() {
+        use futures_util::StreamExt;
+        let ring = LogRing::new(10_000);
+        push(&ring, Level::Info, None, "before");
+        let follow = ring.follow(LogFilter::default(), 1);
+        // Far more than the live channel holds, before the follower reads anything.
+        for i in 0..3000 {
+            push(&ring, Level::Info, None, &format!("m{i}"));
+        }
+        let got: Vec<String> = follow.take(3001).map(|r| r.message.clone()).collect().await;
+        assert_eq!(got[0], "before");
+        assert_eq!(got.len(), 3001);
+        for (i, m) in got[1..].iter().enumerate() {
+            assert_eq!(*m, format!("m{i}"), "a record was lost or reordered");
+        }
     }
 
     #[tokio::test]

@@ -47,25 +47,10 @@ pub fn encode_proc_stats(
         MetricType::Counter,
     )?)?;
     let gauges: [(&str, String, Option<Unit>, f64); 5] = [
-        (
-            "resident_memory",
-            format!("Resident memory of {what}"),
-            Some(Unit::Bytes),
-            s.resident_bytes as f64,
-        ),
-        (
-            "virtual_memory",
-            format!("Virtual memory of {what}"),
-            Some(Unit::Bytes),
-            s.virtual_bytes as f64,
-        ),
+        ("resident_memory", format!("Resident memory of {what}"), Some(Unit::Bytes), s.resident_bytes as f64),
+        ("virtual_memory", format!("Virtual memory of {what}"), Some(Unit::Bytes), s.virtual_bytes as f64),
         ("threads", format!("Threads of {what}"), None, s.threads as f64),
-        (
-            "open_fds",
-            format!("Open file descriptors of {what}"),
-            None,
-            s.open_fds as f64,
-        ),
+        ("open_fds", format!("Open file descriptors of {what}"), None, s.open_fds as f64),
         (
             "start_time",
             format!("Start time of {what}, in seconds since the Unix epoch"),

@@ -48,11 +48,7 @@ pub fn command(argv: &[OsString], capture: bool) -> Command {
 /// Sends `sig` to `pid`, or to its whole process group. A process that is already gone is not
 /// an error.
 pub fn signal(pid: i32, sig: Signal, group: bool) {
-    let res = if group {
-        killpg(Pid::from_raw(pid), sig)
-    } else {
-        kill(Pid::from_raw(pid), sig)
-    };
+    let res = if group { killpg(Pid::from_raw(pid), sig) } else { kill(Pid::from_raw(pid), sig) };
     if let Err(e) = res
         && e != Errno::ESRCH
     {
@@ -88,12 +84,27 @@ pub fn kill_all(pgid: Option<i32>) {
     tracing::error!("processes survived repeated SIGKILL (uninterruptible sleep?)");
 }
 
+/// [`kill_all`] for async code: the /proc scans run on the blocking pool and the pauses do not
+/// hold the runtime's thread, so signals and the admin API keep being served meanwhile.
+pub async fn kill_all_async(pgid: Option<i32>) {
+    for _ in 0..200 {
+        let signalled = tokio::task::spawn_blocking(move || signal_all(pgid, Signal::SIGKILL)).await.unwrap_or(0);
+        if signalled == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::error!("processes survived repeated SIGKILL (uninterruptible sleep?)");
+}
+
+/// [`live_descendants`] on the blocking pool.
+pub async fn live_descendants_async(root: i32) -> Vec<i32> {
+    tokio::task::spawn_blocking(move || live_descendants(root)).await.unwrap_or_default()
+}
+
 /// Descendants of `root` that are not zombies.
 pub fn live_descendants(root: i32) -> Vec<i32> {
-    crate::procstat::descendants(root)
-        .into_iter()
-        .filter(|&pid| !is_zombie(pid))
-        .collect()
+    crate::procstat::descendants(root).into_iter().filter(|&pid| !is_zombie(pid)).collect()
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -110,18 +121,14 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let parsed = match upper.parse::<i32>() {
         Ok(n) => Signal::try_from(n).ok(),
         Err(_) => {
-            let name = if upper.starts_with("SIG") {
-                upper
-            } else {
-                format!("SIG{upper}")
-            };
+            let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
             name.parse::<Signal>().ok()
         }
     };
     match parsed {
-        Some(Signal::SIGKILL | Signal::SIGSTOP) | None => Err(format!(
-            "unknown or unusable signal {s:?}; expected a name or number such as SIGTERM, INT or 15"
-        )),
+        Some(Signal::SIGKILL | Signal::SIGSTOP) | None => {
+            Err(format!("unknown or unusable signal {s:?}; expected a name or number such as SIGTERM, INT or 15"))
+        }
         Some(sig) => Ok(sig),
     }
 }
@@ -136,10 +143,7 @@ mod tests {
         assert_eq!(parse_signal("int").unwrap(), Signal::SIGINT);
         assert_eq!(parse_signal("10").unwrap(), Signal::SIGUSR1);
         assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
-        assert!(
-            parse_signal("SIGKILL").is_err(),
-            "SIGKILL cannot be handled, so no graceful stop"
-        );
+        assert!(parse_signal("SIGKILL").is_err(), "SIGKILL cannot be handled, so no graceful stop");
     }
 
     #[test]

@@ -25,6 +25,11 @@ impl Readiness {
         self.lock().remove(key);
     }
 
+    /// Whether `key` currently gives a reason.
+    pub fn has(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.lock().is_empty()
     }

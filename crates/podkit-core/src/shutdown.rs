@@ -68,10 +68,7 @@ impl Shutdown {
     pub fn new() -> Self {
         Self {
             token: CancellationToken::new(),
-            inner: Arc::new(Inner {
-                reason: OnceLock::new(),
-                force_hooks: Mutex::new(Vec::new()),
-            }),
+            inner: Arc::new(Inner { reason: OnceLock::new(), force_hooks: Mutex::new(Vec::new()) }),
         }
     }
 
@@ -105,11 +102,7 @@ impl Shutdown {
     /// Registers work that must happen even on a forced exit (killing processes podkit started).
     /// Hooks run on the signal-handling task, so they must not block for long.
     pub fn on_force(&self, hook: impl Fn() + Send + Sync + 'static) {
-        self.inner
-            .force_hooks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(hook));
+        self.inner.force_hooks.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(hook));
     }
 
     /// Runs the force hooks and exits the process with `code`.

@@ -15,6 +15,19 @@ use serde::{Serialize, Serializer};
 pub struct Duration(pub std::time::Duration);
 
 impl Duration {
+    /// The longest duration any option takes: long enough for any real timeout, short enough
+    /// that adding it to a clock reading cannot overflow.
+    pub const MAX: Duration = Duration::from_secs(100 * 86_400);
+
+    /// Parses a duration that must be more than zero.
+    pub fn parse_positive(s: &str) -> Result<Duration, String> {
+        let d: Duration = s.parse()?;
+        if d.0.is_zero() {
+            return Err("must be more than zero".into());
+        }
+        Ok(d)
+    }
+
     pub const fn from_secs(secs: u64) -> Self {
         Self(std::time::Duration::from_secs(secs))
     }
@@ -32,9 +45,12 @@ impl FromStr for Duration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Duration)
-            .map_err(|e| format!("{e}; expected a duration such as 30s, 500ms or 2m"))
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{e}; expected a duration such as 30s, 500ms or 2m"))?;
+        if d > Duration::MAX.0 {
+            return Err(format!("{s} is too long; at most {}", Duration::MAX));
+        }
+        Ok(Duration(d))
     }
 }
 
@@ -115,6 +131,8 @@ mod tests {
         assert_eq!(Duration::from_secs(90).to_string(), "1m 30s");
         let err = "30".parse::<Duration>().unwrap_err();
         assert!(err.contains("expected a duration such as 30s"), "{err}");
+        assert!("1000000h".parse::<Duration>().unwrap_err().contains("too long"));
+        assert!(Duration::parse_positive("0s").is_err());
     }
 
     #[test]

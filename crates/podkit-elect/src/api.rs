@@ -54,10 +54,7 @@ impl Api {
             let known: Vec<_> = self.elections.keys().cloned().collect();
             ApiError(
                 StatusCode::NOT_FOUND,
-                format!(
-                    "unknown election {name:?}; this sidecar takes part in: {}",
-                    known.join(", ")
-                ),
+                format!("unknown election {name:?}; this sidecar takes part in: {}", known.join(", ")),
             )
         })
     }
@@ -67,10 +64,9 @@ fn parse_wait(s: Option<&str>, field: &str) -> Result<Option<Duration>, ApiError
     let Some(s) = s else { return Ok(None) };
     match s.parse::<podkit_core::Duration>() {
         Ok(d) if d.get() <= MAX_WAIT => Ok(Some(d.get())),
-        Ok(_) => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{field}={s}: at most {}", podkit_core::Duration(MAX_WAIT)),
-        )),
+        Ok(_) => {
+            Err(ApiError(StatusCode::BAD_REQUEST, format!("{field}={s}: at most {}", podkit_core::Duration(MAX_WAIT))))
+        }
         Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, format!("{field}={s}: {e}"))),
     }
 }

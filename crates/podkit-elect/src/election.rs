@@ -171,9 +171,7 @@ impl Election {
             app_renewed: Mutex::new(None),
             heartbeat: Notify::new(),
             resign: Notify::new(),
-            label: ElectionLabel {
-                election: name.to_string(),
-            },
+            label: ElectionLabel { election: name.to_string() },
             metrics,
         })
     }
@@ -192,19 +190,9 @@ impl Election {
             Some(l) if *l == self.id && !is_leader => None,
             other => other.clone(),
         };
-        let until = if is_leader {
-            v.my_deadline
-        } else {
-            v.leader_until.filter(|_| leader.is_some())
-        };
+        let until = if is_leader { v.my_deadline } else { v.leader_until.filter(|_| leader.is_some()) };
         let lease_remaining_ms = until.map(|u| u.saturating_duration_since(now).as_millis() as u64);
-        Status {
-            election: self.name.clone(),
-            leader,
-            token: v.token,
-            is_leader,
-            lease_remaining_ms,
-        }
+        Status { election: self.name.clone(), leader, token: v.token, is_leader, lease_remaining_ms }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -248,10 +236,7 @@ impl Election {
         v.token = v.token.max(o.token);
         v.leader_until = o.remaining.map(|r| Instant::now() + r);
         drop(v);
-        self.metrics
-            .token
-            .get_or_create(&self.label)
-            .set(self.view().token as i64);
+        self.metrics.token.get_or_create(&self.label).set(self.view().token as i64);
         if changed {
             self.bump();
         }
@@ -303,11 +288,7 @@ struct Change {
 /// Runs the hooks for changes in order, one at a time, off the election loop.
 async fn hook_worker(mut rx: mpsc::UnboundedReceiver<Change>, settings: Arc<Settings>, runner: Runner) {
     while let Some(change) = rx.recv().await {
-        let Change {
-            elected,
-            status,
-            reason,
-        } = change;
+        let Change { elected, status, reason } = change;
         let env = vec![
             ("PODKIT_ELECTION".to_string(), status.election.clone()),
             ("PODKIT_TOKEN".to_string(), status.token.to_string()),
@@ -324,11 +305,8 @@ async fn hook_worker(mut rx: mpsc::UnboundedReceiver<Change>, settings: Arc<Sett
             "is_leader": elected,
         });
         let input = Input { env, json: Some(json) };
-        let (hook, name) = if elected {
-            (&settings.on_elected, "on-elected")
-        } else {
-            (&settings.on_demoted, "on-demoted")
-        };
+        let (hook, name) =
+            if elected { (&settings.on_elected, "on-elected") } else { (&settings.on_demoted, "on-demoted") };
         for (hook, name) in [(hook, name), (&settings.notify, "notify")] {
             if let Some(hook) = hook {
                 let outcome = runner.run_with(hook, name, settings.hook_timeout, &input).await;
@@ -353,11 +331,7 @@ pub async fn run<B: Backend>(
     let worker = tokio::spawn(hook_worker(rx, settings.clone(), runner));
     let e = &election;
     let tell = |elected: bool, reason: &'static str| {
-        let _ = hooks.send(Change {
-            elected,
-            status: e.status(),
-            reason,
-        });
+        let _ = hooks.send(Change { elected, status: e.status(), reason });
     };
     let mut campaigning = e.campaigning.subscribe();
     // After a resign, stay out for one ttl so another replica can take over.
@@ -417,10 +391,7 @@ pub async fn run<B: Backend>(
             match tokio::time::timeout(attempt, backend.renew(&lease, settings.ttl)).await {
                 Ok(Ok(true)) => {
                     let took = sent.elapsed();
-                    e.metrics
-                        .renew_seconds
-                        .get_or_create(&e.label)
-                        .observe(took.as_secs_f64());
+                    e.metrics.renew_seconds.get_or_create(&e.label).observe(took.as_secs_f64());
                     let new_deadline = sent + settings.claim();
                     e.extend(new_deadline);
                     held = Some((lease, new_deadline));

@@ -134,11 +134,7 @@ fn parse_backend(s: &str) -> Result<BackendUrl, String> {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
         };
-        let prefix = if prefix.is_empty() {
-            "/podkit/elect".to_string()
-        } else {
-            prefix.to_string()
-        };
+        let prefix = if prefix.is_empty() { "/podkit/elect".to_string() } else { prefix.to_string() };
         let mut endpoints = Vec::new();
         for host in hosts.split(',').filter(|h| !h.is_empty()) {
             let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
@@ -160,8 +156,7 @@ fn parse_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(s.to_string())
     } else {
@@ -198,9 +193,7 @@ pub struct Elect {
 impl Elect {
     pub fn new(args: ElectArgs) -> Self {
         let id = args.id.clone().unwrap_or_else(|| {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "podkit".into())
+            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "podkit".into())
         });
         let settings = Arc::new(Settings {
             id,
@@ -209,10 +202,7 @@ impl Elect {
             renew: args.renew,
             on_elected: args.on_elected.clone().map(Hook::Exec),
             on_demoted: args.on_demoted.clone().map(Hook::Exec),
-            notify: args.notify_url.clone().map(|url| Hook::Http {
-                method: reqwest::Method::POST,
-                url,
-            }),
+            notify: args.notify_url.clone().map(|url| Hook::Http { method: reqwest::Method::POST, url }),
             hook_timeout: args.hook_timeout.get(),
         });
         let metrics = Metrics::new();
@@ -220,12 +210,7 @@ impl Elect {
         for name in &args.elections {
             elections.insert(name.clone(), Election::new(name, &settings, metrics.clone()));
         }
-        Self {
-            args,
-            settings,
-            elections: Arc::new(elections),
-            metrics,
-        }
+        Self { args, settings, elections: Arc::new(elections), metrics }
     }
 }
 
@@ -245,21 +230,9 @@ impl Component for Elect {
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
         let reg = admin.metrics();
         let m = &self.metrics;
-        reg.register(
-            "is_leader",
-            "1 while this replica leads the election",
-            m.is_leader.clone(),
-        );
-        reg.register(
-            "token",
-            "Fencing token of the current (or last) leader",
-            m.token.clone(),
-        );
-        reg.register(
-            "transitions",
-            "Times this replica became or stopped being leader",
-            m.transitions.clone(),
-        );
+        reg.register("is_leader", "1 while this replica leads the election", m.is_leader.clone());
+        reg.register("token", "Fencing token of the current (or last) leader", m.token.clone());
+        reg.register("transitions", "Times this replica became or stopped being leader", m.transitions.clone());
         reg.register("backend_errors", "Failed backend requests", m.backend_errors.clone());
         reg.register_with_unit(
             "renew_duration",
@@ -327,14 +300,7 @@ impl Elect {
             }
             _ => None,
         };
-        Ok(EtcdOptions {
-            endpoints,
-            prefix,
-            ca_pem,
-            client_cert_pem,
-            user,
-            timeout: self.args.etcd_timeout.get(),
-        })
+        Ok(EtcdOptions { endpoints, prefix, ca_pem, client_cert_pem, user, timeout: self.args.etcd_timeout.get() })
     }
 
     async fn serve<B: Backend>(self, backend: B, runner: Runner, ctx: Context) -> Result<i32, ElectError> {
@@ -346,24 +312,14 @@ impl Elect {
                 return Ok(EX_USAGE);
             }
         };
-        let token = match self
-            .args
-            .common
-            .admin_token_file
-            .as_deref()
-            .map(std::fs::read_to_string)
-            .transpose()
-        {
+        let token = match self.args.common.admin_token_file.as_deref().map(std::fs::read_to_string).transpose() {
             Ok(t) => t.map(|t| t.trim().to_string()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read --admin-token-file");
                 return Ok(EX_USAGE);
             }
         };
-        let api = api::Api {
-            elections: self.elections.clone(),
-            renew: self.settings.renew,
-        };
+        let api = api::Api { elections: self.elections.clone(), renew: self.settings.renew };
         let router = api::router(api, token);
         let bound = listener.local_addr().unwrap_or(self.args.listen);
         if let Some(path) = &self.args.listen_addr_file
@@ -407,24 +363,15 @@ mod tests {
 
     #[test]
     fn backend_urls_parse() {
-        assert_eq!(
-            parse_backend("file:///run/x").unwrap(),
-            BackendUrl::File("/run/x".into())
-        );
+        assert_eq!(parse_backend("file:///run/x").unwrap(), BackendUrl::File("/run/x".into()));
         assert!(parse_backend("file://relative").is_err());
         assert_eq!(
             parse_backend("etcd://a:1,b/p/q/").unwrap(),
-            BackendUrl::Etcd {
-                endpoints: vec!["a:1".into(), "b:2379".into()],
-                prefix: "/p/q".into()
-            }
+            BackendUrl::Etcd { endpoints: vec!["a:1".into(), "b:2379".into()], prefix: "/p/q".into() }
         );
         assert_eq!(
             parse_backend("etcd://h:2379").unwrap(),
-            BackendUrl::Etcd {
-                endpoints: vec!["h:2379".into()],
-                prefix: "/podkit/elect".into()
-            }
+            BackendUrl::Etcd { endpoints: vec!["h:2379".into()], prefix: "/podkit/elect".into() }
         );
         assert!(parse_backend("etcd:///x").is_err());
         assert!(parse_backend("zk://x").unwrap_err().contains("expected"));

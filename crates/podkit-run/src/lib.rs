@@ -67,11 +67,11 @@ pub struct RunArgs {
     pub ready_exec: Option<Argv>,
 
     /// How often the readiness probe runs.
-    #[arg(long, value_name = "DURATION", default_value = "2s", help_heading = "Readiness")]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Readiness")]
     pub ready_interval: podkit_core::Duration,
 
     /// How long one readiness probe may take before it counts as a failure.
-    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Readiness")]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Readiness")]
     pub ready_timeout: podkit_core::Duration,
 
     /// `POST /lifecycle/save` POSTs to this URL: the app's "save your state now" hook.
@@ -92,7 +92,7 @@ pub struct RunArgs {
     pub restart: RestartPolicy,
 
     /// First delay before a restart; it doubles after each quick failure.
-    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Restarting")]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Restarting")]
     pub restart_delay: podkit_core::Duration,
 
     /// Longest delay between restarts. A program that ran at least this long before exiting
@@ -167,6 +167,8 @@ struct State {
     save: Option<Hook>,
     save_timeout: Duration,
     runner: std::sync::OnceLock<Runner>,
+    /// Set when a stop begins: no new save hook may start after it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,6 +195,7 @@ impl Run {
             save,
             save_timeout: args.save_timeout.get(),
             runner: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         Self { args, state }
     }
@@ -204,19 +207,9 @@ impl Component for Run {
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
         let reg = admin.metrics();
-        reg.register(
-            "restarts",
-            "Times the program was restarted",
-            self.state.restarts.clone(),
-        );
-        reg.register(
-            "hook_runs",
-            "Hook and probe runs by hook and result",
-            self.state.hook_runs.clone(),
-        );
-        reg.register_collector(Box::new(ChildCollector {
-            state: self.state.clone(),
-        }));
+        reg.register("restarts", "Times the program was restarted", self.state.restarts.clone());
+        reg.register("hook_runs", "Hook and probe runs by hook and result", self.state.hook_runs.clone());
+        reg.register_collector(Box::new(ChildCollector { state: self.state.clone() }));
 
         let state = self.state.clone();
         admin.protected_route("/lifecycle/save", post(move || save(state.clone())));
@@ -242,29 +235,13 @@ impl Component for Run {
             process::kill_all((pid > 0).then_some(pid));
         });
 
-        if let Some(probe) = Hook::from_options(
-            self.args.ready_http.as_ref(),
-            self.args.ready_exec.as_ref(),
-            reqwest::Method::GET,
-        ) {
-            ctx.tasks.spawn(probe_loop(
-                probe,
-                runner.clone(),
-                self.state.clone(),
-                ctx.clone(),
-                self.args.clone(),
-            ));
+        if let Some(probe) =
+            Hook::from_options(self.args.ready_http.as_ref(), self.args.ready_exec.as_ref(), reqwest::Method::GET)
+        {
+            ctx.tasks.spawn(probe_loop(probe, runner.clone(), self.state.clone(), ctx.clone(), self.args.clone()));
         }
 
-        let sup = Supervisor {
-            args: self.args,
-            state: self.state,
-            ctx,
-            reaper,
-            runner,
-            forward,
-            stop_deadline: None,
-        };
+        let sup = Supervisor { args: self.args, state: self.state, ctx, reaper, runner, forward, stop_deadline: None };
         Ok(sup.supervise().await)
     }
 }
@@ -288,6 +265,10 @@ async fn save(state: Arc<State>) -> Response {
         let body = serde_json::json!({ "error": "no save hook configured; set --save-http or --save-exec" });
         return (StatusCode::NOT_FOUND, Json(body)).into_response();
     };
+    if state.stopping.load(Ordering::Relaxed) || state.pid.load(Ordering::Relaxed) == 0 {
+        let body = serde_json::json!({ "error": "the program is not running (stopping or between restarts)" });
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    }
     let Some(runner) = state.runner.get() else {
         let body = serde_json::json!({ "error": "still starting; retry" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
@@ -295,11 +276,7 @@ async fn save(state: Arc<State>) -> Response {
     let outcome = runner.run(hook, "save", state.save_timeout).await;
     state.count_hook("save", &outcome);
     tracing::info!(ok = outcome.ok, detail = %outcome.detail, duration_ms = outcome.duration_ms, "save hook ran");
-    let status = if outcome.ok {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
+    let status = if outcome.ok { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
     (status, Json(outcome)).into_response()
 }
 
@@ -320,8 +297,7 @@ async fn probe_loop(probe: Hook, runner: Runner, state: Arc<State>, ctx: Context
         if outcome.ok {
             ctx.readiness.ready("probe");
         } else {
-            ctx.readiness
-                .not_ready("probe", format!("readiness probe failed: {}", outcome.detail));
+            ctx.readiness.not_ready("probe", format!("readiness probe failed: {}", outcome.detail));
         }
         if was_ok != Some(outcome.ok) {
             tracing::info!(ready = outcome.ok, detail = %outcome.detail, "readiness probe changed");
@@ -416,7 +392,7 @@ impl Supervisor {
                 _ = self.ctx.shutdown.triggered() => return exit.status(),
             }
             self.state.restarts.inc();
-            delay = (delay * 2).min(self.args.restart_delay_max.get());
+            delay = delay.saturating_mul(2).min(self.args.restart_delay_max.get());
         }
     }
 
@@ -431,37 +407,29 @@ impl Supervisor {
             Err(e) => {
                 // The shell's conventions: 127 when there is no such program, 126 when it
                 // cannot be executed.
-                let status = if e.kind() == std::io::ErrorKind::NotFound {
-                    127
-                } else {
-                    126
-                };
+                let status = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
                 tracing::error!(program = %program, error = %e, status, "cannot start the program");
-                self.ctx
-                    .readiness
-                    .not_ready("program", format!("cannot start {program}: {e}"));
+                self.ctx.readiness.not_ready("program", format!("cannot start {program}: {e}"));
+                // Nothing more will run: let every other task (probes) end now.
+                self.ctx.shutdown.trigger(StopReason::Completed);
                 return Err(status);
             }
         };
         let pid = spawned.pid;
         self.state.pid.store(pid, Ordering::Relaxed);
+        if self.args.ready_http.is_some() || self.args.ready_exec.is_some() {
+            // A new run is not ready until its own probe says so.
+            self.ctx.readiness.not_ready("probe", "no successful readiness probe yet");
+        }
         self.ctx.readiness.ready("program");
         tracing::info!(pid, program = %program, "program started");
 
         let mut pumps = Vec::new();
         if let Some(out) = spawned.child.stdout.take() {
-            pumps.push(tokio::spawn(output::pump(
-                out.into(),
-                output::Stream::Stdout,
-                self.ctx.logs.clone(),
-            )));
+            pumps.push(tokio::spawn(output::pump(out.into(), output::Stream::Stdout, self.ctx.logs.clone())));
         }
         if let Some(err) = spawned.child.stderr.take() {
-            pumps.push(tokio::spawn(output::pump(
-                err.into(),
-                output::Stream::Stderr,
-                self.ctx.logs.clone(),
-            )));
+            pumps.push(tokio::spawn(output::pump(err.into(), output::Stream::Stderr, self.ctx.logs.clone())));
         }
 
         let mut reload = self.ctx.reload.clone();
@@ -494,14 +462,13 @@ impl Supervisor {
         self.sweep(pid).await;
         // The pipes close when the last process holding them is gone; a descendant that
         // escaped the sweep (uninterruptible sleep) must not hold podkit's exit.
-        for p in pumps {
-            let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(pumps)).await;
         Ok(ended)
     }
 
     /// The stop sequence: pre-stop hook, stop signal, grace, SIGKILL to everything.
     async fn stop(&mut self, pid: i32, exit: &mut tokio::sync::oneshot::Receiver<Exit>, reason: StopReason) -> Exit {
+        self.state.stopping.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.ctx.grace;
         self.stop_deadline = Some(deadline);
         if let Some(hook) = Hook::from_options(
@@ -526,11 +493,7 @@ impl Supervisor {
             }
         }
         // Ctrl-C on a terminal reaches the program as SIGINT; every other stop uses --stop-signal.
-        let sig = if reason == StopReason::Interrupt {
-            Signal::SIGINT
-        } else {
-            self.args.stop_signal
-        };
+        let sig = if reason == StopReason::Interrupt { Signal::SIGINT } else { self.args.stop_signal };
         tracing::info!(pid, signal = %sig, grace = %podkit_core::Duration(self.ctx.grace), "stopping the program");
         process::signal(pid, sig, self.args.signal_group);
         tokio::select! {
@@ -541,7 +504,7 @@ impl Supervisor {
             pid,
             "the program did not stop within the grace period; sending SIGKILL to it and everything it started"
         );
-        process::kill_all(Some(pid));
+        process::kill_all_async(Some(pid)).await;
         exit.await.unwrap_or(Exit::Signal(Signal::SIGKILL as i32))
     }
 
@@ -549,7 +512,7 @@ impl Supervisor {
     /// period (or at once if a stop is under way and its grace is spent).
     async fn sweep(&self, pgid: i32) {
         let me = std::process::id() as i32;
-        let left = process::live_descendants(me);
+        let left = process::live_descendants_async(me).await;
         let group_alive = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
         if left.is_empty() && !group_alive {
             return;
@@ -559,13 +522,13 @@ impl Supervisor {
         let fresh = tokio::time::Instant::now() + self.ctx.grace;
         let deadline = self.stop_deadline.map_or(fresh, |d| d.min(fresh));
         while tokio::time::Instant::now() < deadline {
-            if process::live_descendants(me).is_empty() {
+            if process::live_descendants_async(me).await.is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::warn!("processes left behind did not stop within the grace period; sending SIGKILL");
-        process::kill_all(Some(pgid));
+        process::kill_all_async(Some(pgid)).await;
     }
 }
 

@@ -39,20 +39,13 @@ impl AdminClient {
             .no_proxy()
             .build()
             .expect("static client configuration");
-        Self {
-            base: format!("http://{addr}"),
-            http,
-            token: None,
-        }
+        Self { base: format!("http://{addr}"), http, token: None }
     }
 
     /// Waits for `--admin-addr-file` to be written and connects to the address in it.
     pub fn from_addr_file(path: &Path) -> Self {
         let text = crate::wait_for_file(path, Duration::from_secs(20));
-        let addr = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address {text:?}: {e}"));
+        let addr = text.trim().parse().unwrap_or_else(|e| panic!("bad address {text:?}: {e}"));
         Self::new(addr)
     }
 
@@ -71,10 +64,7 @@ impl AdminClient {
 
     /// Starts a streaming GET (`/logs?follow=1`): the response reads as the body arrives.
     pub fn stream(&self, path: &str) -> reqwest::blocking::Response {
-        let client = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("static client configuration");
+        let client = reqwest::blocking::Client::builder().no_proxy().build().expect("static client configuration");
         client
             .get(format!("{}{path}", self.base))
             .send()
@@ -89,9 +79,7 @@ impl AdminClient {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .unwrap_or_else(|e| panic!("admin request to {} failed: {e}", self.base));
+        let resp = req.send().unwrap_or_else(|e| panic!("admin request to {} failed: {e}", self.base));
         let status = resp.status().as_u16();
         let body = resp.text().unwrap_or_default();
         Answer { status, body }

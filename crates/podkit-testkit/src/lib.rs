@@ -40,11 +40,6 @@ macro_rules! assert_eventually {
 /// Reads a file's content once it exists and is not empty, within `timeout`.
 pub fn wait_for_file(path: &std::path::Path, timeout: std::time::Duration) -> String {
     let read = || std::fs::read_to_string(path).unwrap_or_default();
-    assert_eventually!(
-        timeout = timeout,
-        !read().trim().is_empty(),
-        "{} was not written",
-        path.display()
-    );
+    assert_eventually!(timeout = timeout, !read().trim().is_empty(), "{} was not written", path.display());
     read()
 }

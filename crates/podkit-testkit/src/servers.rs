@@ -14,10 +14,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// A loopback port that was free a moment ago. The operating system picks it (port 0), so
 /// parallel tests do not collide; a server that then loses the race is restarted on another.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
 }
 
 /// The path of `program`, or a panic that says which package provides it.
@@ -83,15 +80,10 @@ impl Drop for Server {
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("server log file");
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("server log file");
     let err = out.try_clone().expect("server log file");
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
 }
 
 fn wait_ready(server: &mut Server, ready: &dyn Fn(SocketAddr) -> bool) -> Result<(), String> {
@@ -125,10 +117,7 @@ fn start(
     let mut last_error = String::new();
     for _ in 0..PORT_ATTEMPTS {
         let ports: Vec<u16> = (0..nports).map(|_| free_port()).collect();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("podkit-{name}-"))
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix(&format!("podkit-{name}-")).tempdir().expect("tempdir");
         let log = dir.path().join("server.log");
         let mut cmd = Command::new(&program);
         cmd.args(args(dir.path(), &ports)).current_dir(dir.path());
@@ -187,20 +176,7 @@ pub fn memcached() -> Server {
         1,
         &|_, p| {
             // -U 0: no UDP; -u root: memcached refuses to run as root without it.
-            [
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &p[0].to_string(),
-                "-U",
-                "0",
-                "-m",
-                "64",
-                "-u",
-                "root",
-            ]
-            .map(String::from)
-            .to_vec()
+            ["-l", "127.0.0.1", "-p", &p[0].to_string(), "-U", "0", "-m", "64", "-u", "root"].map(String::from).to_vec()
         },
         &|a| ping(a, b"version\r\n", "VERSION"),
     )
@@ -247,9 +223,7 @@ pub fn nats() -> Server {
         &|dir, p| {
             let port = p[0].to_string();
             let store = dir.join("jetstream").display().to_string();
-            ["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store]
-                .map(String::from)
-                .to_vec()
+            ["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store].map(String::from).to_vec()
         },
         &|a| ping(a, b"", "INFO"),
     )
@@ -268,9 +242,7 @@ pub fn nutcracker(config: &dyn Fn(SocketAddr) -> String) -> Server {
             std::fs::write(&conf, config(SocketAddr::from(([127, 0, 0, 1], p[0])))).expect("write nutcracker.yml");
             let conf = conf.display().to_string();
             let stats = p[1].to_string();
-            ["-c", &conf, "-s", &stats, "-a", "127.0.0.1"]
-                .map(String::from)
-                .to_vec()
+            ["-c", &conf, "-s", &stats, "-a", "127.0.0.1"].map(String::from).to_vec()
         },
         &|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok(),
     )
@@ -339,10 +311,7 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     pub fn start() -> EtcdCluster {
         let program = require_program("etcd", "etcd-server");
-        let dir = tempfile::Builder::new()
-            .prefix("podkit-etcd3-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("podkit-etcd3-").tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let cluster = ports
             .iter()
@@ -350,23 +319,13 @@ impl EtcdCluster {
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = EtcdCluster {
-            program,
-            dir,
-            cluster,
-            ports,
-            members: vec![None, None, None],
-        };
+        let mut c = EtcdCluster { program, dir, cluster, ports, members: vec![None, None, None] };
         for i in 0..3 {
             c.spawn(i, "new");
         }
         let deadline = Instant::now() + START_TIMEOUT;
         while !(0..3).all(|i| etcd_healthy(c.client_addr(i))) {
-            assert!(
-                Instant::now() < deadline,
-                "etcd cluster did not become healthy:\n{}",
-                c.logs()
-            );
+            assert!(Instant::now() < deadline, "etcd cluster did not become healthy:\n{}", c.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
         c
@@ -375,14 +334,7 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize, state: &str) {
         let (client, peer) = self.ports[i];
         let mut cmd = Command::new(&self.program);
-        cmd.args(etcd_args(
-            &format!("m{i}"),
-            self.dir.path(),
-            client,
-            peer,
-            &self.cluster,
-            state,
-        ));
+        cmd.args(etcd_args(&format!("m{i}"), self.dir.path(), client, peer, &self.cluster, state));
         let log = self.dir.path().join(format!("m{i}.log"));
         self.members[i] = Some(spawn_logged(cmd, &log));
     }
@@ -393,10 +345,7 @@ impl EtcdCluster {
 
     /// `host:port,host:port,host:port` of every member's client URL.
     pub fn endpoints(&self) -> String {
-        (0..3)
-            .map(|i| self.client_addr(i).to_string())
-            .collect::<Vec<_>>()
-            .join(",")
+        (0..3).map(|i| self.client_addr(i).to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// Kills member `i` (SIGKILL).
@@ -421,10 +370,7 @@ impl EtcdCluster {
         (0..3)
             .map(|i| {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log"))).unwrap_or_default();
-                format!(
-                    "--- m{i}\n{}",
-                    log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-                )
+                format!("--- m{i}\n{}", log.lines().rev().take(20).collect::<Vec<_>>().join("\n"))
             })
             .collect::<Vec<_>>()
             .join("\n")

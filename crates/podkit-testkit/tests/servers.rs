@@ -73,10 +73,5 @@ fn etcd_cluster_survives_a_member_and_takes_it_back() {
         c.logs()
     );
     c.start_member(2);
-    assert_eventually!(
-        timeout = Duration::from_secs(30),
-        c.healthy(2),
-        "member 2 did not rejoin:\n{}",
-        c.logs()
-    );
+    assert_eventually!(timeout = Duration::from_secs(30), c.healthy(2), "member 2 did not rejoin:\n{}", c.logs());
 }

@@ -34,28 +34,14 @@ impl Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let addr_file = dir.path().join("api.addr");
         let ttl = format!("{}ms", ttl.as_millis());
-        let mut args = vec![
-            "elect",
-            "--id",
-            id,
-            "--backend",
-            backend,
-            "--ttl",
-            &ttl,
-            "--listen",
-            "127.0.0.1:0",
-        ];
+        let mut args = vec!["elect", "--id", id, "--backend", backend, "--ttl", &ttl, "--listen", "127.0.0.1:0"];
         let addr_arg = addr_file.to_str().unwrap().to_string();
         args.extend(["--listen-addr-file", &addr_arg]);
         args.extend(extra);
         let proc = Podkit::start(Mode::Subreaper, &args);
         let api = AdminClient::from_addr_file(&addr_file);
         std::mem::forget(dir); // the address file's directory lives as long as the test
-        Sidecar {
-            id: id.to_string(),
-            proc,
-            api,
-        }
+        Sidecar { id: id.to_string(), proc, api }
     }
 
     fn status(&self, election: &str) -> Value {
@@ -68,11 +54,7 @@ impl Sidecar {
 }
 
 fn leaders(sidecars: &[Sidecar], election: &str) -> Vec<String> {
-    sidecars
-        .iter()
-        .filter(|s| s.is_leader(election))
-        .map(|s| s.id.clone())
-        .collect()
+    sidecars.iter().filter(|s| s.is_leader(election)).map(|s| s.id.clone()).collect()
 }
 
 fn wait_for_one_leader(sidecars: &[Sidecar], election: &str, timeout: Duration) -> usize {
@@ -112,10 +94,7 @@ impl Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (st, se, election) = (stop.clone(), seen.clone(), election.to_string());
         let thread = std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap();
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
             while !st.load(Ordering::Relaxed) {
                 for (id, api) in &targets {
                     // A stopped or dead sidecar does not answer; that is not a claim.
@@ -131,11 +110,7 @@ impl Recorder {
                 }
             }
         });
-        Recorder {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
+        Recorder { stop, seen, thread: Some(thread) }
     }
 
     /// Stops recording and checks the history: no two sidecars claimed leadership at once,
@@ -144,10 +119,7 @@ impl Recorder {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         let seen = self.seen.lock().unwrap().clone();
-        assert!(
-            seen.iter().any(|s| s.is_leader),
-            "the recorder never saw a leader: {seen:?}"
-        );
+        assert!(seen.iter().any(|s| s.is_leader), "the recorder never saw a leader: {seen:?}");
         check_history(&seen);
         seen
     }
@@ -188,10 +160,7 @@ fn check_history(seen: &[Seen]) {
 
 fn failover_scenario(backend: &str) {
     let sidecars: Vec<Sidecar> = (0..3).map(|i| Sidecar::start(&format!("r{i}"), backend, &[])).collect();
-    let recorder = Recorder::start(
-        sidecars.iter().map(|s| (s.id.clone(), s.api.clone())).collect(),
-        "default",
-    );
+    let recorder = Recorder::start(sidecars.iter().map(|s| (s.id.clone(), s.api.clone())).collect(), "default");
     let first = wait_for_one_leader(&sidecars, "default", TTL * 3);
     let first_token = sidecars[first].status("default")["token"].as_u64().unwrap();
     assert!(first_token >= 1);
@@ -199,12 +168,7 @@ fn failover_scenario(backend: &str) {
     // SIGTERM: the leader resigns as it exits; another takes over at once.
     sidecars[first].proc.signal(Signal::SIGTERM);
     let started = Instant::now();
-    let rest: Vec<&Sidecar> = sidecars
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != first)
-        .map(|(_, s)| s)
-        .collect();
+    let rest: Vec<&Sidecar> = sidecars.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, s)| s).collect();
     assert_eventually!(
         timeout = Duration::from_secs(1) + SLACK,
         rest.iter().any(|s| s.is_leader("default")),
@@ -220,11 +184,7 @@ fn failover_scenario(backend: &str) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed), Signal::SIGKILL).unwrap();
     let started = Instant::now();
     let last = rest[1 - second];
-    assert_eventually!(
-        timeout = TTL + TTL / 10 + SLACK,
-        last.is_leader("default"),
-        "no new leader after kill -9"
-    );
+    assert_eventually!(timeout = TTL + TTL / 10 + SLACK, last.is_leader("default"), "no new leader after kill -9");
     let kill_failover = started.elapsed();
     assert!(last.status("default")["token"].as_u64().unwrap() > second_token);
     let history = recorder.finish();
@@ -236,19 +196,11 @@ fn failover_scenario(backend: &str) {
 
 fn sigstop_scenario(backend: &str) {
     let sidecars: Vec<Sidecar> = (0..3).map(|i| Sidecar::start(&format!("s{i}"), backend, &[])).collect();
-    let recorder = Recorder::start(
-        sidecars.iter().map(|s| (s.id.clone(), s.api.clone())).collect(),
-        "default",
-    );
+    let recorder = Recorder::start(sidecars.iter().map(|s| (s.id.clone(), s.api.clone())).collect(), "default");
     let first = wait_for_one_leader(&sidecars, "default", TTL * 3);
     let paused = &sidecars[first];
     paused.proc.signal(Signal::SIGSTOP);
-    let others: Vec<&Sidecar> = sidecars
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != first)
-        .map(|(_, s)| s)
-        .collect();
+    let others: Vec<&Sidecar> = sidecars.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, s)| s).collect();
     assert_eventually!(
         timeout = TTL * 2 + SLACK,
         others.iter().any(|s| s.is_leader("default")),
@@ -266,10 +218,7 @@ fn sigstop_scenario(backend: &str) {
     conn.read_to_string(&mut response).unwrap();
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
-    assert_eq!(
-        answer["is_leader"], false,
-        "a paused leader claimed leadership on resume: {answer}"
-    );
+    assert_eq!(answer["is_leader"], false, "a paused leader claimed leadership on resume: {answer}");
     assert_ne!(answer["leader"], paused.id.as_str(), "{answer}");
     recorder.finish();
 }
@@ -292,13 +241,8 @@ fn etcd_paused_leader_says_not_leader_on_resume() {
 fn etcd_cluster_member_loss_and_total_outage() {
     let mut cluster = EtcdCluster::start();
     let backend = format!("etcd://{}/cluster", cluster.endpoints());
-    let sidecars: Vec<Sidecar> = (0..3)
-        .map(|i| Sidecar::start(&format!("c{i}"), &backend, &[]))
-        .collect();
-    let recorder = Recorder::start(
-        sidecars.iter().map(|s| (s.id.clone(), s.api.clone())).collect(),
-        "default",
-    );
+    let sidecars: Vec<Sidecar> = (0..3).map(|i| Sidecar::start(&format!("c{i}"), &backend, &[])).collect();
+    let recorder = Recorder::start(sidecars.iter().map(|s| (s.id.clone(), s.api.clone())).collect(), "default");
     let leader = wait_for_one_leader(&sidecars, "default", TTL * 5);
     let token = sidecars[leader].status("default")["token"].as_u64().unwrap();
 
@@ -307,10 +251,7 @@ fn etcd_cluster_member_loss_and_total_outage() {
     let until = Instant::now() + TTL * 2;
     while Instant::now() < until {
         let s = sidecars[leader].status("default");
-        assert_eq!(
-            s["is_leader"], true,
-            "leadership lost with two of three members up: {s}"
-        );
+        assert_eq!(s["is_leader"], true, "leadership lost with two of three members up: {s}");
         assert_eq!(s["token"], token);
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -353,16 +294,8 @@ fn file_paused_leader_says_not_leader_on_resume() {
 fn api_manual_campaign_resign_long_poll_and_compat() {
     let dir = tempfile::tempdir().unwrap();
     let backend = format!("file://{}", dir.path().display());
-    let a = Sidecar::start(
-        "a",
-        &backend,
-        &["--campaign", "manual", "--election", "x", "--election", "y"],
-    );
-    let b = Sidecar::start(
-        "b",
-        &backend,
-        &["--campaign", "manual", "--election", "x", "--election", "y"],
-    );
+    let a = Sidecar::start("a", &backend, &["--campaign", "manual", "--election", "x", "--election", "y"]);
+    let b = Sidecar::start("b", &backend, &["--campaign", "manual", "--election", "x", "--election", "y"]);
     assert_eq!(a.status("x")["is_leader"], false, "manual: no campaign yet");
 
     let won = a.api.post("/v1/elections/x/campaign?timeout=5s");
@@ -397,12 +330,7 @@ fn api_manual_campaign_resign_long_poll_and_compat() {
     let unknown = b.api.get("/v1/elections/nope");
     assert_eq!(unknown.status, 404);
     assert!(unknown.body.contains("x, y"), "{}", unknown.body);
-    assert_eq!(
-        admin_b.metric("podkit_elect_is_leader"),
-        Some(1.0),
-        "{}",
-        admin_b.metrics()
-    );
+    assert_eq!(admin_b.metric("podkit_elect_is_leader"), Some(1.0), "{}", admin_b.metrics());
     assert!(admin_b.metrics().contains(r#"podkit_elect_is_leader{election="x"} 1"#));
 
     let bad = b.api.get("/v1/elections/x?wait=soon");
@@ -417,10 +345,7 @@ fn renew_app_mode_follows_the_apps_heartbeat() {
     // Without heartbeats the sidecar does not even campaign.
     std::thread::sleep(TTL / 2);
     assert!(!a.is_leader("default"), "campaigned without a heartbeat");
-    assert_eventually!(
-        a.api.post("/v1/elections/default/renew").status == 200,
-        "never elected while heartbeating"
-    );
+    assert_eventually!(a.api.post("/v1/elections/default/renew").status == 200, "never elected while heartbeating");
     // The app heartbeats for a while: leadership holds.
     let until = Instant::now() + TTL;
     while Instant::now() < until {
@@ -429,11 +354,7 @@ fn renew_app_mode_follows_the_apps_heartbeat() {
     }
     assert!(a.is_leader("default"));
     // The app stops: the sidecar resigns within ttl/3 (plus slack).
-    assert_eventually!(
-        timeout = TTL / 3 + SLACK,
-        !a.is_leader("default"),
-        "kept leadership without heartbeats"
-    );
+    assert_eventually!(timeout = TTL / 3 + SLACK, !a.is_leader("default"), "kept leadership without heartbeats");
     assert_eq!(a.api.post("/v1/elections/default/renew").status, 409);
 }
 
@@ -442,14 +363,8 @@ fn hooks_run_on_election_and_demotion() {
     let dir = tempfile::tempdir().unwrap();
     let backend = format!("file://{}", dir.path().join("leases").display());
     let log = dir.path().join("hooks.log");
-    let elected = format!(
-        "sh -c 'echo elected $PODKIT_ELECTION $PODKIT_TOKEN $PODKIT_ID >> {}'",
-        log.display()
-    );
-    let demoted = format!(
-        "sh -c 'echo demoted $PODKIT_ELECTION $PODKIT_TOKEN >> {}'",
-        log.display()
-    );
+    let elected = format!("sh -c 'echo elected $PODKIT_ELECTION $PODKIT_TOKEN $PODKIT_ID >> {}'", log.display());
+    let demoted = format!("sh -c 'echo demoted $PODKIT_ELECTION $PODKIT_TOKEN >> {}'", log.display());
     let mut a = Sidecar::start("a", &backend, &["--on-elected", &elected, "--on-demoted", &demoted]);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eventually!(read() == "elected default 1 a\n", "{:?}", read());
@@ -479,24 +394,11 @@ fn bad_input_gets_clear_errors() {
     let port = podkit_testkit::free_port();
     let backend = format!("etcd://127.0.0.1:{port}");
     let (got, stderr) = run_plain(
-        &[
-            "elect",
-            "--backend",
-            &backend,
-            "--etcd-timeout",
-            "1s",
-            "--admin",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &["elect", "--backend", &backend, "--etcd-timeout", "1s", "--admin", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
         &[],
     );
     assert_eq!(got, 69, "{stderr}");
-    assert!(
-        stderr.contains("cannot reach etcd") && stderr.contains(&port.to_string()),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot reach etcd") && stderr.contains(&port.to_string()), "{stderr}");
 }
 
 #[test]
@@ -507,11 +409,7 @@ fn lease_file_owned_by_another_user_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let leases = dir.path().join("leases");
     std::fs::create_dir(&leases).unwrap();
-    std::fs::write(
-        leases.join("default.lease"),
-        r#"{"leader":null,"token":3,"expires_ms":0}"#,
-    )
-    .unwrap();
+    std::fs::write(leases.join("default.lease"), r#"{"leader":null,"token":3,"expires_ms":0}"#).unwrap();
     // World-readable directory and file, owned by root: nobody may read but not write them.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -519,27 +417,11 @@ fn lease_file_owned_by_another_user_is_refused() {
     std::fs::set_permissions(leases.join("default.lease"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let backend = format!("file://{}", leases.display());
     let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            support::PODKIT,
-            "elect",
-        ])
-        .args([
-            "--backend",
-            &backend,
-            "--admin",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", support::PODKIT, "elect"])
+        .args(["--backend", &backend, "--admin", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
-    assert!(
-        stderr.contains("default.lease") && stderr.contains("owned by another user"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("default.lease") && stderr.contains("owned by another user"), "{stderr}");
 }

@@ -17,10 +17,7 @@ use support::{Mode, Podkit, alive, run_plain};
 fn trapping_script(dir: &std::path::Path, signals: &[&str], extra: &str) -> String {
     let log = dir.join("signals").display().to_string();
     let ready = dir.join("ready").display().to_string();
-    let traps: String = signals
-        .iter()
-        .map(|s| format!("trap 'echo {s} >> {log}' {s}; "))
-        .collect();
+    let traps: String = signals.iter().map(|s| format!("trap 'echo {s} >> {log}' {s}; ")).collect();
     format!("{traps}{extra} echo $$ > {ready}; while :; do sleep 1 & wait $!; done")
 }
 
@@ -42,7 +39,9 @@ fn exit_status_is_the_programs() {
 
 #[test]
 fn missing_program_exits_127_with_a_clear_error() {
-    let mut p = Podkit::start(Mode::Subreaper, &["run", "--", "/no/such/program"]);
+    // With a probe configured too: nothing may hold the exit up (the grace period is long).
+    let mut p =
+        Podkit::start(Mode::Subreaper, &["run", "--ready-exec", "true", "--grace", "1h", "--", "/no/such/program"]);
     assert_eq!(p.wait(), 127);
     let err = p.log_records("cannot start the program");
     assert_eq!(err.len(), 1, "{}", p.stderr());
@@ -74,20 +73,10 @@ fn orphans_are_reaped_as_subreaper() {
     let pidfile = dir.path().join("orphan");
     let script = format!("sh -c 'sleep 0.2 & echo $! > {0}'; sleep 1000", pidfile.display());
     let mut p = Podkit::start(Mode::Subreaper, &["run", "--", "sh", "-c", &script]);
-    let orphan: i32 = podkit_testkit::wait_for_file(&pidfile, Duration::from_secs(10))
-        .trim()
-        .parse()
-        .unwrap();
+    let orphan: i32 = podkit_testkit::wait_for_file(&pidfile, Duration::from_secs(10)).trim().parse().unwrap();
     let admin = p.admin();
-    assert_eventually!(
-        !std::path::Path::new(&format!("/proc/{orphan}")).exists(),
-        "orphan {orphan} was never reaped"
-    );
-    assert_eventually!(
-        admin.metric("podkit_run_orphans_reaped_total").unwrap_or(0.0) >= 1.0,
-        "{}",
-        admin.metrics()
-    );
+    assert_eventually!(!std::path::Path::new(&format!("/proc/{orphan}")).exists(), "orphan {orphan} was never reaped");
+    assert_eventually!(admin.metric("podkit_run_orphans_reaped_total").unwrap_or(0.0) >= 1.0, "{}", admin.metrics());
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143);
 }
@@ -104,22 +93,12 @@ fn signals_are_forwarded_to_the_program() {
         podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
         for (i, (name, sig)) in sigs
             .iter()
-            .zip([
-                Signal::SIGHUP,
-                Signal::SIGUSR1,
-                Signal::SIGUSR2,
-                Signal::SIGQUIT,
-                Signal::SIGWINCH,
-            ])
+            .zip([Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGQUIT, Signal::SIGWINCH])
             .enumerate()
         {
             p.signal(sig);
             let log = || std::fs::read_to_string(dir.path().join("signals")).unwrap_or_default();
-            assert_eventually!(
-                log().lines().count() == i + 1,
-                "{mode:?}: {name} not forwarded: {:?}",
-                log()
-            );
+            assert_eventually!(log().lines().count() == i + 1, "{mode:?}: {name} not forwarded: {:?}", log());
             assert_eq!(log().lines().last(), Some(*name));
         }
         p.signal(Signal::SIGTERM);
@@ -145,10 +124,7 @@ fn signal_group_reaches_the_programs_children() {
     p.signal(Signal::SIGUSR1);
     let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
     assert_eventually!(read(&child_log).contains("USR1"), "the group member did not get USR1");
-    assert_eventually!(
-        read(&dir.path().join("signals")).contains("USR1"),
-        "the program did not get USR1"
-    );
+    assert_eventually!(read(&dir.path().join("signals")).contains("USR1"), "the program did not get USR1");
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143);
 }
@@ -165,10 +141,7 @@ fn stop_escalates_to_sigkill_after_the_grace_period() {
         podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
         p.signal(Signal::SIGTERM);
         assert_eq!(p.wait(), 137, "{mode:?}: killed by SIGKILL after the grace period");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("signals")).unwrap().trim(),
-            "TERM"
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("signals")).unwrap().trim(), "TERM");
         assert_eq!(
             p.log_records(
                 "the program did not stop within the grace period; sending SIGKILL to it and everything it started"
@@ -189,17 +162,11 @@ fn pre_stop_exec_runs_before_the_stop_signal() {
         dir.path().join("ready").display()
     );
     let hook = format!("sh -c 'echo pre-stop:$PODKIT_HOOK >> {}'", log.display());
-    let mut p = Podkit::start(
-        Mode::Pid1,
-        &["run", "--pre-stop-exec", &hook, "--", "sh", "-c", &script],
-    );
+    let mut p = Podkit::start(Mode::Pid1, &["run", "--pre-stop-exec", &hook, "--", "sh", "-c", &script]);
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 0, "the program exits 0 from its TERM trap");
-    assert_eq!(
-        lines(&std::fs::read_to_string(&log).unwrap()),
-        ["pre-stop:pre-stop", "TERM"]
-    );
+    assert_eq!(lines(&std::fs::read_to_string(&log).unwrap()), ["pre-stop:pre-stop", "TERM"]);
 }
 
 /// A one-route HTTP server: records each request line in `seen` (and in `log`, if given) and
@@ -244,10 +211,7 @@ impl TestHttp {
                 }
                 sn.lock().unwrap().push(line);
                 let code = st.load(Ordering::SeqCst);
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {code} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
-                );
+                let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
             }
         });
         TestHttp { addr, status, seen }
@@ -269,17 +233,11 @@ fn pre_stop_http_is_posted_before_the_stop_signal() {
         dir.path().join("ready").display()
     );
     let url = http.url("/drain");
-    let mut p = Podkit::start(
-        Mode::Subreaper,
-        &["run", "--pre-stop-http", &url, "--", "sh", "-c", &script],
-    );
+    let mut p = Podkit::start(Mode::Subreaper, &["run", "--pre-stop-http", &url, "--", "sh", "-c", &script]);
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 0);
-    assert_eq!(
-        lines(&std::fs::read_to_string(&log).unwrap()),
-        ["POST /drain HTTP/1.1", "TERM"]
-    );
+    assert_eq!(lines(&std::fs::read_to_string(&log).unwrap()), ["POST /drain HTTP/1.1", "TERM"]);
 }
 
 #[test]
@@ -287,17 +245,11 @@ fn stop_kills_every_descendant_as_subreaper() {
     let dir = tempfile::tempdir().unwrap();
     let gc = dir.path().join("grandchild");
     // A daemonized grandchild (new session, reparented to podkit) that ignores SIGTERM.
-    let extra = format!(
-        "setsid sh -c \"trap '' TERM; echo \\$\\$ > {}; while :; do sleep 1; done\" & ",
-        gc.display()
-    );
+    let extra = format!("setsid sh -c \"trap '' TERM; echo \\$\\$ > {}; while :; do sleep 1; done\" & ", gc.display());
     let script = trapping_script(dir.path(), &[], &extra);
     let mut p = Podkit::start(Mode::Subreaper, &["run", "--grace", "500ms", "--", "sh", "-c", &script]);
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
-    let gc_pid: i32 = podkit_testkit::wait_for_file(&gc, Duration::from_secs(10))
-        .trim()
-        .parse()
-        .unwrap();
+    let gc_pid: i32 = podkit_testkit::wait_for_file(&gc, Duration::from_secs(10)).trim().parse().unwrap();
     assert!(alive(gc_pid));
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143, "the program itself dies of SIGTERM");
@@ -320,10 +272,8 @@ fn second_signal_exits_at_once_and_kills_everything() {
     let dir = tempfile::tempdir().unwrap();
     let script = trapping_script(dir.path(), &["TERM"], "");
     let mut p = Podkit::start(Mode::Subreaper, &["run", "--grace", "1h", "--", "sh", "-c", &script]);
-    let child: i32 = podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10))
-        .trim()
-        .parse()
-        .unwrap();
+    let child: i32 =
+        podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10)).trim().parse().unwrap();
     p.signal(Signal::SIGTERM);
     assert_eventually!(!p.log_records("stopping the program").is_empty(), "{}", p.stderr());
     p.signal(Signal::SIGTERM);
@@ -347,17 +297,8 @@ fn admin_token_guards_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let mut p = Podkit::start(
-        Mode::Subreaper,
-        &[
-            "run",
-            "--admin-token-file",
-            token.to_str().unwrap(),
-            "--",
-            "sleep",
-            "1000",
-        ],
-    );
+    let mut p =
+        Podkit::start(Mode::Subreaper, &["run", "--admin-token-file", token.to_str().unwrap(), "--", "sleep", "1000"]);
     let admin = p.admin();
     assert_eq!(admin.shutdown().status, 401);
     assert_eq!(admin.clone().with_token("nope").shutdown().status, 401);
@@ -378,34 +319,17 @@ fn output_passes_through_unchanged_and_lands_in_logs() {
     let mut p = Podkit::start(Mode::Pid1, &["run", "--", "sh", "-c", &script]);
     podkit_testkit::wait_for_file(&dir.path().join("ready"), Duration::from_secs(10));
     let admin = p.admin();
-    let messages = |q: &str| -> Vec<String> {
-        admin
-            .logs(q)
-            .iter()
-            .map(|r| r["message"].as_str().unwrap().to_string())
-            .collect()
-    };
-    assert_eventually!(
-        messages("stream=stdout") == ["out-1", "out-2"],
-        "{:?}",
-        messages("stream=stdout")
-    );
-    assert_eventually!(
-        messages("stream=stderr") == ["err-1"],
-        "{:?}",
-        messages("stream=stderr")
-    );
+    let messages =
+        |q: &str| -> Vec<String> { admin.logs(q).iter().map(|r| r["message"].as_str().unwrap().to_string()).collect() };
+    assert_eventually!(messages("stream=stdout") == ["out-1", "out-2"], "{:?}", messages("stream=stdout"));
+    assert_eventually!(messages("stream=stderr") == ["err-1"], "{:?}", messages("stream=stderr"));
     let rec = &admin.logs("stream=stderr")[0];
     assert_eq!(rec["target"], "child");
     assert!(messages("stream=podkit").contains(&"program started".to_string()));
     assert_eq!(messages("stream=stdout&limit=1"), ["out-2"]);
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143);
-    assert_eq!(
-        p.stdout(),
-        "out-1\nout-2\r\npartial",
-        "stdout passes through byte for byte"
-    );
+    assert_eq!(p.stdout(), "out-1\nout-2\r\npartial", "stdout passes through byte for byte");
     assert!(p.stderr().lines().any(|l| l == "err-1"), "{}", p.stderr());
 }
 
@@ -440,24 +364,14 @@ fn metrics_describe_the_program() {
     let mut p = Podkit::start(Mode::Pid1, &["run", "--", "sleep", "1000"]);
     let admin = p.admin();
     assert_eventually!(admin.metric("podkit_run_up") == Some(1.0), "{}", admin.metrics());
-    let m = |name: &str| {
-        admin
-            .metric(name)
-            .unwrap_or_else(|| panic!("no {name} in\n{}", admin.metrics()))
-    };
+    let m = |name: &str| admin.metric(name).unwrap_or_else(|| panic!("no {name} in\n{}", admin.metrics()));
     assert!(m("podkit_run_child_resident_memory_bytes") > 0.0);
     assert_eq!(m("podkit_run_child_threads"), 1.0);
     assert!(m("podkit_run_child_open_fds") >= 3.0);
     assert!(m("podkit_run_child_cpu_seconds_total") >= 0.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let started = m("podkit_run_child_start_time_seconds");
-    assert!(
-        (now - 60.0..=now + 1.0).contains(&started),
-        "start time {started} vs now {now}"
-    );
+    assert!((now - 60.0..=now + 1.0).contains(&started), "start time {started} vs now {now}");
     assert_eq!(m("podkit_run_restarts_total"), 0.0);
     assert_eq!(m("podkit_run_last_exit_code"), -1.0);
     assert!(m("podkit_process_resident_memory_bytes") > 0.0);
@@ -472,24 +386,12 @@ fn readiness_follows_an_exec_probe() {
     let probe = format!("test -e {}", flag.display());
     let mut p = Podkit::start(
         Mode::Subreaper,
-        &[
-            "run",
-            "--ready-exec",
-            &probe,
-            "--ready-interval",
-            "50ms",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        &["run", "--ready-exec", &probe, "--ready-interval", "50ms", "--", "sleep", "1000"],
     );
     let admin = p.admin();
     assert!(!admin.ready());
     assert_eventually!(
-        admin
-            .not_ready_reasons()
-            .iter()
-            .any(|r| r.contains("readiness probe failed: exit code 1")),
+        admin.not_ready_reasons().iter().any(|r| r.contains("readiness probe failed: exit code 1")),
         "{:?}",
         admin.not_ready_reasons()
     );
@@ -510,19 +412,7 @@ fn readiness_follows_an_http_probe_and_fails_while_stopping() {
     let url = http.url("/ready");
     let mut p = Podkit::start(
         Mode::Subreaper,
-        &[
-            "run",
-            "--ready-http",
-            &url,
-            "--ready-interval",
-            "50ms",
-            "--grace",
-            "2s",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
+        &["run", "--ready-http", &url, "--ready-interval", "50ms", "--grace", "2s", "--", "sh", "-c", &script],
     );
     let admin = p.admin();
     assert_eventually!(
@@ -559,25 +449,14 @@ fn save_hook_runs_on_request_and_reports_its_outcome() {
     assert_eq!(v["detail"], "exit code 0");
     assert_eq!(v["output"], "saving\n");
     assert_eq!(std::fs::read_to_string(&saved).unwrap(), "state\n");
-    assert!(
-        admin
-            .metrics()
-            .contains(r#"podkit_run_hook_runs_total{hook="save",result="ok"} 1"#)
-    );
+    assert!(admin.metrics().contains(r#"podkit_run_hook_runs_total{hook="save",result="ok"} 1"#));
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 143);
 
     // A failing hook is reported as such, with its output.
     let mut p = Podkit::start(
         Mode::Subreaper,
-        &[
-            "run",
-            "--save-exec",
-            "sh -c 'echo disk full >&2; exit 3'",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        &["run", "--save-exec", "sh -c 'echo disk full >&2; exit 3'", "--", "sleep", "1000"],
     );
     let a = p.admin().post("/lifecycle/save");
     assert_eq!(a.status, 502);
@@ -599,16 +478,7 @@ fn save_hook_runs_on_request_and_reports_its_outcome() {
 fn save_hook_times_out() {
     let mut p = Podkit::start(
         Mode::Subreaper,
-        &[
-            "run",
-            "--save-exec",
-            "sleep 1000",
-            "--save-timeout",
-            "200ms",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        &["run", "--save-exec", "sleep 1000", "--save-timeout", "200ms", "--", "sleep", "1000"],
     );
     let a = p.admin().post("/lifecycle/save");
     assert_eq!(a.status, 502);
@@ -623,23 +493,11 @@ fn save_hook_times_out() {
 fn restart_on_failure_until_success() {
     let dir = tempfile::tempdir().unwrap();
     let count = dir.path().join("count");
-    let script = format!(
-        "n=$(cat {0} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {0}; [ $n -ge 3 ]",
-        count.display()
-    );
+    let script =
+        format!("n=$(cat {0} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {0}; [ $n -ge 3 ]", count.display());
     let mut p = Podkit::start(
         Mode::Subreaper,
-        &[
-            "run",
-            "--restart",
-            "on-failure",
-            "--restart-delay",
-            "10ms",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
+        &["run", "--restart", "on-failure", "--restart-delay", "10ms", "--", "sh", "-c", &script],
     );
     assert_eq!(p.wait(), 0);
     assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "3");
@@ -653,10 +511,7 @@ fn restart_on_failure_until_success() {
 fn restart_always_until_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let count = dir.path().join("count");
-    let script = format!(
-        "n=$(cat {0} 2>/dev/null || echo 0); echo $((n+1)) > {0}",
-        count.display()
-    );
+    let script = format!("n=$(cat {0} 2>/dev/null || echo 0); echo $((n+1)) > {0}", count.display());
     let mut p = Podkit::start(
         Mode::Pid1,
         &[
@@ -673,13 +528,7 @@ fn restart_always_until_stopped() {
             &script,
         ],
     );
-    let read = || {
-        std::fs::read_to_string(&count)
-            .unwrap_or_default()
-            .trim()
-            .parse::<u32>()
-            .unwrap_or(0)
-    };
+    let read = || std::fs::read_to_string(&count).unwrap_or_default().trim().parse::<u32>().unwrap_or(0);
     assert_eventually!(read() >= 3, "only {} runs", read());
     let admin = p.admin();
     assert!(admin.metric("podkit_run_restarts_total").unwrap() >= 2.0);
@@ -697,28 +546,12 @@ fn bad_configuration_exits_64_naming_the_problem() {
     let cases: Vec<Case> = vec![
         (vec!["--grace".into(), "soon".into()], vec![], "'soon' for '--grace"),
         (vec!["--stop-signal".into(), "SIGNOPE".into()], vec![], "SIGNOPE"),
-        (
-            vec!["--pre-stop-http".into(), "ftp://x/".into()],
-            vec![],
-            "expected http or https",
-        ),
+        (vec!["--pre-stop-http".into(), "ftp://x/".into()], vec![], "expected http or https"),
         (vec!["--restart".into(), "sometimes".into()], vec![], "sometimes"),
-        (
-            vec!["--ready-exec".into(), "echo 'oops".into()],
-            vec![],
-            "unbalanced quotes",
-        ),
+        (vec!["--ready-exec".into(), "echo 'oops".into()], vec![], "unbalanced quotes"),
         (vec![], vec![("PODKIT_GRACE", "lots")], "'lots' for '--grace"),
-        (
-            vec!["--admin-token-file".into(), "/no/such/token".into()],
-            vec![],
-            "/no/such/token",
-        ),
-        (
-            vec!["--admin".into(), "localhost".into()],
-            vec![],
-            "'localhost' for '--admin",
-        ),
+        (vec!["--admin-token-file".into(), "/no/such/token".into()], vec![], "/no/such/token"),
+        (vec!["--admin".into(), "localhost".into()], vec![], "'localhost' for '--admin"),
     ];
     for (args, env, expect) in cases {
         let mut full = vec!["run".to_string()];
@@ -727,20 +560,14 @@ fn bad_configuration_exits_64_naming_the_problem() {
         let argv: Vec<&str> = full.iter().map(String::as_str).collect();
         let (code, stderr) = run_plain(&argv, &env);
         assert_eq!(code, 64, "{args:?} {env:?}: {stderr}");
-        assert!(
-            stderr.contains(expect),
-            "{args:?} {env:?}: expected {expect:?} in {stderr}"
-        );
+        assert!(stderr.contains(expect), "{args:?} {env:?}: expected {expect:?} in {stderr}");
     }
 
     let file = dir.path().join("podkit.yaml");
     std::fs::write(&file, "grace: 5s\nrestart: sometimes\n").unwrap();
     let (code, stderr) = run_plain(&["run", "--config", file.to_str().unwrap(), "--", "true"], &[]);
     assert_eq!(code, 64);
-    assert!(
-        stderr.contains("key `restart`") && stderr.contains("sometimes"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("key `restart`") && stderr.contains("sometimes"), "{stderr}");
 
     std::fs::write(&file, "grace: 5s\ngraec: 5s\n").unwrap();
     let (code, stderr) = run_plain(&["run", "--config", file.to_str().unwrap(), "--", "true"], &[]);
@@ -757,10 +584,7 @@ fn admin_address_in_use_is_a_clear_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let (code, stderr) = run_plain(&["run", "--admin", &addr, "--log-format", "json", "--", "true"], &[]);
     assert_eq!(code, 64);
-    assert!(
-        stderr.contains("cannot open the admin listener") && stderr.contains(&addr),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot open the admin listener") && stderr.contains(&addr), "{stderr}");
 }
 
 #[test]
@@ -773,13 +597,9 @@ fn config_layers_flags_over_env_over_file() {
     )
     .unwrap();
     let file_s = file.to_str().unwrap().to_string();
-    let mut p = Podkit::start_with(
-        Mode::Subreaper,
-        &["run", "--config", &file_s, "--ready-timeout", "9s"],
-        |c| {
-            c.env("PODKIT_GRACE", "7s").env("PODKIT_RESTART_DELAY", "2s");
-        },
-    );
+    let mut p = Podkit::start_with(Mode::Subreaper, &["run", "--config", &file_s, "--ready-timeout", "9s"], |c| {
+        c.env("PODKIT_GRACE", "7s").env("PODKIT_RESTART_DELAY", "2s");
+    });
     let cfg = p.admin().config();
     assert_eq!(cfg["command"], "run");
     assert_eq!(cfg["values"]["grace"], "7s");
@@ -796,23 +616,35 @@ fn config_layers_flags_over_env_over_file() {
 }
 
 #[test]
+fn flags_take_usual_boolean_spellings_and_beat_conflicting_file_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("podkit.yaml");
+    std::fs::write(&file, "pre-stop-exec: \"true\"\ncommand: [sleep, \"1000\"]\n").unwrap();
+    let file_s = file.to_str().unwrap().to_string();
+    let mut p = Podkit::start_with(
+        Mode::Subreaper,
+        &["run", "--config", &file_s, "--pre-stop-http", "http://127.0.0.1:9/x"],
+        |c| {
+            c.env("PODKIT_NO_CAPTURE", "1");
+        },
+    );
+    let cfg = p.admin().config();
+    assert_eq!(cfg["values"]["no-capture"], true);
+    assert_eq!(cfg["values"]["pre-stop-http"], "http://127.0.0.1:9/x");
+    assert!(cfg["values"].get("pre-stop-exec").is_none(), "the file's conflicting key is dropped: {cfg}");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait(), 143);
+}
+
+#[test]
 fn version_and_help() {
     let (code, _) = run_plain(&["--version"], &[]);
     assert_eq!(code, 0);
-    let out = std::process::Command::new(support::PODKIT)
-        .args(["help", "run"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(support::PODKIT).args(["help", "run"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        help.contains("--pre-stop-exec") && help.contains("PODKIT_GRACE"),
-        "{help}"
-    );
-    let out = std::process::Command::new(support::PODKIT)
-        .arg("--help")
-        .output()
-        .unwrap();
+    assert!(help.contains("--pre-stop-exec") && help.contains("PODKIT_GRACE"), "{help}");
+    let out = std::process::Command::new(support::PODKIT).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("run"));
 }

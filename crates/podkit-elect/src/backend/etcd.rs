@@ -37,10 +37,7 @@ pub struct EtcdBackend {
 
 impl std::fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdBackend")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("EtcdBackend").field("endpoints", &self.endpoints).field("prefix", &self.prefix).finish()
     }
 }
 
@@ -74,11 +71,7 @@ impl EtcdBackend {
         tokio::time::timeout(opts.timeout, client.status())
             .await
             .map_err(|_| BackendError::Timeout(opts.timeout))??;
-        Ok(EtcdBackend {
-            client,
-            prefix: opts.prefix,
-            endpoints: opts.endpoints,
-        })
+        Ok(EtcdBackend { client, prefix: opts.prefix, endpoints: opts.endpoints })
     }
 
     fn key(&self, election: &str) -> String {
@@ -110,17 +103,15 @@ impl Backend for EtcdBackend {
         let mut c = self.client.clone();
         let key = self.key(election);
         let lease = c.lease_grant(ttl_secs(ttl), None).await?.id();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), id, Some(PutOptions::new().with_lease(lease)))]);
+        let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key.clone(),
+            id,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
         let resp = c.txn(txn).await?;
         if resp.succeeded() {
             let token = resp.header().map(|h| h.revision()).unwrap_or_default() as u64;
-            return Ok(Acquired::Won(Lease {
-                election: election.to_string(),
-                token,
-                handle: lease,
-            }));
+            return Ok(Acquired::Won(Lease { election: election.to_string(), token, handle: lease }));
         }
         // Someone was faster: give the unused lease back and report them.
         let _ = c.lease_revoke(lease).await;
@@ -141,10 +132,7 @@ impl Backend for EtcdBackend {
         // The lease lives; the key must still be the one this leadership created (an operator
         // may have deleted it by hand).
         let resp = c.get(self.key(&lease.election), None).await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.create_revision() as u64 == lease.token))
+        Ok(resp.kvs().first().is_some_and(|kv| kv.create_revision() as u64 == lease.token))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), BackendError> {
@@ -160,19 +148,11 @@ impl Backend for EtcdBackend {
         let resp = self.client.clone().get(self.key(election), None).await?;
         let version = resp.header().map(|h| h.revision()).unwrap_or_default();
         let Some(kv) = resp.kvs().first() else {
-            return Ok(Observed {
-                version,
-                ..Observed::default()
-            });
+            return Ok(Observed { version, ..Observed::default() });
         };
         let leader = String::from_utf8_lossy(kv.value()).into_owned();
         let remaining = self.remaining(kv.lease()).await;
-        Ok(Observed {
-            leader: Some(leader),
-            token: kv.create_revision() as u64,
-            remaining,
-            version,
-        })
+        Ok(Observed { leader: Some(leader), token: kv.create_revision() as u64, remaining, version })
     }
 
     async fn changed(&self, election: &str, since: &Observed, max: Duration) -> Result<(), BackendError> {

@@ -61,17 +61,12 @@ impl FileBackend {
             for path in [backend.lock_path(election), backend.lease_path(election)] {
                 if path.exists() {
                     OpenOptions::new().append(true).open(&path).map_err(|e| {
-                        format!(
-                            "{} is not writable by this user ({e}); is it owned by another user?",
-                            path.display()
-                        )
+                        format!("{} is not writable by this user ({e}); is it owned by another user?", path.display())
                     })?;
                 }
             }
             // The file must also be readable and well-formed.
-            backend
-                .read_locked(election, FlockArg::LockShared)
-                .map_err(|e| e.to_string())?;
+            backend.read_locked(election, FlockArg::LockShared).map_err(|e| e.to_string())?;
         }
         Ok(backend)
     }
@@ -85,10 +80,7 @@ impl FileBackend {
     }
 
     fn io_err(path: &Path, source: std::io::Error) -> BackendError {
-        BackendError::File {
-            path: path.display().to_string(),
-            source,
-        }
+        BackendError::File { path: path.display().to_string(), source }
     }
 
     fn lock(&self, election: &str, how: FlockArg) -> Result<Flock<File>, BackendError> {
@@ -111,10 +103,8 @@ impl FileBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
             Err(e) => return Err(Self::io_err(&path, e)),
         };
-        serde_json::from_str(&text).map_err(|e| BackendError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        serde_json::from_str(&text)
+            .map_err(|e| BackendError::Corrupt { path: path.display().to_string(), reason: e.to_string() })
     }
 
     fn read_locked(&self, election: &str, how: FlockArg) -> Result<Record, BackendError> {
@@ -129,27 +119,16 @@ impl FileBackend {
         let tmp = self.dir.join(format!(".{election}.lease.tmp"));
         let body = serde_json::to_vec(record).expect("record serializes");
         let mut f = File::create(&tmp).map_err(|e| Self::io_err(&tmp, e))?;
-        f.write_all(&body)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Self::io_err(&tmp, e))?;
+        f.write_all(&body).and_then(|_| f.sync_all()).map_err(|e| Self::io_err(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Self::io_err(&path, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Self::io_err(&self.dir, e))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| Self::io_err(&self.dir, e))
     }
 
     fn observed(record: &Record, now_ms: u64) -> Observed {
         let leader = record.live_leader(now_ms).map(str::to_string);
-        let remaining = leader
-            .as_ref()
-            .map(|_| Duration::from_millis(record.expires_ms - now_ms));
+        let remaining = leader.as_ref().map(|_| Duration::from_millis(record.expires_ms - now_ms));
         let version = (record.token as i64) * 2 + i64::from(leader.is_some());
-        Observed {
-            leader,
-            token: record.token,
-            remaining,
-            version,
-        }
+        Observed { leader, token: record.token, remaining, version }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -157,9 +136,7 @@ impl FileBackend {
         f: impl FnOnce(FileBackend) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(me))
-            .await
-            .expect("lease file task panicked")
+        tokio::task::spawn_blocking(move || f(me)).await.expect("lease file task panicked")
     }
 }
 
@@ -181,11 +158,7 @@ impl Backend for FileBackend {
             record.leader = Some(id);
             record.expires_ms = now + ttl.as_millis() as u64;
             b.write(&election, &record)?;
-            Ok(Acquired::Won(Lease {
-                election,
-                token: record.token,
-                handle: 0,
-            }))
+            Ok(Acquired::Won(Lease { election, token: record.token, handle: 0 }))
         })
         .await
     }
@@ -254,21 +227,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = FileBackend::open(dir.path(), &["e".into()]).unwrap();
         let ttl = Duration::from_millis(200);
-        let Acquired::Won(a) = b.acquire("e", "a", ttl).await.unwrap() else {
-            panic!("a should win")
-        };
+        let Acquired::Won(a) = b.acquire("e", "a", ttl).await.unwrap() else { panic!("a should win") };
         assert_eq!(a.token, 1);
-        let Acquired::Lost(seen) = b.acquire("e", "b", ttl).await.unwrap() else {
-            panic!("b must lose")
-        };
+        let Acquired::Lost(seen) = b.acquire("e", "b", ttl).await.unwrap() else { panic!("b must lose") };
         assert_eq!(seen.leader.as_deref(), Some("a"));
         assert!(b.renew(&a, ttl).await.unwrap());
 
         b.release(&a).await.unwrap();
         assert!(!b.renew(&a, ttl).await.unwrap(), "a released: its lease is gone");
-        let Acquired::Won(bl) = b.acquire("e", "b", ttl).await.unwrap() else {
-            panic!("b should win")
-        };
+        let Acquired::Won(bl) = b.acquire("e", "b", ttl).await.unwrap() else { panic!("b should win") };
         assert_eq!(bl.token, 2);
 
         // Let b's lease run out without renewing it.
@@ -276,9 +243,7 @@ mod tests {
         b.changed("e", &since, Duration::from_secs(5)).await.unwrap();
         assert_eq!(b.observe("e").await.unwrap().leader, None);
         assert!(!b.renew(&bl, ttl).await.unwrap(), "an expired lease cannot be renewed");
-        let Acquired::Won(c) = b.acquire("e", "c", ttl).await.unwrap() else {
-            panic!("c should win")
-        };
+        let Acquired::Won(c) = b.acquire("e", "c", ttl).await.unwrap() else { panic!("c should win") };
         assert_eq!(c.token, 3);
     }
 

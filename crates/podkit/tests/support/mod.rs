@@ -48,8 +48,7 @@ impl Podkit {
         };
         let (sub, rest) = args.split_first().expect("a subcommand");
         cmd.arg(sub);
-        cmd.args(["--admin", "127.0.0.1:0", "--admin-addr-file"])
-            .arg(&addr_file);
+        cmd.args(["--admin", "127.0.0.1:0", "--admin-addr-file"]).arg(&addr_file);
         cmd.args(["--log-format", "json"]);
         cmd.args(rest);
         cmd.env_remove("RUST_LOG");
@@ -58,12 +57,7 @@ impl Podkit {
             .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap());
         tweak(&mut cmd);
         let child = cmd.spawn().expect("spawn podkit");
-        Podkit {
-            child,
-            dir,
-            mode,
-            status: None,
-        }
+        Podkit { child, dir, mode, status: None }
     }
 
     /// A path inside this test's directory.
@@ -156,14 +150,7 @@ pub fn alive(pid: i32) -> bool {
 
 /// Runs podkit to completion with no admin options added, returning (status, stderr).
 pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = Command::new(PODKIT)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run podkit");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out =
+        Command::new(PODKIT).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().expect("run podkit");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
