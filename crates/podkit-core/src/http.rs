@@ -3,14 +3,19 @@
 use std::sync::Once;
 use std::time::Duration;
 
-/// A client with rustls on the `ring` provider and the platform's roots, for calls to the app
-/// beside podkit. `timeout` bounds each whole request.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// Makes rustls use `ring`; every reqwest client is built after this. Idempotent.
+pub fn install_crypto_provider() {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
         // Fails only if another provider is already installed, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// A client with rustls on the `ring` provider and the platform's roots, for calls to the app
+/// beside podkit. `timeout` bounds each whole request.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
     reqwest::Client::builder()
         .timeout(timeout)
         .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))

@@ -28,6 +28,13 @@ enum Command {
         after_help = "Example:\n  podkit elect --id $HOSTNAME --backend etcd://etcd-0:2379,etcd-1:2379,etcd-2:2379/myapp --ttl 5s\n  curl -s localhost:4040/v1/elections/default"
     )]
     Elect(podkit_elect::ElectArgs),
+
+    /// Scatter/gather root: fans a request out to one leaf per shard, merges the answers, and
+    /// answers on time with what came back (deadlines, partial answers, hedges, breakers).
+    #[command(
+        after_help = "Example:\n  podkit scatter --listen 127.0.0.1:8080 --leaves http://10.0.0.1:80,http://10.0.0.2:80 --merge topk:score:10 --deadline 200ms --min-leaves 90% --hedge"
+    )]
+    Scatter(podkit_scatter::ScatterArgs),
 }
 
 /// Options whose values `GET /config` never shows.
@@ -36,7 +43,8 @@ const SECRETS: &[&str] = &[];
 fn main() {
     let cmd = Cli::command()
         .mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN))
-        .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN));
+        .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN))
+        .mut_subcommand("scatter", |c| with_admin_default(c, podkit_scatter::DEFAULT_ADMIN));
     let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
@@ -45,7 +53,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(config::ConfigError::Cli(e).report()),
     };
-    // Both commands are mostly idle and latency-bound: one thread keeps podkit's own footprint
+    // run and elect are mostly idle and latency-bound: one thread keeps podkit's own footprint
     // small (the blocking pool still serves file I/O and profiles).
     let runtime = podkit_core::RuntimeBuilder::new_current_thread();
     let code = match cli.command {
@@ -56,6 +64,12 @@ fn main() {
         Command::Elect(args) => {
             let common = args.common.clone();
             podkit_core::launch(podkit_elect::Elect::new(args), &common, parsed.effective, runtime)
+        }
+        Command::Scatter(args) => {
+            let common = args.common.clone();
+            // A root serves many clients and fans out to many leaves: every core it is given.
+            let runtime = podkit_core::RuntimeBuilder::new_multi_thread();
+            podkit_core::launch(podkit_scatter::Scatter::new(args), &common, parsed.effective, runtime)
         }
     };
     std::process::exit(code);

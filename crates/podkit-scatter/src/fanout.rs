@@ -1,0 +1,476 @@
+//! One scatter/gather round: a request to every shard, with deadlines, retries, hedges and
+//! breakers, then the merge.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::leaves::{Leaf, Leaves, Shard};
+use crate::merge::Strategy;
+
+pub const SHARD_HEADER: &str = "x-podkit-shard";
+pub const DEADLINE_HEADER: &str = "x-podkit-deadline-ms";
+pub const PARTIAL_HEADER: &str = "x-podkit-partial";
+pub const MISSING_HEADER: &str = "x-podkit-missing";
+
+/// How many shards must answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinLeaves {
+    Count(usize),
+    Percent(u8),
+}
+
+impl std::str::FromStr for MinLeaves {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?}: expected a number of shards (14) or a percentage (90%)");
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(MinLeaves::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => s.parse::<usize>().ok().filter(|n| *n > 0).map(MinLeaves::Count).ok_or_else(bad),
+        }
+    }
+}
+
+impl MinLeaves {
+    pub fn required(self, shards: usize) -> usize {
+        match self {
+            MinLeaves::Count(n) => n.min(shards),
+            MinLeaves::Percent(p) => (shards * p as usize).div_ceil(100),
+        }
+    }
+}
+
+/// How answers are merged: a built-in strategy, or the user's merge container.
+#[derive(Debug, Clone)]
+pub enum Merger {
+    Builtin(Strategy),
+    Http(reqwest::Url),
+    Exec(podkit_core::Argv),
+}
+
+/// Everything a round needs; shared by all requests.
+#[derive(Debug)]
+pub struct Fanout {
+    pub leaves: Arc<Leaves>,
+    pub client: reqwest::Client,
+    pub merger: Merger,
+    pub deadline: Duration,
+    pub leaf_timeout: Duration,
+    pub min_leaves: MinLeaves,
+    pub hedge: bool,
+    /// Hedges allowed per primary request (0.05 = 5 %).
+    pub hedge_budget: f64,
+    pub retries: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub max_leaf_body: usize,
+    pub reaper: Option<Arc<podkit_core::reaper::Reaper>>,
+    pub metrics: Metrics,
+    /// Hedge tokens, in thousandths.
+    budget: AtomicU64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeafLabels {
+    pub leaf: String,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeafLabel {
+    pub leaf: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub requests: Family<OutcomeLabel, Counter>,
+    pub duration: Histogram,
+    pub leaf_requests: Family<LeafLabels, Counter>,
+    pub leaf_duration: Family<LeafLabel, Histogram>,
+    pub hedges: Family<LeafLabel, Counter>,
+    pub retries: Counter,
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: latency_buckets(),
+            leaf_requests: Family::default(),
+            leaf_duration: Family::new_with_constructor(latency_buckets),
+            hedges: Family::default(),
+            retries: Counter::default(),
+        }
+    }
+}
+
+/// The client's request, as every leaf gets it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub method: Method,
+    /// Path and query, as the client sent them.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// When the answer is due.
+    pub deadline: Instant,
+}
+
+/// What became of one shard.
+#[derive(Debug)]
+enum ShardResult {
+    Ok(Bytes),
+    Missing(String),
+}
+
+/// One attempt's result.
+enum Attempt {
+    Answer(StatusCode, Bytes),
+    ConnectError(String),
+    Failed(String),
+}
+
+/// The merged answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Vec<u8>,
+}
+
+impl Fanout {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        leaves: Arc<Leaves>,
+        client: reqwest::Client,
+        merger: Merger,
+        deadline: Duration,
+        leaf_timeout: Duration,
+        min_leaves: MinLeaves,
+        hedge: bool,
+        hedge_budget: f64,
+    ) -> Self {
+        Self {
+            leaves,
+            client,
+            merger,
+            deadline,
+            leaf_timeout,
+            min_leaves,
+            hedge,
+            hedge_budget,
+            retries: 1,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            max_leaf_body: 16 << 20,
+            reaper: None,
+            metrics: Metrics::default(),
+            budget: AtomicU64::new(10_000),
+        }
+    }
+
+    /// Scatters `req` to every shard and gathers the answers.
+    pub async fn run(&self, req: Incoming) -> Answer {
+        let started = Instant::now();
+        let topology = self.leaves.get();
+        let n = topology.shards.len();
+        let req = Arc::new(req);
+        let results: Vec<ShardResult> =
+            futures_util::future::join_all(topology.shards.iter().enumerate().map(|(i, s)| self.shard(i, n, s, &req))).await;
+        let answer = self.gather(results, &req).await;
+        let outcome = if !answer.status.is_success() {
+            "error"
+        } else if answer.headers.iter().any(|(h, _)| h == PARTIAL_HEADER) {
+            "partial"
+        } else {
+            "ok"
+        };
+        self.metrics.requests.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn gather(&self, results: Vec<ShardResult>, req: &Incoming) -> Answer {
+        let n = results.len();
+        let strategy = match &self.merger {
+            Merger::Builtin(s) => Some(s),
+            _ => None,
+        };
+        let mut parts = Vec::new();
+        let mut bodies: Vec<(usize, Bytes)> = Vec::new();
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                ShardResult::Ok(body) => match strategy {
+                    Some(s) => match s.accept(&body) {
+                        Ok(p) => parts.push(p),
+                        Err(reason) => missing.push((i, reason)),
+                    },
+                    None => bodies.push((i, body)),
+                },
+                ShardResult::Missing(reason) => missing.push((i, reason)),
+            }
+        }
+        let answered = n - missing.len();
+        let required = self.min_leaves.required(n);
+        if n == 0 || answered < required {
+            let status = if missing.iter().any(|(_, r)| r.starts_with("timed out")) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            let shards: Vec<Value> = missing.iter().map(|(i, r)| json!({ "shard": i, "error": r })).collect();
+            let error = if n == 0 {
+                "no leaves".to_string()
+            } else {
+                format!("{answered} of {n} shards answered; {required} needed")
+            };
+            return error_answer(status, json!({ "error": error, "missing": shards }));
+        }
+        let merged = match (&self.merger, strategy) {
+            (_, Some(s)) => s.merge(parts).map(|b| (b, s.content_type())),
+            (Merger::Http(url), None) => self.merge_http(url, &bodies, &missing, req).await,
+            (Merger::Exec(argv), None) => self.merge_exec(argv, &bodies, &missing, req).await,
+            (Merger::Builtin(_), None) => unreachable!("a built-in merger has a strategy"),
+        };
+        let (body, content_type) = match merged {
+            Ok(m) => m,
+            Err(e) => return error_answer(StatusCode::BAD_GATEWAY, json!({ "error": format!("merge failed: {e}") })),
+        };
+        let mut headers = Vec::new();
+        if !missing.is_empty() {
+            let partial = format!("{answered}/{n}");
+            let list: Vec<String> =
+                missing.iter().map(|(i, r)| format!("{i}={}", r.replace([',', '\r', '\n'], " "))).collect();
+            headers.push((HeaderName::from_static(PARTIAL_HEADER), HeaderValue::from_str(&partial).expect("ascii")));
+            if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                headers.push((HeaderName::from_static(MISSING_HEADER), v));
+            }
+        }
+        Answer { status: StatusCode::OK, content_type, headers, body }
+    }
+
+    /// The document a merge container gets: every answer, and what is missing.
+    fn merge_document(bodies: &[(usize, Bytes)], missing: &[(usize, String)]) -> Vec<u8> {
+        let responses: Vec<Value> = bodies
+            .iter()
+            .map(|(i, b)| {
+                let body = serde_json::from_slice::<Value>(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into()));
+                json!({ "shard": i, "body": body })
+            })
+            .collect();
+        let missing: Vec<Value> = missing.iter().map(|(i, r)| json!({ "shard": i, "error": r })).collect();
+        serde_json::to_vec(&json!({ "responses": responses, "missing": missing })).unwrap_or_default()
+    }
+
+    async fn merge_http(
+        &self,
+        url: &reqwest::Url,
+        bodies: &[(usize, Bytes)],
+        missing: &[(usize, String)],
+        req: &Incoming,
+    ) -> Result<(Vec<u8>, &'static str), String> {
+        let remaining = req.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let resp = self
+            .client
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .body(Self::merge_document(bodies, missing))
+            .timeout(remaining)
+            .send()
+            .await
+            .map_err(|e| format!("merge container at {url}: {e}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| format!("merge container at {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("merge container at {url} answered HTTP {}", status.as_u16()));
+        }
+        Ok((body.to_vec(), "application/json"))
+    }
+
+    async fn merge_exec(
+        &self,
+        argv: &podkit_core::Argv,
+        bodies: &[(usize, Bytes)],
+        missing: &[(usize, String)],
+        req: &Incoming,
+    ) -> Result<(Vec<u8>, &'static str), String> {
+        let reaper = self.reaper.as_ref().ok_or("no reaper")?;
+        let remaining = req.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let out = crate::exec::pipe(reaper, argv, Self::merge_document(bodies, missing), remaining, self.max_leaf_body).await?;
+        Ok((out, "application/json"))
+    }
+
+    /// One shard: the primary request, a hedge after the leaf's p95, a retry on a connection
+    /// error, all within the leaf timeout and the deadline.
+    async fn shard(&self, index: usize, n: usize, shard: &Shard, req: &Arc<Incoming>) -> ShardResult {
+        let order: Vec<Arc<Leaf>> = shard.order().into_iter().filter(|l| l.available(self.breaker_cooldown)).collect();
+        if order.is_empty() {
+            return ShardResult::Missing("circuit open".into());
+        }
+        let started = Instant::now();
+        let until = req.deadline.min(started + self.leaf_timeout);
+        let mut in_flight = FuturesUnordered::new();
+        let mut next = 0usize;
+        let launch = |in_flight: &mut FuturesUnordered<_>, next: &mut usize| {
+            let leaf = order[*next % order.len()].clone();
+            *next += 1;
+            in_flight.push(self.attempt(leaf, index, n, req.clone(), until));
+        };
+        launch(&mut in_flight, &mut next);
+        self.budget_refill();
+        let mut retries_left = self.retries;
+        let mut hedged = false;
+        let hedge_at = if self.hedge { order[0].hedge_after().map(|d| Instant::now() + d) } else { None };
+        let mut last_error = String::from("no answer");
+        loop {
+            let hedge_timer = async {
+                match hedge_at {
+                    Some(t) if !hedged => tokio::time::sleep_until(t).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = in_flight.next() => match done {
+                    Some((_, Attempt::Answer(status, body))) if status.is_success() => return ShardResult::Ok(body),
+                    Some((_, Attempt::Answer(status, _))) => last_error = format!("HTTP {}", status.as_u16()),
+                    Some((_, Attempt::ConnectError(e))) => {
+                        last_error = e;
+                        if retries_left > 0 && Instant::now() < until {
+                            retries_left -= 1;
+                            self.metrics.retries.inc();
+                            launch(&mut in_flight, &mut next);
+                        }
+                    }
+                    Some((_, Attempt::Failed(e))) => last_error = e,
+                    None => return ShardResult::Missing(last_error),
+                },
+                _ = hedge_timer => {
+                    hedged = true;
+                    if self.take_hedge_token() {
+                        let leaf = order[next % order.len()].base.clone();
+                        self.metrics.hedges.get_or_create(&LeafLabel { leaf }).inc();
+                        launch(&mut in_flight, &mut next);
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => {
+                    return ShardResult::Missing(format!("timed out after {}", ms(until - started)));
+                }
+            }
+        }
+    }
+
+    fn budget_refill(&self) {
+        let add = (self.hedge_budget * 1000.0) as u64;
+        let _ = self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + add).min(10_000)));
+    }
+
+    fn take_hedge_token(&self) -> bool {
+        self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1000)).is_ok()
+    }
+
+    async fn attempt(&self, leaf: Arc<Leaf>, index: usize, n: usize, req: Arc<Incoming>, until: Instant) -> (Arc<Leaf>, Attempt) {
+        let started = Instant::now();
+        let remaining = until.saturating_duration_since(started);
+        let url = format!("{}{}", leaf.base, req.target);
+        let mut r = self.client.request(req.method.clone(), url).timeout(remaining.max(Duration::from_millis(1)));
+        for (name, value) in req.headers.iter() {
+            r = r.header(name, value);
+        }
+        let budget_ms = req.deadline.saturating_duration_since(started).as_millis();
+        r = r.header(SHARD_HEADER, format!("{index}/{n}")).header(DEADLINE_HEADER, budget_ms.to_string());
+        let label = LeafLabel { leaf: leaf.base.clone() };
+        let result = match r.body(req.body.clone()).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                match read_limited(resp, self.max_leaf_body).await {
+                    Ok(body) => Attempt::Answer(status, body),
+                    Err(e) => Attempt::Failed(e),
+                }
+            }
+            Err(e) if e.is_timeout() => Attempt::Failed(format!("timed out after {}", ms(remaining))),
+            Err(e) if e.is_connect() => Attempt::ConnectError(format!("cannot connect to {}: {}", leaf.base, root_cause(&e))),
+            Err(e) => Attempt::Failed(format!("{}: {}", leaf.base, root_cause(&e))),
+        };
+        let took = started.elapsed();
+        let result_label = match &result {
+            Attempt::Answer(s, _) if s.is_success() => {
+                leaf.success(took);
+                "ok"
+            }
+            Attempt::Answer(s, _) if s.is_server_error() => {
+                self.breaker(&leaf);
+                "error"
+            }
+            Attempt::Answer(..) => "error",
+            Attempt::Failed(e) if e.starts_with("timed out") => {
+                self.breaker(&leaf);
+                "timeout"
+            }
+            _ => {
+                self.breaker(&leaf);
+                "error"
+            }
+        };
+        self.metrics.leaf_requests.get_or_create(&LeafLabels { leaf: leaf.base.clone(), result: result_label }).inc();
+        self.metrics.leaf_duration.get_or_create(&label).observe(took.as_secs_f64());
+        (leaf, result)
+    }
+
+    fn breaker(&self, leaf: &Leaf) {
+        if leaf.failure(self.breaker_failures, self.breaker_cooldown) {
+            tracing::warn!(leaf = %leaf.base, failures = self.breaker_failures, cooldown = %podkit_core::Duration(self.breaker_cooldown), "circuit opened");
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    podkit_core::Duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the answer: {}", root_cause(&e)))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("answer larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+fn error_answer(status: StatusCode, body: Value) -> Answer {
+    Answer { status, content_type: "application/json", headers: Vec::new(), body: serde_json::to_vec(&body).unwrap_or_default() }
+}
