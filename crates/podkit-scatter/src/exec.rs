@@ -12,13 +12,20 @@ use podkit_core::process;
 use podkit_core::reaper::Reaper;
 
 /// Runs `argv` with `input` on stdin and returns its stdout, within `timeout` and `limit` bytes.
-pub async fn pipe(reaper: &Reaper, argv: &Argv, input: Vec<u8>, timeout: Duration, limit: usize) -> Result<Vec<u8>, String> {
+pub async fn pipe(
+    reaper: &Reaper,
+    argv: &Argv,
+    input: Vec<u8>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let args: Vec<OsString> = argv.as_slice().iter().map(OsString::from).collect();
     let mut cmd = process::command(&args, false);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut spawned = reaper.spawn(&mut cmd).map_err(|e| format!("cannot run `{}`: {e}", argv.program()))?;
     let pid = spawned.pid;
-    let (stdin, stdout, stderr) = (spawned.child.stdin.take(), spawned.child.stdout.take(), spawned.child.stderr.take());
+    let (stdin, stdout, stderr) =
+        (spawned.child.stdin.take(), spawned.child.stdout.take(), spawned.child.stderr.take());
     let io = tokio::task::spawn_blocking(move || {
         // Feed stdin from its own thread so a command that writes before it has read
         // everything cannot deadlock against us.

@@ -200,7 +200,8 @@ impl Fanout {
         let n = topology.shards.len();
         let req = Arc::new(req);
         let results: Vec<ShardResult> =
-            futures_util::future::join_all(topology.shards.iter().enumerate().map(|(i, s)| self.shard(i, n, s, &req))).await;
+            futures_util::future::join_all(topology.shards.iter().enumerate().map(|(i, s)| self.shard(i, n, s, &req)))
+                .await;
         let answer = self.gather(results, &req).await;
         let outcome = if !answer.status.is_success() {
             "error"
@@ -279,7 +280,8 @@ impl Fanout {
         let responses: Vec<Value> = bodies
             .iter()
             .map(|(i, b)| {
-                let body = serde_json::from_slice::<Value>(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into()));
+                let body = serde_json::from_slice::<Value>(b)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into()));
                 json!({ "shard": i, "body": body })
             })
             .collect();
@@ -321,7 +323,8 @@ impl Fanout {
     ) -> Result<(Vec<u8>, &'static str), String> {
         let reaper = self.reaper.as_ref().ok_or("no reaper")?;
         let remaining = req.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let out = crate::exec::pipe(reaper, argv, Self::merge_document(bodies, missing), remaining, self.max_leaf_body).await?;
+        let out = crate::exec::pipe(reaper, argv, Self::merge_document(bodies, missing), remaining, self.max_leaf_body)
+            .await?;
         Ok((out, "application/json"))
     }
 
@@ -393,7 +396,14 @@ impl Fanout {
         self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1000)).is_ok()
     }
 
-    async fn attempt(&self, leaf: Arc<Leaf>, index: usize, n: usize, req: Arc<Incoming>, until: Instant) -> (Arc<Leaf>, Attempt) {
+    async fn attempt(
+        &self,
+        leaf: Arc<Leaf>,
+        index: usize,
+        n: usize,
+        req: Arc<Incoming>,
+        until: Instant,
+    ) -> (Arc<Leaf>, Attempt) {
         let started = Instant::now();
         let remaining = until.saturating_duration_since(started);
         let url = format!("{}{}", leaf.base, req.target);
@@ -413,7 +423,9 @@ impl Fanout {
                 }
             }
             Err(e) if e.is_timeout() => Attempt::Failed(format!("timed out after {}", ms(remaining))),
-            Err(e) if e.is_connect() => Attempt::ConnectError(format!("cannot connect to {}: {}", leaf.base, root_cause(&e))),
+            Err(e) if e.is_connect() => {
+                Attempt::ConnectError(format!("cannot connect to {}: {}", leaf.base, root_cause(&e)))
+            }
             Err(e) => Attempt::Failed(format!("{}: {}", leaf.base, root_cause(&e))),
         };
         let took = started.elapsed();
@@ -448,8 +460,9 @@ impl Fanout {
     }
 }
 
+/// A duration rounded to the millisecond, for messages.
 fn ms(d: Duration) -> String {
-    podkit_core::Duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    podkit_core::Duration(Duration::from_millis(((d.as_micros() + 500) / 1000) as u64)).to_string()
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {
@@ -472,5 +485,10 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Bytes
 }
 
 fn error_answer(status: StatusCode, body: Value) -> Answer {
-    Answer { status, content_type: "application/json", headers: Vec::new(), body: serde_json::to_vec(&body).unwrap_or_default() }
+    Answer {
+        status,
+        content_type: "application/json",
+        headers: Vec::new(),
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
 }

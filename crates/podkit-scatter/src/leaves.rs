@@ -74,7 +74,9 @@ impl LeafSource {
         match self {
             LeafSource::Static(s) => Ok(s.clone()),
             LeafSource::Dns { host, port } => {
-                let addrs = tokio::net::lookup_host((host.as_str(), *port)).await.map_err(|e| format!("resolving {host}: {e}"))?;
+                let addrs = tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("resolving {host}: {e}"))?;
                 let mut ips: Vec<_> = addrs.map(|a| a.ip()).collect();
                 // A stable order, so shard numbers do not move between resolutions.
                 ips.sort();
@@ -109,6 +111,7 @@ pub struct Leaf {
     latencies: Mutex<VecDeque<u64>>,
     /// p95 of recent successful answers, in microseconds; 0 while unknown.
     p95_us: AtomicU64,
+    samples: AtomicU64,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
 }
@@ -119,6 +122,7 @@ impl Leaf {
             base,
             latencies: Mutex::new(VecDeque::with_capacity(WINDOW)),
             p95_us: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             open_until: Mutex::new(None),
         }
@@ -133,8 +137,9 @@ impl Leaf {
             l.pop_front();
         }
         l.push_back(latency.as_micros() as u64);
-        // Recomputed every few samples: sorting 256 numbers on every answer is wasted work.
-        if l.len() >= MIN_SAMPLES && l.len() % 8 == 0 || l.len() == WINDOW && self.p95_us.load(Ordering::Relaxed) == 0 {
+        // Recomputed every eighth sample: sorting 256 numbers on every answer is wasted work.
+        let seen = self.samples.fetch_add(1, Ordering::Relaxed) + 1;
+        if l.len() >= MIN_SAMPLES && seen.is_multiple_of(8) {
             let mut sorted: Vec<u64> = l.iter().copied().collect();
             sorted.sort_unstable();
             let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
@@ -262,7 +267,10 @@ mod tests {
         );
         assert!("ftp://x".parse::<LeafSource>().unwrap_err().contains("expected http"));
         assert!("".parse::<LeafSource>().is_err());
-        assert_eq!("dns://leaves.ns.svc:8080".parse::<LeafSource>().unwrap(), LeafSource::Dns { host: "leaves.ns.svc".into(), port: 8080 });
+        assert_eq!(
+            "dns://leaves.ns.svc:8080".parse::<LeafSource>().unwrap(),
+            LeafSource::Dns { host: "leaves.ns.svc".into(), port: 8080 }
+        );
         assert!("dns://noport".parse::<LeafSource>().is_err());
         assert!("file://rel".parse::<LeafSource>().is_err());
     }

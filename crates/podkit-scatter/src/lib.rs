@@ -146,7 +146,7 @@ const HOP_BY_HOP: &[&str] = &[
 #[derive(Debug)]
 pub struct Scatter {
     args: ScatterArgs,
-    fanout: Option<Fanout>,
+    metrics: fanout::Metrics,
     leaves: Arc<Leaves>,
 }
 
@@ -160,7 +160,7 @@ pub enum ScatterError {
 
 impl Scatter {
     pub fn new(args: ScatterArgs) -> Self {
-        Self { args, fanout: None, leaves: Arc::new(Leaves::default()) }
+        Self { args, metrics: fanout::Metrics::default(), leaves: Arc::new(Leaves::default()) }
     }
 
     fn merger(&self) -> Merger {
@@ -181,8 +181,18 @@ impl Collector for LeavesCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = self.leaves.get();
         let all: Vec<_> = t.shards.iter().flat_map(|s| s.replicas.iter()).collect();
-        ConstGauge::new(t.shards.len() as i64).encode(encoder.encode_descriptor("shards", "Shards", None, MetricType::Gauge)?)?;
-        ConstGauge::new(all.len() as i64).encode(encoder.encode_descriptor("leaves", "Leaves (all replicas)", None, MetricType::Gauge)?)?;
+        ConstGauge::new(t.shards.len() as i64).encode(encoder.encode_descriptor(
+            "shards",
+            "Shards",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(all.len() as i64).encode(encoder.encode_descriptor(
+            "leaves",
+            "Leaves (all replicas)",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let open = all.iter().filter(|l| l.is_open()).count();
         ConstGauge::new(open as i64).encode(encoder.encode_descriptor(
             "leaves_circuit_open",
@@ -199,7 +209,7 @@ impl Component for Scatter {
     type Error = ScatterError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
-        let fanout_metrics = fanout::Metrics::default();
+        let fanout_metrics = self.metrics.clone();
         let reg = admin.metrics();
         reg.register("requests", "Client requests by outcome (ok, partial, error)", fanout_metrics.requests.clone());
         reg.register_with_unit(
@@ -219,29 +229,27 @@ impl Component for Scatter {
         reg.register("retries", "Leaf requests retried after a connection error", fanout_metrics.retries.clone());
         reg.register_collector(Box::new(LeavesCollector { leaves: self.leaves.clone() }));
         ctx.readiness.not_ready("leaves", "not resolved yet");
-        // The client is built in run(); keep the metrics until then.
-        let mut f = Fanout::new(
-            self.leaves.clone(),
-            reqwest::Client::new(),
-            self.merger(),
-            self.args.deadline.get(),
-            self.args.leaf_timeout.unwrap_or(self.args.deadline).get(),
-            self.args.min_leaves,
-            self.args.hedge,
-            self.args.hedge_budget,
-        );
-        f.metrics = fanout_metrics;
-        f.retries = self.args.retries;
-        f.breaker_failures = self.args.breaker_failures;
-        f.breaker_cooldown = self.args.breaker_cooldown.get();
-        f.max_leaf_body = self.args.max_leaf_body;
-        self.fanout = Some(f);
     }
 
     async fn run(self, ctx: Context) -> Result<i32, ScatterError> {
-        let Scatter { args, fanout, leaves } = self;
-        let mut fanout = fanout.expect("setup ran");
-        fanout.client = leaf_client().map_err(ScatterError::HttpClient)?;
+        let client = leaf_client().map_err(ScatterError::HttpClient)?;
+        let merger = self.merger();
+        let Scatter { args, metrics, leaves } = self;
+        let mut fanout = Fanout::new(
+            leaves.clone(),
+            client,
+            merger,
+            args.deadline.get(),
+            args.leaf_timeout.unwrap_or(args.deadline).get(),
+            args.min_leaves,
+            args.hedge,
+            args.hedge_budget,
+        );
+        fanout.metrics = metrics;
+        fanout.retries = args.retries;
+        fanout.breaker_failures = args.breaker_failures;
+        fanout.breaker_cooldown = args.breaker_cooldown.get();
+        fanout.max_leaf_body = args.max_leaf_body;
         if matches!(fanout.merger, Merger::Exec(_)) {
             fanout.reaper = Some(podkit_core::reaper::Reaper::start().map_err(ScatterError::Reaper)?);
         }
@@ -255,7 +263,12 @@ impl Component for Scatter {
             Err(e) => tracing::warn!(error = %e, "cannot resolve the leaves yet; retrying every --resolve-interval"),
         }
         if args.leaves.is_dynamic() {
-            ctx.tasks.spawn(resolve_loop(args.leaves.clone(), leaves.clone(), args.resolve_interval.get(), ctx.clone()));
+            ctx.tasks.spawn(resolve_loop(
+                args.leaves.clone(),
+                leaves.clone(),
+                args.resolve_interval.get(),
+                ctx.clone(),
+            ));
         }
         ctx.tasks.spawn(readiness_loop(leaves.clone(), args.min_leaves, args.breaker_cooldown.get(), ctx.clone()));
 
@@ -274,10 +287,7 @@ impl Component for Scatter {
             return Ok(EX_USAGE);
         }
         tracing::info!(listen = %bound, deadline = %args.deadline, "scatter root listening");
-        let app = axum::Router::new()
-            .fallback(handle)
-            .layer(DefaultBodyLimit::max(args.max_body))
-            .with_state(fanout);
+        let app = axum::Router::new().fallback(handle).layer(DefaultBodyLimit::max(args.max_body)).with_state(fanout);
         let shutdown = ctx.shutdown.clone();
         // On SIGTERM: stop accepting, answer what is in flight (each within its deadline).
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -303,7 +313,13 @@ fn leaf_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-async fn handle(State(fanout): State<Arc<Fanout>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(fanout): State<Arc<Fanout>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let now = Instant::now();
     // A parent root's deadline lowers ours, minus a margin for our own merge and reply.
     let mut budget = fanout.deadline;

@@ -41,7 +41,11 @@ impl FromStr for Strategy {
             ("sum", []) => Ok(Strategy::Sum),
             ("ndjson", []) => Ok(Strategy::Ndjson),
             ("topk", [field, k]) if !field.is_empty() => {
-                let k = k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| format!("topk: K={k:?} must be a positive number"))?;
+                let k = k
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|k| *k > 0)
+                    .ok_or_else(|| format!("topk: K={k:?} must be a positive number"))?;
                 Ok(Strategy::TopK { field: field.to_string(), k })
             }
             _ => Err(format!("unknown merge strategy {s:?}; {expected}")),
@@ -243,7 +247,14 @@ mod tests {
 
     #[test]
     fn topk_sorts_by_field_and_keeps_k() {
-        let got = run("topk:score:3", &[r#"[{"id":1,"score":5},{"id":2,"score":1}]"#, r#"[{"id":3,"score":9},{"id":4}]"#, r#"[{"id":5,"score":5}]"#]);
+        let got = run(
+            "topk:score:3",
+            &[
+                r#"[{"id":1,"score":5},{"id":2,"score":1}]"#,
+                r#"[{"id":3,"score":9},{"id":4}]"#,
+                r#"[{"id":5,"score":5}]"#,
+            ],
+        );
         assert_eq!(got.unwrap(), json!([{"id":3,"score":9},{"id":1,"score":5},{"id":5,"score":5}]));
         assert!("topk:score:0".parse::<Strategy>().is_err());
         assert!("topk:score".parse::<Strategy>().is_err());

@@ -6,9 +6,11 @@
 //! program fails the test with the command that installs it; it never skips.
 
 mod admin;
+pub mod leaf;
 mod servers;
 
 pub use admin::AdminClient;
+pub use leaf::TestLeaf;
 pub use servers::{EtcdCluster, Server, etcd, free_port, memcached, nats, nutcracker, redis, require_program};
 
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message
