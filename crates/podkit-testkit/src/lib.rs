@@ -11,7 +11,9 @@ mod servers;
 
 pub use admin::AdminClient;
 pub use leaf::TestLeaf;
-pub use servers::{EtcdCluster, Server, etcd, free_port, memcached, nats, nutcracker, redis, require_program};
+pub use servers::{
+    EtcdCluster, Server, etcd, etcd_tls, free_port, memcached, nats, nutcracker, redis, require_program,
+};
 
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message
 /// if it still does not hold at the deadline (default 10 s).

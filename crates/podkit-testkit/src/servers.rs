@@ -86,7 +86,7 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
 }
 
-fn wait_ready(server: &mut Server, ready: &dyn Fn(SocketAddr) -> bool) -> Result<(), String> {
+fn wait_ready(server: &mut Server, ready: &dyn Fn(SocketAddr, &Path) -> bool) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(child) = server.child.as_mut()
@@ -95,7 +95,7 @@ fn wait_ready(server: &mut Server, ready: &dyn Fn(SocketAddr) -> bool) -> Result
             server.child = None;
             return Err(format!("exited with {status}"));
         }
-        if ready(server.addr) {
+        if ready(server.addr, server.dir.path()) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -112,7 +112,7 @@ fn start(
     program: PathBuf,
     nports: usize,
     args: &dyn Fn(&Path, &[u16]) -> Vec<String>,
-    ready: &dyn Fn(SocketAddr) -> bool,
+    ready: &dyn Fn(SocketAddr, &Path) -> bool,
 ) -> Server {
     let mut last_error = String::new();
     for _ in 0..PORT_ATTEMPTS {
@@ -178,7 +178,7 @@ pub fn memcached() -> Server {
             // -U 0: no UDP; -u root: memcached refuses to run as root without it.
             ["-l", "127.0.0.1", "-p", &p[0].to_string(), "-U", "0", "-m", "64", "-u", "root"].map(String::from).to_vec()
         },
-        &|a| ping(a, b"version\r\n", "VERSION"),
+        &|a, _| ping(a, b"version\r\n", "VERSION"),
     )
 }
 
@@ -209,7 +209,7 @@ pub fn redis() -> Server {
             .map(String::from)
             .to_vec()
         },
-        &|a| ping(a, b"PING\r\n", "+PONG"),
+        &|a, _| ping(a, b"PING\r\n", "+PONG"),
     )
 }
 
@@ -225,7 +225,7 @@ pub fn nats() -> Server {
             let store = dir.join("jetstream").display().to_string();
             ["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &store].map(String::from).to_vec()
         },
-        &|a| ping(a, b"", "INFO"),
+        &|a, _| ping(a, b"", "INFO"),
     )
 }
 
@@ -244,7 +244,7 @@ pub fn nutcracker(config: &dyn Fn(SocketAddr) -> String) -> Server {
             let stats = p[1].to_string();
             ["-c", &conf, "-s", &stats, "-a", "127.0.0.1"].map(String::from).to_vec()
         },
-        &|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok(),
+        &|a, _| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok(),
     )
 }
 
@@ -291,8 +291,90 @@ pub fn etcd() -> Server {
         program,
         2,
         &|dir, p| etcd_args("n0", dir, p[0], p[1], &format!("n0=http://127.0.0.1:{}", p[1]), "new"),
-        &etcd_healthy,
+        &|a, _| etcd_healthy(a),
     )
+}
+
+/// A one-node etcd serving clients over TLS only, with a test CA. The CA certificate is
+/// `dir()/ca.pem`. With `auth`, user `root` with password `secret` must log in.
+pub fn etcd_tls(auth: bool) -> Server {
+    let program = require_program("etcd", "etcd-server");
+    let openssl = require_program("openssl", "openssl");
+    let etcdctl = require_program("etcdctl", "etcd-client");
+    let args = |dir: &Path, p: &[u16]| {
+        make_test_certificates(&openssl, dir);
+        let mut a = etcd_args("n0", dir, p[0], p[1], &format!("n0=http://127.0.0.1:{}", p[1]), "new");
+        for (i, v) in a.iter_mut().enumerate() {
+            // Client URLs become https; peers stay plain (one node).
+            if i > 0 && v.starts_with(&format!("http://127.0.0.1:{}", p[0])) {
+                *v = v.replacen("http://", "https://", 1);
+            }
+        }
+        let d = |f: &str| dir.join(f).display().to_string();
+        a.extend(["--cert-file".into(), d("server.pem"), "--key-file".into(), d("server.key")]);
+        a
+    };
+    let healthy = |a: SocketAddr, dir: &Path| {
+        TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()
+            && Command::new(&etcdctl)
+                .env("ETCDCTL_API", "3")
+                .args([format!("--endpoints=https://{a}"), format!("--cacert={}", dir.join("ca.pem").display())])
+                .args(["endpoint", "health"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    };
+    let server = start("etcd-tls", program, 2, &args, &healthy);
+    if auth {
+        let ctl = |args: &[&str]| {
+            let out = Command::new(&etcdctl)
+                .env("ETCDCTL_API", "3")
+                .args([
+                    format!("--endpoints=https://{}", server.addr),
+                    format!("--cacert={}", server.dir().join("ca.pem").display()),
+                ])
+                .args(args)
+                .output()
+                .expect("run etcdctl");
+            assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ctl(&["user", "add", "root:secret"]);
+        ctl(&["auth", "enable"]);
+    }
+    server
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, written into `dir`.
+fn make_test_certificates(openssl: &Path, dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new(openssl).args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=podkit test CA"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("write san.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 // === impl EtcdCluster ===

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use podkit_testkit::{AdminClient, EtcdCluster, assert_eventually};
 use serde_json::Value;
-use support::{Mode, Podkit, run_plain};
+use support::{Mode, Podkit, TestHttp, run_plain};
 
 const TTL: Duration = Duration::from_secs(2);
 /// Scheduling slack on a busy 2-core CI machine, added to every bound the issue states.
@@ -274,6 +274,47 @@ fn etcd_cluster_member_loss_and_total_outage() {
     recorder.finish();
 }
 
+#[test]
+fn etcd_over_tls_with_a_user_and_password() {
+    let etcd = podkit_testkit::etcd_tls(true);
+    let ca = etcd.dir().join("ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let backend = format!("etcd://{}/tls", etcd.addr);
+    let (ca_s, pw_s) = (ca.to_str().unwrap().to_string(), password.to_str().unwrap().to_string());
+    let a =
+        Sidecar::start("a", &backend, &["--etcd-ca-file", &ca_s, "--etcd-user", "root", "--etcd-password-file", &pw_s]);
+    assert_eventually!(timeout = TTL * 3, a.is_leader("default"), "not elected over TLS: {}", a.proc.stderr());
+    // The admin /config never shows the password (only the file's path).
+    assert!(!a.proc.admin().get("/config").body.contains("secret"));
+
+    // A wrong password, or no CA, is a clear failure at start.
+    std::fs::write(&password, "wrong").unwrap();
+    let (code, stderr) = run_plain(
+        &[
+            "elect",
+            "--backend",
+            &backend,
+            "--etcd-ca-file",
+            &ca_s,
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &pw_s,
+            "--etcd-timeout",
+            "2s",
+            "--admin",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 69, "{stderr}");
+    assert!(stderr.contains("cannot reach etcd"), "{stderr}");
+}
+
 // === file backend ===
 
 #[test]
@@ -365,12 +406,20 @@ fn hooks_run_on_election_and_demotion() {
     let log = dir.path().join("hooks.log");
     let elected = format!("sh -c 'echo elected $PODKIT_ELECTION $PODKIT_TOKEN $PODKIT_ID >> {}'", log.display());
     let demoted = format!("sh -c 'echo demoted $PODKIT_ELECTION $PODKIT_TOKEN >> {}'", log.display());
-    let mut a = Sidecar::start("a", &backend, &["--on-elected", &elected, "--on-demoted", &demoted]);
+    let notified = TestHttp::start(None);
+    let url = notified.url("/events");
+    let mut a =
+        Sidecar::start("a", &backend, &["--on-elected", &elected, "--on-demoted", &demoted, "--notify-url", &url]);
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eventually!(read() == "elected default 1 a\n", "{:?}", read());
     a.proc.signal(Signal::SIGTERM);
     assert_eq!(a.proc.wait(), 0);
     assert_eq!(read(), "elected default 1 a\ndemoted default 1\n");
+    let events: Vec<Value> = notified.bodies.lock().unwrap().iter().map(|b| serde_json::from_str(b).unwrap()).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0]["event"].as_str(), events[0]["token"].as_u64()), (Some("elected"), Some(1)));
+    assert_eq!((events[1]["event"].as_str(), events[1]["reason"].as_str()), (Some("demoted"), Some("shutting down")));
+    assert!(notified.seen.lock().unwrap().iter().all(|l| l == "POST /events HTTP/1.1"));
 }
 
 // === bad input ===

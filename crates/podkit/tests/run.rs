@@ -3,15 +3,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use podkit_testkit::assert_eventually;
-use support::{Mode, Podkit, alive, run_plain};
+use support::{Mode, Podkit, TestHttp, alive, run_plain};
 
 /// A program that records the signals it gets in `signals` and says it is ready in `ready`.
 fn trapping_script(dir: &std::path::Path, signals: &[&str], extra: &str) -> String {
@@ -167,59 +166,6 @@ fn pre_stop_exec_runs_before_the_stop_signal() {
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 0, "the program exits 0 from its TERM trap");
     assert_eq!(lines(&std::fs::read_to_string(&log).unwrap()), ["pre-stop:pre-stop", "TERM"]);
-}
-
-/// A one-route HTTP server: records each request line in `seen` (and in `log`, if given) and
-/// answers with the status in `status`.
-struct TestHttp {
-    addr: std::net::SocketAddr,
-    status: Arc<AtomicU16>,
-    seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl TestHttp {
-    fn start(log: Option<std::path::PathBuf>) -> TestHttp {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let status = Arc::new(AtomicU16::new(200));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (st, sn) = (status.clone(), seen.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
-                    continue;
-                }
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                let _ = reader.read_exact(&mut body);
-                let line = first.trim().to_string();
-                if let Some(log) = &log {
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-                    writeln!(f, "{line}").unwrap();
-                }
-                sn.lock().unwrap().push(line);
-                let code = st.load(Ordering::SeqCst);
-                let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
-            }
-        });
-        TestHttp { addr, status, seen }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
 }
 
 #[test]

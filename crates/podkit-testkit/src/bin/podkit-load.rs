@@ -27,7 +27,8 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build().expect("client");
+        let client =
+            reqwest::Client::builder().no_proxy().pool_max_idle_per_host(args.concurrency).build().expect("client");
         for _ in 0..args.warmup {
             let _ = client.get(&args.url).send().await.and_then(|r| r.error_for_status());
         }
@@ -36,13 +37,18 @@ fn main() {
         let started = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..args.concurrency {
-            let (client, url, next, errors, total) = (client.clone(), args.url.clone(), next.clone(), errors.clone(), args.requests);
+            let (client, url, next, errors, total) =
+                (client.clone(), args.url.clone(), next.clone(), errors.clone(), args.requests);
             workers.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let t = Instant::now();
                     let ok = match client.get(&url).send().await {
-                        Ok(r) => r.status().is_success() && r.headers().get("x-podkit-partial").is_none() && r.bytes().await.is_ok(),
+                        Ok(r) => {
+                            r.status().is_success()
+                                && r.headers().get("x-podkit-partial").is_none()
+                                && r.bytes().await.is_ok()
+                        }
                         Err(_) => false,
                     };
                     if !ok {

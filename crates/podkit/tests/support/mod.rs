@@ -2,8 +2,12 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -153,4 +157,61 @@ pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out =
         Command::new(PODKIT).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().expect("run podkit");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A one-route HTTP server: records each request line in `seen` (and in `log`, if given) and
+/// answers with the status in `status`.
+pub struct TestHttp {
+    pub addr: std::net::SocketAddr,
+    pub status: Arc<AtomicU16>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    /// Request bodies, in arrival order.
+    pub bodies: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestHttp {
+    pub fn start(log: Option<std::path::PathBuf>) -> TestHttp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (st, sn, bd) = (status.clone(), seen.clone(), bodies.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    continue;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                bd.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                let line = first.trim().to_string();
+                if let Some(log) = &log {
+                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+                    writeln!(f, "{line}").unwrap();
+                }
+                sn.lock().unwrap().push(line);
+                let code = st.load(Ordering::SeqCst);
+                let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+            }
+        });
+        TestHttp { addr, status, seen, bodies }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
 }
