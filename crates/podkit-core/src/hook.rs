@@ -54,6 +54,10 @@ pub struct Outcome {
     /// The end of the hook's output (response body, or stdout and stderr).
     pub output: String,
     pub duration_ms: u64,
+    /// A command's exit status (128+N for a signal); `None` for HTTP and commands that did not
+    /// finish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
 }
 
 /// Runs hooks. Cloning shares the HTTP client and the reaper.
@@ -81,11 +85,14 @@ impl Runner {
     /// a JSON body for an HTTP request.
     pub async fn run_with(&self, hook: &Hook, name: &str, timeout: Duration, input: &Input) -> Outcome {
         let start = Instant::now();
-        let (ok, detail, output) = match hook {
-            Hook::Http { method, url } => self.http(method.clone(), url, timeout, input.json.as_ref()).await,
+        let (ok, detail, output, exit_status) = match hook {
+            Hook::Http { method, url } => {
+                let (ok, detail, output) = self.http(method.clone(), url, timeout, input.json.as_ref()).await;
+                (ok, detail, output, None)
+            }
             Hook::Exec(argv) => self.exec(argv, name, timeout, &input.env).await,
         };
-        Outcome { ok, detail, output, duration_ms: start.elapsed().as_millis() as u64 }
+        Outcome { ok, detail, output, duration_ms: start.elapsed().as_millis() as u64, exit_status }
     }
 
     async fn http(
@@ -116,7 +123,7 @@ impl Runner {
         name: &str,
         timeout: Duration,
         env: &[(String, String)],
-    ) -> (bool, String, String) {
+    ) -> (bool, String, String, Option<i32>) {
         let args: Vec<OsString> = argv.as_slice().iter().map(OsString::from).collect();
         let mut cmd = process::command(&args, false);
         cmd.stdin(std::process::Stdio::null()).env("PODKIT_HOOK", name);
@@ -124,18 +131,18 @@ impl Runner {
         // Both streams share one pipe, so the output keeps its interleaving.
         let (reader, writer) = match std::io::pipe() {
             Ok(p) => p,
-            Err(e) => return (false, format!("cannot create a pipe: {e}"), String::new()),
+            Err(e) => return (false, format!("cannot create a pipe: {e}"), String::new(), None),
         };
         let writer2 = match writer.try_clone() {
             Ok(w) => w,
-            Err(e) => return (false, format!("cannot create a pipe: {e}"), String::new()),
+            Err(e) => return (false, format!("cannot create a pipe: {e}"), String::new(), None),
         };
         cmd.stdout(writer).stderr(writer2);
         let spawned = self.reaper.spawn(&mut cmd);
         drop(cmd); // closes podkit's copies of the write ends
         let spawned = match spawned {
             Ok(s) => s,
-            Err(e) => return (false, format!("cannot run `{}`: {e}", argv.program()), String::new()),
+            Err(e) => return (false, format!("cannot run `{}`: {e}", argv.program()), String::new(), None),
         };
         // Whatever happens to this future (done, timed out, or dropped because the caller went
         // away), the hook's process group does not outlive it.
@@ -176,8 +183,8 @@ impl Runner {
             }
         }
         match exited {
-            Some(exit) => (exit.success(), exit.to_string(), tail(&out)),
-            None => (false, format!("timed out after {}", humantime(timeout)), tail(&out)),
+            Some(exit) => (exit.success(), exit.to_string(), tail(&out), Some(exit.status())),
+            None => (false, format!("timed out after {}", humantime(timeout)), tail(&out), None),
         }
     }
 }

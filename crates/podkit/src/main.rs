@@ -35,6 +35,13 @@ enum Command {
         after_help = "Example:\n  podkit scatter --listen 127.0.0.1:8080 --leaves http://10.0.0.1:80,http://10.0.0.2:80 --merge topk:score:10 --deadline 200ms --min-leaves 90% --hedge"
     )]
     Scatter(podkit_scatter::ScatterArgs),
+
+    /// Work queue: push items, and run any file-in/file-out program on them as a stage, with
+    /// leases, retries, dead letters and pipelines (--to), over a SQLite file.
+    #[command(
+        after_help = "Example:\n  podkit queue push --store sqlite:///tmp/q.db --queue resize images/\n  podkit queue work --store sqlite:///tmp/q.db --queue resize --out-dir out/ --exit-when-empty -- convert {input} -resize 50% {output}\n  podkit queue status --store sqlite:///tmp/q.db"
+    )]
+    Queue(podkit_queue::QueueArgs),
 }
 
 /// Options whose values `GET /config` never shows.
@@ -44,7 +51,8 @@ fn main() {
     let cmd = Cli::command()
         .mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN))
         .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN))
-        .mut_subcommand("scatter", |c| with_admin_default(c, podkit_scatter::DEFAULT_ADMIN));
+        .mut_subcommand("scatter", |c| with_admin_default(c, podkit_scatter::DEFAULT_ADMIN))
+        .mut_subcommand("queue", |c| c.mut_subcommand("work", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN)));
     let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
@@ -71,6 +79,13 @@ fn main() {
             let runtime = podkit_core::RuntimeBuilder::new_multi_thread();
             podkit_core::launch(podkit_scatter::Scatter::new(args), &common, parsed.effective, runtime)
         }
+        Command::Queue(podkit_queue::QueueArgs { command: podkit_queue::QueueCommand::Work(args) }) => {
+            let common = args.common.clone();
+            // Items run as processes and the store works on the blocking pool: one thread
+            // schedules them all.
+            podkit_core::launch(podkit_queue::Work::new(args), &common, parsed.effective, runtime)
+        }
+        Command::Queue(podkit_queue::QueueArgs { command }) => podkit_queue::run_oneshot(command),
     };
     std::process::exit(code);
 }

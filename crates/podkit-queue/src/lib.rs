@@ -1,0 +1,449 @@
+//! `podkit queue`: the work-queue pattern. The developer supplies a program that turns an
+//! input file into an output file; podkit does the rest: storage, leases, retries, dead
+//! letters, pipelines, status. See `docs/queue.md`.
+
+pub mod store;
+pub mod work;
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use podkit_core::hook::Runner;
+use podkit_core::{AdminBuilder, CommonArgs, Component, Context, EX_USAGE};
+
+use crate::store::SqliteStore;
+use crate::work::{Sink, Stage, Worker};
+
+/// The admin listener's default address for `podkit queue work`.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9194";
+
+/// sysexits.h `EX_UNAVAILABLE`: the store cannot be used.
+const EX_UNAVAILABLE: i32 = 69;
+
+/// `podkit queue` and its subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum QueueCommand {
+    /// Add items: files, the files of a directory, or one item per line of stdin (`-`).
+    Push(PushArgs),
+    /// Take items and run a stage on each until stopped (or until the queue is drained).
+    Work(WorkArgs),
+    /// Items per state, per queue.
+    Status(StatusArgs),
+    /// Dead-lettered items with their last error and stderr tail.
+    Dead(StatusArgs),
+    /// Put dead items back (all of a queue, or the ids given).
+    Retry(RetryArgs),
+    /// Remove a queue and all its items.
+    Purge(PurgeArgs),
+}
+
+/// Where the queue lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+}
+
+fn parse_store(s: &str) -> Result<StoreUrl, String> {
+    if let Some(path) = s.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err("expected a file, as in sqlite:///var/lib/podkit/q.db".into());
+        }
+        return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+    }
+    Err("expected sqlite:///PATH (the Redis store is not available yet)".into())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 200
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok { Ok(s.to_string()) } else { Err("expected 1-200 letters, digits, '-', '_', '.' or ':'".into()) }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The store: sqlite:///PATH (one file shared by every worker on a host).
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    pub store: StoreUrl,
+
+    /// Largest item (input or output), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_item_size: usize,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<SqliteStore, String> {
+        match &self.store {
+            StoreUrl::Sqlite(path) => SqliteStore::open(path, self.max_item_size).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub queue: String,
+    /// The item's id (one item only): pushing the same id again adds nothing.
+    #[arg(long, value_name = "ID", value_parser = parse_name, conflicts_with = "id_from_name")]
+    pub id: Option<String>,
+    /// Use each file's name as its id, so pushing a directory again adds only new files.
+    #[arg(long)]
+    pub id_from_name: bool,
+    /// Files, directories (their files), or `-` for one item per line of stdin.
+    #[arg(required = true, value_name = "FILE")]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub queue: String,
+    /// Items run at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+    /// Longest run of one attempt; then it is killed and counts as a failure.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = podkit_core::Duration::parse_positive)]
+    pub timeout: podkit_core::Duration,
+    /// Attempts before an item is dead-lettered.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Lease on a running item, renewed every third of it; a worker that dies loses its items
+    /// after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = podkit_core::Duration::parse_positive)]
+    pub lease: podkit_core::Duration,
+    /// Make each output an item of this queue (the next stage).
+    #[arg(long, value_name = "NAME", value_parser = parse_name, conflicts_with = "out_dir")]
+    pub to: Option<String>,
+    /// Write each output to DIR/<item id>.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Exit 0 once the queue has nothing pending or running.
+    #[arg(long)]
+    pub exit_when_empty: bool,
+    /// Instead of a command, POST each input to this URL; the answer's body is the output.
+    #[arg(long, value_name = "URL", conflicts_with = "command")]
+    pub http: Option<reqwest::Url>,
+    /// The stage: a command (argv, no shell) in which `{input}` and `{output}` become paths.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// One queue (default: all).
+    #[arg(long, value_name = "NAME")]
+    pub queue: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "NAME")]
+    pub queue: String,
+    /// Only these items (default: every dead item of the queue).
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "NAME")]
+    pub queue: String,
+}
+
+// === one-shot commands ===
+
+/// Runs a one-shot subcommand (everything but `work`), printing its result. Returns the exit
+/// status.
+pub fn run_oneshot(cmd: QueueCommand) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 70;
+        }
+    };
+    rt.block_on(async move {
+        let result = match cmd {
+            QueueCommand::Push(a) => push(a).await,
+            QueueCommand::Status(a) => status(a).await,
+            QueueCommand::Dead(a) => dead(a).await,
+            QueueCommand::Retry(a) => retry(a).await,
+            QueueCommand::Purge(a) => purge(a).await,
+            QueueCommand::Work(_) => unreachable!("work is a long-running command"),
+        };
+        match result {
+            Ok(()) => 0,
+            Err((code, msg)) => {
+                eprintln!("error: {msg}");
+                code
+            }
+        }
+    })
+}
+
+type CmdResult = Result<(), (i32, String)>;
+
+fn open(store: &StoreArgs) -> Result<SqliteStore, (i32, String)> {
+    store.open().map_err(|e| (EX_UNAVAILABLE, e))
+}
+
+#[allow(clippy::print_stdout)] // these commands' results are their output
+fn say(line: &str) {
+    println!("{line}");
+}
+
+fn random_id() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut r = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut r);
+    }
+    format!("{t:x}-{}", u64::from_le_bytes(r) & 0xffff_ffff_ffff)
+}
+
+async fn push(a: PushArgs) -> CmdResult {
+    let mut items = Vec::new();
+    for input in &a.inputs {
+        if input.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| (EX_USAGE, format!("reading stdin: {e}")))?;
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                items.push((None, line.as_bytes().to_vec()));
+            }
+        } else if input.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(input)
+                .map_err(|e| (EX_USAGE, format!("{}: {e}", input.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                let data = std::fs::read(&f).map_err(|e| (EX_USAGE, format!("{}: {e}", f.display())))?;
+                items.push((Some(work::safe_name(&f.to_string_lossy())), data));
+            }
+        } else {
+            let data = std::fs::read(input).map_err(|e| (EX_USAGE, format!("{}: {e}", input.display())))?;
+            items.push((Some(work::safe_name(&input.to_string_lossy())), data));
+        }
+    }
+    if a.id.is_some() && items.len() != 1 {
+        return Err((EX_USAGE, format!("--id names one item, but {} were given", items.len())));
+    }
+    let batch: Vec<_> = items
+        .into_iter()
+        .map(|(name, data)| {
+            let id = match (&a.id, a.id_from_name, &name) {
+                (Some(id), _, _) => id.clone(),
+                (None, true, Some(n)) => n.clone(),
+                _ => random_id(),
+            };
+            (id, name, data)
+        })
+        .collect();
+    let total = batch.len();
+    let store = open(&a.store)?;
+    let added = store.push(&a.queue, batch).await.map_err(|e| (EX_USAGE, e.to_string()))?;
+    say(&format!("pushed {added} new item(s) to {} ({} already there)", a.queue, total - added));
+    Ok(())
+}
+
+async fn status(a: StatusArgs) -> CmdResult {
+    let store = open(&a.store)?;
+    let counts = store.counts(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    if a.json {
+        say(&serde_json::to_string(&counts).unwrap_or_default());
+        return Ok(());
+    }
+    say(&format!(
+        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "QUEUE", "PENDING", "RUNNING", "DONE", "DEAD", "RATE/s", "ETA"
+    ));
+    for c in counts {
+        let rate = c.done_last_minute as f64 / 60.0;
+        let left = c.pending + c.running;
+        let eta = if left == 0 {
+            "-".to_string()
+        } else if rate > 0.0 {
+            podkit_core::Duration(Duration::from_secs((left as f64 / rate).ceil() as u64)).to_string()
+        } else {
+            "?".to_string()
+        };
+        say(&format!(
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9.1} {:>10}",
+            c.queue, c.pending, c.running, c.done, c.dead, rate, eta
+        ));
+    }
+    Ok(())
+}
+
+async fn dead(a: StatusArgs) -> CmdResult {
+    let store = open(&a.store)?;
+    let items = store.dead(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    if a.json {
+        say(&serde_json::to_string(&items).unwrap_or_default());
+        return Ok(());
+    }
+    for d in items {
+        say(&format!(
+            "{}/{}: {} attempt(s), {}{}",
+            d.queue,
+            d.id,
+            d.attempts,
+            d.error.unwrap_or_default(),
+            d.exit_status.map(|s| format!(" (status {s})")).unwrap_or_default()
+        ));
+        if let Some(t) = d.stderr_tail.filter(|t| !t.is_empty()) {
+            for line in t.lines() {
+                say(&format!("    | {line}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn retry(a: RetryArgs) -> CmdResult {
+    let store = open(&a.store)?;
+    let n = store.retry(&a.queue, a.ids).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    say(&format!("{n} item(s) of {} back to pending", a.queue));
+    Ok(())
+}
+
+async fn purge(a: PurgeArgs) -> CmdResult {
+    let store = open(&a.store)?;
+    let n = store.purge(&a.queue).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    say(&format!("removed queue {} ({n} item(s))", a.queue));
+    Ok(())
+}
+
+// === impl Work ===
+
+/// The `podkit queue work` component.
+#[derive(Debug)]
+pub struct Work {
+    args: WorkArgs,
+    metrics: work::Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("cannot start reaping item processes: {0}")]
+    Reaper(#[source] std::io::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+impl Work {
+    pub fn new(args: WorkArgs) -> Self {
+        Self { args, metrics: work::Metrics::default() }
+    }
+}
+
+impl Component for Work {
+    const NAME: &'static str = "queue";
+    type Error = WorkError;
+
+    fn setup(&mut self, admin: &mut AdminBuilder, _ctx: &Context) {
+        let reg = admin.metrics();
+        let m = &self.metrics;
+        reg.register("attempts", "Attempts by result (done, retry, dead, lost, released)", m.attempts.clone());
+        reg.register_with_unit(
+            "run_duration",
+            "Time one attempt took",
+            prometheus_client::registry::Unit::Seconds,
+            m.run_seconds.clone(),
+        );
+        reg.register("lease_renewals", "Leases renewed on running items", m.lease_renewals.clone());
+        reg.register("in_flight", "Items running in this worker", m.in_flight.clone());
+        reg.register("items", "Items per queue and state in the store", m.items.clone());
+    }
+
+    async fn run(self, ctx: Context) -> Result<i32, WorkError> {
+        let a = self.args;
+        let stage = match (&a.http, work::check_template(&a.command)) {
+            (Some(url), _) => Stage::Http(url.clone()),
+            (None, Ok(t)) => Stage::Exec(t),
+            (None, Err(e)) => {
+                tracing::error!(error = %e, "bad stage");
+                return Ok(EX_USAGE);
+            }
+        };
+        let sink = match (&a.to, &a.out_dir) {
+            (Some(q), _) => Sink::Next(q.clone()),
+            (None, Some(dir)) => {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot create --out-dir");
+                    return Ok(EX_USAGE);
+                }
+                Sink::Dir(dir.clone())
+            }
+            (None, None) => Sink::Store,
+        };
+        let store = match a.store.open() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the store");
+                return Ok(EX_UNAVAILABLE);
+            }
+        };
+        let reaper = podkit_core::reaper::Reaper::start().map_err(WorkError::Reaper)?;
+        let client = podkit_core::http::client(a.timeout.get()).map_err(WorkError::HttpClient)?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let settings = work::Settings {
+            queue: a.queue.clone(),
+            stage,
+            sink,
+            concurrency: a.concurrency.map_or(cores, |c| c as usize),
+            timeout: a.timeout.get(),
+            lease: a.lease.get(),
+            max_attempts: a.max_attempts,
+            exit_when_empty: a.exit_when_empty,
+            owner: format!("{host}:{}:{}", std::process::id(), random_id()),
+        };
+        let worker = Arc::new(Worker {
+            store,
+            settings: Arc::new(settings),
+            runner: Runner::new(reaper, client.clone()),
+            client,
+            metrics: self.metrics,
+        });
+        Ok(worker.run(ctx).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse() {
+        assert_eq!(parse_store("sqlite:///var/q.db").unwrap(), StoreUrl::Sqlite("/var/q.db".into()));
+        assert!(parse_store("sqlite://").is_err());
+        assert!(parse_store("redis://h:6379/0").unwrap_err().contains("not available yet"));
+    }
+}
