@@ -31,6 +31,8 @@ pub struct QueueArgs {
     pub command: QueueCommand,
 }
 
+// Parsed once per process; the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum QueueCommand {
     /// Add items: files, the files of a directory, or one item per line of stdin (`-`).
