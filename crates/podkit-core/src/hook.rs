@@ -146,7 +146,7 @@ impl Runner {
         };
         // Whatever happens to this future (done, timed out, or dropped because the caller went
         // away), the hook's process group does not outlive it.
-        let _kill = KillGroupOnDrop(spawned.pid);
+        let _kill = process::KillGroupOnDrop(spawned.pid);
         let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -186,15 +186,6 @@ impl Runner {
             Some(exit) => (exit.success(), exit.to_string(), tail(&out), Some(exit.status())),
             None => (false, format!("timed out after {}", humantime(timeout)), tail(&out), None),
         }
-    }
-}
-
-/// SIGKILLs a hook's process group when dropped.
-struct KillGroupOnDrop(i32);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        process::signal(self.0, Signal::SIGKILL, true);
     }
 }
 

@@ -45,6 +45,17 @@ pub fn command(argv: &[OsString], capture: bool) -> Command {
     cmd
 }
 
+/// SIGKILLs a process group when dropped: ties a helper process' life to the future or scope
+/// that started it.
+#[derive(Debug)]
+pub struct KillGroupOnDrop(pub i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        signal(self.0, Signal::SIGKILL, true);
+    }
+}
+
 /// Sends `sig` to `pid`, or to its whole process group. A process that is already gone is not
 /// an error.
 pub fn signal(pid: i32, sig: Signal, group: bool) {

@@ -207,8 +207,10 @@ async fn resign(State(api): State<Api>, Path(name): Path<String>) -> Response {
     };
     let was_leader = election.is_leader();
     let mut changes = election.subscribe();
-    election.resign();
     if was_leader {
+        // Only a leader has something to give up; a follower's request must not linger and
+        // fire when it later wins.
+        election.resign();
         // Answer once the claim is dropped, so the caller's next read is already true.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while election.is_leader() {

@@ -138,8 +138,18 @@ struct View {
     token: u64,
     /// When the observed leader's lease ends, as far as the backend said.
     leader_until: Option<Instant>,
-    /// Our own claim: leader until this instant.
+    /// Our own claim: leader until this instant…
     my_deadline: Option<Instant>,
+    /// …and until this CLOCK_BOOTTIME reading. The monotonic clock stops while the host is
+    /// suspended; the backend's clock (another host's, or the lease file's CLOCK_BOOTTIME)
+    /// does not. Both must agree that the claim holds.
+    my_deadline_boot: Option<Duration>,
+}
+
+/// The host's CLOCK_BOOTTIME: monotonic, and counting through a suspend.
+pub fn boottime() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME exists on Linux");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
 /// One election as the API and the loop share it.
@@ -184,7 +194,7 @@ impl Election {
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let v = self.view();
-        let is_leader = v.my_deadline.is_some_and(|d| now < d);
+        let is_leader = v.my_deadline.is_some_and(|d| now < d) && v.my_deadline_boot.is_some_and(|b| boottime() < b);
         // Our own record with an expired claim means we no longer know who leads.
         let leader = match &v.leader {
             Some(l) if *l == self.id && !is_leader => None,
@@ -196,7 +206,8 @@ impl Election {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.view().my_deadline.is_some_and(|d| Instant::now() < d)
+        let v = self.view();
+        v.my_deadline.is_some_and(|d| Instant::now() < d) && v.my_deadline_boot.is_some_and(|b| boottime() < b)
     }
 
     /// A receiver that sees a new value whenever the status may have changed.
@@ -242,11 +253,12 @@ impl Election {
         }
     }
 
-    fn promote(&self, lease: &Lease, deadline: Instant) {
+    fn promote(&self, lease: &Lease, deadline: Instant, deadline_boot: Duration) {
         let mut v = self.view();
         v.leader = Some(self.id.clone());
         v.token = v.token.max(lease.token);
         v.my_deadline = Some(deadline);
+        v.my_deadline_boot = Some(deadline_boot);
         drop(v);
         self.metrics.is_leader.get_or_create(&self.label).set(1);
         self.metrics.token.get_or_create(&self.label).set(lease.token as i64);
@@ -254,14 +266,17 @@ impl Election {
         self.bump();
     }
 
-    fn extend(&self, deadline: Instant) {
-        self.view().my_deadline = Some(deadline);
+    fn extend(&self, deadline: Instant, deadline_boot: Duration) {
+        let mut v = self.view();
+        v.my_deadline = Some(deadline);
+        v.my_deadline_boot = Some(deadline_boot);
     }
 
     /// Stops claiming leadership. Always done before telling the backend, never after.
     fn demote(&self) {
         let mut v = self.view();
         v.my_deadline = None;
+        v.my_deadline_boot = None;
         if v.leader.as_deref() == Some(self.id.as_str()) {
             v.leader = None;
             v.leader_until = None;
@@ -363,7 +378,7 @@ pub async fn run<B: Backend>(
                 _ = tokio::time::sleep_until(wake) => {}
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || !e.is_leader() {
                 tracing::warn!(election = %e.name, token = lease.token, "could not renew the lease in time: no longer leader");
                 e.demote();
                 tell(false, "lease expired");
@@ -386,14 +401,14 @@ pub async fn run<B: Backend>(
             }
             // Each attempt gets a slice of what is left, so a request stuck on a dead etcd
             // member is abandoned in time to try another before the claim runs out.
-            let sent = Instant::now();
+            let (sent, sent_boot) = (Instant::now(), boottime());
             let attempt = (deadline - sent).min(settings.attempt_timeout());
             match tokio::time::timeout(attempt, backend.renew(&lease, settings.ttl)).await {
                 Ok(Ok(true)) => {
                     let took = sent.elapsed();
                     e.metrics.renew_seconds.get_or_create(&e.label).observe(took.as_secs_f64());
                     let new_deadline = sent + settings.claim();
-                    e.extend(new_deadline);
+                    e.extend(new_deadline, sent_boot + settings.claim());
                     held = Some((lease, new_deadline));
                     next_renew = sent + settings.renew_every();
                 }
@@ -445,7 +460,7 @@ pub async fn run<B: Backend>(
             continue;
         }
 
-        let sent = Instant::now();
+        let (sent, sent_boot) = (Instant::now(), boottime());
         let attempt = tokio::select! {
             _ = shutdown.triggered() => break,
             r = tokio::time::timeout(settings.ttl, backend.acquire(&e.name, &e.id, settings.ttl)) => r,
@@ -459,7 +474,7 @@ pub async fn run<B: Backend>(
                     continue;
                 }
                 tracing::info!(election = %e.name, token = lease.token, "elected leader");
-                e.promote(&lease, deadline);
+                e.promote(&lease, deadline, sent_boot + settings.claim());
                 tell(true, "elected");
                 next_renew = sent + settings.renew_every();
                 held = Some((lease, deadline));

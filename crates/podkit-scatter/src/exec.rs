@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use podkit_core::Argv;
 use podkit_core::process;
 use podkit_core::reaper::Reaper;
@@ -23,36 +22,50 @@ pub async fn pipe(
     let mut cmd = process::command(&args, false);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut spawned = reaper.spawn(&mut cmd).map_err(|e| format!("cannot run `{}`: {e}", argv.program()))?;
-    let pid = spawned.pid;
+    // Whatever happens to this request (answered, timed out, or dropped because the client
+    // left), the command's group does not outlive it.
+    let _kill = process::KillGroupOnDrop(spawned.pid);
     let (stdin, stdout, stderr) =
         (spawned.child.stdin.take(), spawned.child.stdout.take(), spawned.child.stderr.take());
-    let io = tokio::task::spawn_blocking(move || {
-        // Feed stdin from its own thread so a command that writes before it has read
-        // everything cannot deadlock against us.
-        let writer = std::thread::spawn(move || {
-            if let Some(mut w) = stdin {
-                let _ = w.write_all(&input);
-            }
-        });
+    // stdin, stdout and stderr each on their own thread: a command that writes a lot to one
+    // while we wait on another cannot deadlock against us.
+    let writer = tokio::task::spawn_blocking(move || {
+        if let Some(mut w) = stdin {
+            let _ = w.write_all(&input);
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         if let Some(r) = stdout {
             let _ = r.take(limit as u64 + 1).read_to_end(&mut out);
         }
+        out
+    });
+    let err = tokio::task::spawn_blocking(move || {
         let mut err = Vec::new();
-        if let Some(r) = stderr {
-            let _ = r.take(4096).read_to_end(&mut err);
+        if let Some(mut r) = stderr {
+            let mut chunk = [0u8; 8192];
+            // Keep only the end, but read everything so the command never blocks on stderr.
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                err.extend_from_slice(&chunk[..n]);
+                if err.len() > 8192 {
+                    err.drain(..err.len() - 4096);
+                }
+            }
         }
-        let _ = writer.join();
-        (out, err)
+        err
     });
     let result = tokio::time::timeout(timeout, async {
         let exit = spawned.exit.await.map_err(|_| "lost the command's exit status".to_string())?;
-        let (out, err) = io.await.map_err(|e| e.to_string())?;
+        let _ = writer.await;
+        let out = out.await.map_err(|e| e.to_string())?;
+        let err = err.await.map_err(|e| e.to_string())?;
         Ok::<_, String>((exit, out, err))
     })
     .await;
-    // Whatever happened, the command's group does not outlive the request.
-    process::signal(pid, Signal::SIGKILL, true);
     let (exit, out, err) = result.map_err(|_| format!("`{}` timed out", argv.program()))??;
     if !exit.success() {
         return Err(format!("`{}` failed ({exit}): {}", argv.program(), String::from_utf8_lossy(&err).trim()));

@@ -127,6 +127,13 @@ impl Default for Metrics {
     }
 }
 
+impl Incoming {
+    /// Only requests that may safely be sent twice are hedged.
+    fn idempotent(&self) -> bool {
+        matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+}
+
 /// The client's request, as every leaf gets it.
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -189,7 +196,8 @@ impl Fanout {
             max_leaf_body: 16 << 20,
             reaper: None,
             metrics: Metrics::default(),
-            budget: AtomicU64::new(10_000),
+            // A full bucket to start with, sized by the budget (none at 0 %).
+            budget: AtomicU64::new(((hedge_budget * 200_000.0) as u64).min(10_000)),
         }
     }
 
@@ -307,7 +315,8 @@ impl Fanout {
             .await
             .map_err(|e| format!("merge container at {url}: {e}"))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("merge container at {url}: {e}"))?;
+        let body =
+            read_limited(resp, self.max_leaf_body).await.map_err(|e| format!("merge container at {url}: {e}"))?;
         if !status.is_success() {
             return Err(format!("merge container at {url} answered HTTP {}", status.as_u16()));
         }
@@ -331,24 +340,31 @@ impl Fanout {
     /// One shard: the primary request, a hedge after the leaf's p95, a retry on a connection
     /// error, all within the leaf timeout and the deadline.
     async fn shard(&self, index: usize, n: usize, shard: &Shard, req: &Arc<Incoming>) -> ShardResult {
-        let order: Vec<Arc<Leaf>> = shard.order().into_iter().filter(|l| l.available(self.breaker_cooldown)).collect();
-        if order.is_empty() {
-            return ShardResult::Missing("circuit open".into());
-        }
+        let order = shard.order();
         let started = Instant::now();
         let until = req.deadline.min(started + self.leaf_timeout);
         let mut in_flight = FuturesUnordered::new();
         let mut next = 0usize;
-        let launch = |in_flight: &mut FuturesUnordered<_>, next: &mut usize| {
-            let leaf = order[*next % order.len()].clone();
-            *next += 1;
-            in_flight.push(self.attempt(leaf, index, n, req.clone(), until));
+        // The next replica whose breaker lets a request through, asked only when a request is
+        // really sent to it (asking uses up a half-open breaker's one trial request).
+        let pick = |next: &mut usize| -> Option<Arc<Leaf>> {
+            for _ in 0..order.len() {
+                let leaf = order[*next % order.len()].clone();
+                *next += 1;
+                if leaf.available(self.breaker_cooldown) {
+                    return Some(leaf);
+                }
+            }
+            None
         };
-        launch(&mut in_flight, &mut next);
+        let Some(primary) = pick(&mut next) else {
+            return ShardResult::Missing("circuit open".into());
+        };
+        let hedge_at = if self.hedge && req.idempotent() { primary.hedge_after().map(|d| started + d) } else { None };
+        in_flight.push(self.attempt(primary, index, n, req.clone(), until));
         self.budget_refill();
         let mut retries_left = self.retries;
         let mut hedged = false;
-        let hedge_at = if self.hedge { order[0].hedge_after().map(|d| Instant::now() + d) } else { None };
         let mut last_error = String::from("no answer");
         loop {
             let hedge_timer = async {
@@ -363,10 +379,12 @@ impl Fanout {
                     Some((_, Attempt::Answer(status, _))) => last_error = format!("HTTP {}", status.as_u16()),
                     Some((_, Attempt::ConnectError(e))) => {
                         last_error = e;
-                        if retries_left > 0 && Instant::now() < until {
+                        if retries_left > 0 && Instant::now() < until
+                            && let Some(leaf) = pick(&mut next)
+                        {
                             retries_left -= 1;
                             self.metrics.retries.inc();
-                            launch(&mut in_flight, &mut next);
+                            in_flight.push(self.attempt(leaf, index, n, req.clone(), until));
                         }
                     }
                     Some((_, Attempt::Failed(e))) => last_error = e,
@@ -374,10 +392,11 @@ impl Fanout {
                 },
                 _ = hedge_timer => {
                     hedged = true;
-                    if self.take_hedge_token() {
-                        let leaf = order[next % order.len()].base.clone();
-                        self.metrics.hedges.get_or_create(&LeafLabel { leaf }).inc();
-                        launch(&mut in_flight, &mut next);
+                    if self.take_hedge_token()
+                        && let Some(leaf) = pick(&mut next)
+                    {
+                        self.metrics.hedges.get_or_create(&LeafLabel { leaf: leaf.base.clone() }).inc();
+                        in_flight.push(self.attempt(leaf, index, n, req.clone(), until));
                     }
                 }
                 _ = tokio::time::sleep_until(until) => {
@@ -411,7 +430,8 @@ impl Fanout {
         for (name, value) in req.headers.iter() {
             r = r.header(name, value);
         }
-        let budget_ms = req.deadline.saturating_duration_since(started).as_millis();
+        // The leaf's own deadline: this attempt's (which may be shorter than the request's).
+        let budget_ms = remaining.as_millis();
         r = r.header(SHARD_HEADER, format!("{index}/{n}")).header(DEADLINE_HEADER, budget_ms.to_string());
         let label = LeafLabel { leaf: leaf.base.clone() };
         let result = match r.body(req.body.clone()).send().await {
@@ -440,13 +460,18 @@ impl Fanout {
             }
             Attempt::Answer(..) => "error",
             Attempt::Failed(e) if e.starts_with("timed out") => {
-                self.breaker(&leaf);
+                // A timeout counts against the leaf only if it had the full leaf timeout: a
+                // caller's short deadline says nothing about the leaf's health.
+                if remaining + Duration::from_millis(1) >= self.leaf_timeout {
+                    self.breaker(&leaf);
+                }
                 "timeout"
             }
-            _ => {
+            Attempt::ConnectError(_) => {
                 self.breaker(&leaf);
                 "error"
             }
+            Attempt::Failed(_) => "error",
         };
         self.metrics.leaf_requests.get_or_create(&LeafLabels { leaf: leaf.base.clone(), result: result_label }).inc();
         self.metrics.leaf_duration.get_or_create(&label).observe(took.as_secs_f64());

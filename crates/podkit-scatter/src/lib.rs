@@ -138,6 +138,8 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "host",
     "content-length",
+    // The root must read leaf answers to merge them, and decodes no compression.
+    "accept-encoding",
     fanout::SHARD_HEADER,
     fanout::DEADLINE_HEADER,
 ];
@@ -328,13 +330,24 @@ async fn handle(
         let margin = (parent / 20).clamp(Duration::from_millis(1), Duration::from_millis(5));
         budget = budget.min(parent.saturating_sub(margin));
     }
+    // Headers the client's Connection header names are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()))
+        .collect();
     let mut forwarded = HeaderMap::new();
     for (name, value) in headers.iter() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        if !HOP_BY_HOP.contains(&name.as_str()) && !named.iter().any(|n| n == name.as_str()) {
             forwarded.append(name.clone(), value.clone());
         }
     }
     let target = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    if !target.starts_with('/') {
+        let body = serde_json::json!({ "error": format!("request target {target:?} is not a path") });
+        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     let answer = fanout.run(Incoming { method, target, headers: forwarded, body, deadline: now + budget }).await;
     let mut resp = Response::new(Body::from(answer.body));
     *resp.status_mut() = answer.status;
@@ -355,6 +368,9 @@ async fn resolve_loop(source: LeafSource, leaves: Arc<Leaves>, every: Duration, 
             _ = ctx.shutdown.triggered() => return,
         }
         match source.resolve().await {
+            // An empty answer is far more often a file caught mid-write or a DNS hiccup than a
+            // real scale-to-zero: keep the last leaves.
+            Ok(shards) if shards.is_empty() => tracing::warn!("the leaves resolved to nothing; keeping the last ones"),
             Ok(shards) => {
                 let n = shards.len();
                 if leaves.set(shards) {

@@ -95,6 +95,7 @@ async fn handle(State(leaf): State<Arc<Leaf>>, method: Method, uri: Uri, headers
             "target": uri.to_string(),
             "body": String::from_utf8_lossy(&body),
             "content_type": h("content-type"),
+            "accept_encoding": h("accept-encoding"),
         })
         .to_string();
         // `--respond '[{echo}]'` places the description inside a body of the caller's shape.

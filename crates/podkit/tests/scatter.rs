@@ -266,6 +266,22 @@ fn sigterm_finishes_requests_in_flight() {
 }
 
 #[test]
+fn a_callers_short_deadline_does_not_open_breakers_and_compression_is_not_asked_for() {
+    let l = leaves(2, &["--echo", "--respond", "[{echo}]", "--delay", "50ms"]);
+    let root = Root::start(&spec(&l), &["--breaker-failures", "2", "--deadline", "2s"]);
+    for _ in 0..5 {
+        let r = root.http.get(format!("{}/x", root.base)).header("x-podkit-deadline-ms", "5").send().unwrap();
+        assert_eq!(r.status().as_u16(), 504);
+    }
+    let r = root.http.get(format!("{}/x", root.base)).header("accept-encoding", "gzip").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the leaves were blamed for the caller's deadline");
+    let items: Value = r.json().unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 2);
+    assert_eq!(items[0]["accept_encoding"], "", "the root reads leaf answers and decodes no compression");
+    assert!(root.proc.admin().ready());
+}
+
+#[test]
 fn bad_options_exit_64() {
     for (args, expect) in [
         (vec!["scatter", "--leaves", "http://a:1", "--merge", "median"], "unknown merge strategy"),
