@@ -24,10 +24,13 @@ pub fn command(argv: &[OsString], capture: bool) -> Command {
     let stdin = std::io::stdin();
     let take_tty = stdin.is_terminal() && tcgetpgrp(&stdin).is_ok_and(|fg| fg == getpgrp());
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (setpgid, sigaction, sigprocmask, tcsetpgrp); it allocates nothing.
+    // system calls (setpgid, prctl, sigaction, sigprocmask, tcsetpgrp); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+            // If podkit itself is killed (SIGKILL, OOM), what it started goes with it rather
+            // than running on unsupervised.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if take_tty {
                 // tcsetpgrp from a background group raises SIGTTOU unless it is ignored.
                 nix::sys::signal::signal(Signal::SIGTTOU, SigHandler::SigIgn)?;

@@ -50,8 +50,10 @@ impl Podkit {
             }
             Mode::Subreaper => Command::new(PODKIT),
         };
-        let (sub, rest) = args.split_first().expect("a subcommand");
-        cmd.arg(sub);
+        // The subcommand path (`run`, `queue work`) comes before podkit's own options.
+        let split = args.iter().position(|a| a.starts_with('-')).unwrap_or(args.len());
+        let (sub, rest) = args.split_at(split);
+        cmd.args(sub);
         cmd.args(["--admin", "127.0.0.1:0", "--admin-addr-file"]).arg(&addr_file);
         cmd.args(["--log-format", "json"]);
         cmd.args(rest);
