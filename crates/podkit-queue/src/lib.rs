@@ -47,6 +47,9 @@ pub enum QueueCommand {
     Retry(RetryArgs),
     /// Remove a queue and all its items.
     Purge(PurgeArgs),
+    /// Run every stage of a pipeline described in a YAML file until the whole pipeline is
+    /// drained.
+    Pipeline(PipelineArgs),
 }
 
 /// Where the queue lives.
@@ -156,6 +159,9 @@ pub struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Show it again every second (with a progress bar on a terminal) until interrupted.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -195,7 +201,7 @@ pub fn run_oneshot(cmd: QueueCommand) -> i32 {
             QueueCommand::Dead(a) => dead(a).await,
             QueueCommand::Retry(a) => retry(a).await,
             QueueCommand::Purge(a) => purge(a).await,
-            QueueCommand::Work(_) => unreachable!("work is a long-running command"),
+            QueueCommand::Work(_) | QueueCommand::Pipeline(_) => unreachable!("long-running commands are launched"),
         };
         match result {
             Ok(()) => 0,
@@ -276,31 +282,48 @@ async fn push(a: PushArgs) -> CmdResult {
 
 async fn status(a: StatusArgs) -> CmdResult {
     let store = open(&a.store)?;
-    let counts = store.counts(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
-    if a.json {
-        say(&serde_json::to_string(&counts).unwrap_or_default());
-        return Ok(());
-    }
-    say(&format!(
-        "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "QUEUE", "PENDING", "RUNNING", "DONE", "DEAD", "RATE/s", "ETA"
-    ));
-    for c in counts {
-        let rate = c.done_last_minute as f64 / 60.0;
-        let left = c.pending + c.running;
-        let eta = if left == 0 {
-            "-".to_string()
-        } else if rate > 0.0 {
-            podkit_core::Duration(Duration::from_secs((left as f64 / rate).ceil() as u64)).to_string()
-        } else {
-            "?".to_string()
-        };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let counts = store.counts(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+        if a.json {
+            say(&serde_json::to_string(&counts).unwrap_or_default());
+            return Ok(());
+        }
+        if a.watch && tty {
+            // Clear the screen and go home: the table redraws in place.
+            say("\x1b[2J\x1b[H");
+        }
         say(&format!(
-            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9.1} {:>10}",
-            c.queue, c.pending, c.running, c.done, c.dead, rate, eta
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}  {}",
+            "QUEUE", "PENDING", "RUNNING", "DONE", "DEAD", "RATE/s", "ETA", "PROGRESS"
         ));
+        for c in counts {
+            let rate = c.done_last_minute as f64 / 60.0;
+            let left = c.pending + c.running;
+            let eta = if left == 0 {
+                "-".to_string()
+            } else if rate > 0.0 {
+                podkit_core::Duration(Duration::from_secs((left as f64 / rate).ceil() as u64)).to_string()
+            } else {
+                "?".to_string()
+            };
+            let total = c.pending + c.running + c.done + c.dead;
+            let finished = c.done + c.dead;
+            let width = 20usize;
+            // An empty queue counts as finished.
+            let percent = (finished * 100).checked_div(total).unwrap_or(100);
+            let filled = (percent as usize * width) / 100;
+            let bar = format!("[{}{}] {percent:>3}%", "#".repeat(filled), ".".repeat(width - filled));
+            say(&format!(
+                "{:<24} {:>9} {:>9} {:>9} {:>9} {:>8.1} {:>10}  {bar}",
+                c.queue, c.pending, c.running, c.done, c.dead, rate, eta
+            ));
+        }
+        if !a.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(())
 }
 
 async fn dead(a: StatusArgs) -> CmdResult {
@@ -340,6 +363,183 @@ async fn purge(a: PurgeArgs) -> CmdResult {
     let n = store.purge(&a.queue).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     say(&format!("removed queue {} ({n} item(s))", a.queue));
     Ok(())
+}
+
+// === pipelines ===
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The pipeline (YAML): `store`, and `stages`, each with `queue`, `command` (a list, with
+    /// `{input}`/`{output}`) or `http`, and `to` (the next stage's queue) or `out_dir`, plus
+    /// optional `concurrency`, `timeout`, `lease`, `max_attempts`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    store: String,
+    #[serde(default = "default_item_size")]
+    max_item_size: usize,
+    stages: Vec<StageFile>,
+}
+
+fn default_item_size() -> usize {
+    64 << 20
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageFile {
+    queue: String,
+    #[serde(default)]
+    command: Vec<String>,
+    http: Option<String>,
+    to: Option<String>,
+    out_dir: Option<PathBuf>,
+    concurrency: Option<usize>,
+    timeout: Option<String>,
+    lease: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+/// A pipeline file, checked: every error names the stage and the field.
+fn load_pipeline(path: &std::path::Path) -> Result<(SqliteStore, Vec<work::Settings>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: PipelineFile = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if file.stages.is_empty() {
+        return Err(format!("{}: no stages", path.display()));
+    }
+    let store = match parse_store(&file.store).map_err(|e| format!("store: {e}"))? {
+        StoreUrl::Sqlite(p) => SqliteStore::open(&p, file.max_item_size).map_err(|e| e.to_string())?,
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let dur = |stage: &str, field: &str, v: &Option<String>, default: Duration| -> Result<Duration, String> {
+        match v {
+            None => Ok(default),
+            Some(s) => podkit_core::Duration::parse_positive(s)
+                .map(|d| d.get())
+                .map_err(|e| format!("stage {stage}: {field}: {e}")),
+        }
+    };
+    let mut stages = Vec::new();
+    for st in file.stages {
+        let q = parse_name(&st.queue).map_err(|e| format!("stage {:?}: queue: {e}", st.queue))?;
+        let stage = match (&st.http, st.command.is_empty()) {
+            (Some(url), true) => Stage::Http(reqwest::Url::parse(url).map_err(|e| format!("stage {q}: http: {e}"))?),
+            (None, false) => Stage::Exec(st.command.clone()),
+            _ => return Err(format!("stage {q}: give either command (a list) or http")),
+        };
+        let sink = match (&st.to, &st.out_dir) {
+            (Some(next), None) => Sink::Next(parse_name(next).map_err(|e| format!("stage {q}: to: {e}"))?),
+            (None, Some(dir)) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("stage {q}: out_dir {}: {e}", dir.display()))?;
+                Sink::Dir(dir.clone())
+            }
+            (None, None) => Sink::Store,
+            (Some(_), Some(_)) => return Err(format!("stage {q}: give to or out_dir, not both")),
+        };
+        stages.push(work::Settings {
+            queue: q.clone(),
+            stage,
+            sink,
+            concurrency: st.concurrency.unwrap_or(cores).max(1),
+            timeout: dur(&q, "timeout", &st.timeout, Duration::from_secs(300))?,
+            lease: dur(&q, "lease", &st.lease, Duration::from_secs(30))?,
+            max_attempts: st.max_attempts.unwrap_or(3).max(1),
+            exit_when_empty: false,
+            owner: format!("{host}:{}:{}", std::process::id(), random_id()),
+        });
+    }
+    Ok((store, stages))
+}
+
+/// The `podkit queue pipeline` component.
+#[derive(Debug)]
+pub struct Pipeline {
+    args: PipelineArgs,
+    metrics: work::Metrics,
+}
+
+impl Pipeline {
+    pub fn new(args: PipelineArgs) -> Self {
+        Self { args, metrics: work::Metrics::default() }
+    }
+}
+
+impl Component for Pipeline {
+    const NAME: &'static str = "queue";
+    type Error = WorkError;
+
+    fn setup(&mut self, admin: &mut AdminBuilder, _ctx: &Context) {
+        register(admin, &self.metrics);
+    }
+
+    async fn run(self, ctx: Context) -> Result<i32, WorkError> {
+        let (store, stages) = match load_pipeline(&self.args.file) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "bad pipeline");
+                return Ok(EX_USAGE);
+            }
+        };
+        let reaper = podkit_core::reaper::Reaper::start().map_err(WorkError::Reaper)?;
+        let client = podkit_core::http::client(Duration::from_secs(3600)).map_err(WorkError::HttpClient)?;
+        let queues: Vec<String> = stages.iter().map(|s| s.queue.clone()).collect();
+        let mut running = Vec::new();
+        for settings in stages {
+            let worker = Arc::new(Worker {
+                store: store.clone(),
+                settings: Arc::new(settings),
+                runner: Runner::new(reaper.clone(), client.clone()),
+                client: client.clone(),
+                metrics: self.metrics.clone(),
+            });
+            running.push(tokio::spawn(worker.run(ctx.clone())));
+        }
+        // Drained: every stage has nothing pending or running at one moment. Nothing can appear
+        // later, because only a running item of an earlier stage adds items to the next.
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ctx.shutdown.triggered() => break,
+            }
+            if let Ok(all) = store.counts(None).await {
+                let busy = all.iter().filter(|c| queues.contains(&c.queue)).any(|c| c.pending + c.running > 0);
+                if !busy {
+                    let done: u64 = all.iter().filter(|c| queues.last() == Some(&c.queue)).map(|c| c.done).sum();
+                    let dead: u64 = all.iter().filter(|c| queues.contains(&c.queue)).map(|c| c.dead).sum();
+                    tracing::info!(stages = queues.len(), done_at_last_stage = done, dead, "pipeline drained");
+                    ctx.shutdown.trigger(podkit_core::StopReason::Completed);
+                    break;
+                }
+            }
+        }
+        let mut code = 0;
+        for r in running {
+            code = code.max(r.await.unwrap_or(70));
+        }
+        Ok(code)
+    }
+}
+
+fn register(admin: &mut AdminBuilder, m: &work::Metrics) {
+    let reg = admin.metrics();
+    reg.register("attempts", "Attempts by result (done, retry, dead, lost, released)", m.attempts.clone());
+    reg.register_with_unit(
+        "run_duration",
+        "Time one attempt took",
+        prometheus_client::registry::Unit::Seconds,
+        m.run_seconds.clone(),
+    );
+    reg.register("lease_renewals", "Leases renewed on running items", m.lease_renewals.clone());
+    reg.register("in_flight", "Items running in this worker", m.in_flight.clone());
+    reg.register("items", "Items per queue and state in the store", m.items.clone());
 }
 
 // === impl Work ===

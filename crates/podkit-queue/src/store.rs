@@ -194,15 +194,24 @@ impl SqliteStore {
                  WHERE queue = ?1 AND state = 'running' AND lease_until < ?2 AND attempts >= ?3",
                 params![queue, now, max_attempts],
             )?;
-            let row = tx
-                .query_row(
+            // Two queries rather than one with OR: each walks the (queue, state, created_ms)
+            // index to its first row instead of scanning the queue.
+            let pick = |sql: &str| {
+                tx.query_row(sql, params![queue, now], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?))
+                })
+                .optional()
+            };
+            let row = match pick(
+                "SELECT id, name, input, attempts FROM items
+                 WHERE queue = ?1 AND state = 'pending' AND ?2 = ?2 ORDER BY created_ms, id LIMIT 1",
+            )? {
+                Some(r) => Some(r),
+                None => pick(
                     "SELECT id, name, input, attempts FROM items
-                     WHERE queue = ?1 AND (state = 'pending' OR (state = 'running' AND lease_until < ?2))
-                     ORDER BY created_ms, id LIMIT 1",
-                    params![queue, now],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?)),
-                )
-                .optional()?;
+                     WHERE queue = ?1 AND state = 'running' AND lease_until < ?2 ORDER BY created_ms, id LIMIT 1",
+                )?,
+            };
             let Some((id, name, input, attempts)) = row else {
                 tx.commit()?;
                 return Ok(None);

@@ -52,7 +52,10 @@ fn main() {
         .mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN))
         .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN))
         .mut_subcommand("scatter", |c| with_admin_default(c, podkit_scatter::DEFAULT_ADMIN))
-        .mut_subcommand("queue", |c| c.mut_subcommand("work", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN)));
+        .mut_subcommand("queue", |c| {
+            c.mut_subcommand("work", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN))
+                .mut_subcommand("pipeline", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN))
+        });
     let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
@@ -84,6 +87,10 @@ fn main() {
             // Items run as processes and the store works on the blocking pool: one thread
             // schedules them all.
             podkit_core::launch(podkit_queue::Work::new(args), &common, parsed.effective, runtime)
+        }
+        Command::Queue(podkit_queue::QueueArgs { command: podkit_queue::QueueCommand::Pipeline(args) }) => {
+            let common = args.common.clone();
+            podkit_core::launch(podkit_queue::Pipeline::new(args), &common, parsed.effective, runtime)
         }
         Command::Queue(podkit_queue::QueueArgs { command }) => podkit_queue::run_oneshot(command),
     };

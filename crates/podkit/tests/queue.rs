@@ -239,6 +239,39 @@ fn env_ids_and_the_sidecar_form() {
 }
 
 #[test]
+fn a_described_pipeline_runs_every_stage_until_drained() {
+    let f = Fixture::new();
+    let out = f.dir.path().join("final");
+    let file = f.dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "store: {}\nstages:\n  - queue: upper\n    command: [sh, -c, 'tr a-z A-Z < {{input}} > {{output}}']\n    to: reverse\n    concurrency: 2\n  - queue: reverse\n    command: [sh, -c, 'rev < {{input}} > {{output}}']\n    out_dir: {}\n",
+            f.store,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let lines: Vec<String> = (0..30).map(|i| format!("abc{i:02}")).collect();
+    f.push_lines("upper", &lines);
+    let mut p = Podkit::start(Mode::Subreaper, &["queue", "pipeline", file.to_str().unwrap()]);
+    assert_eq!(p.wait(), 0, "{}", p.stderr());
+    let drained = p.log_records("pipeline drained");
+    assert_eq!(drained.len(), 1, "{}", p.stderr());
+    assert_eq!(drained[0]["done_at_last_stage"], 30);
+    let mut outputs: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+    outputs.sort();
+    assert_eq!(outputs.len(), 30);
+    assert_eq!(outputs[0], "00CBA");
+
+    std::fs::write(&file, format!("store: {}\nstages:\n  - queue: x\n    comand: [true]\n", f.store)).unwrap();
+    let (code, stderr) = run_plain(&["queue", "pipeline", file.to_str().unwrap(), "--admin", "127.0.0.1:0"], &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("comand"), "{stderr}");
+}
+
+#[test]
 fn bad_input_gets_clear_errors() {
     let f = Fixture::new();
     let (code, _, err) = f.cli(&["queue", "status", "--store", "postgres://x"]);
