@@ -570,18 +570,7 @@ impl Component for Work {
     type Error = WorkError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, _ctx: &Context) {
-        let reg = admin.metrics();
-        let m = &self.metrics;
-        reg.register("attempts", "Attempts by result (done, retry, dead, lost, released)", m.attempts.clone());
-        reg.register_with_unit(
-            "run_duration",
-            "Time one attempt took",
-            prometheus_client::registry::Unit::Seconds,
-            m.run_seconds.clone(),
-        );
-        reg.register("lease_renewals", "Leases renewed on running items", m.lease_renewals.clone());
-        reg.register("in_flight", "Items running in this worker", m.in_flight.clone());
-        reg.register("items", "Items per queue and state in the store", m.items.clone());
+        register(admin, &self.metrics);
     }
 
     async fn run(self, ctx: Context) -> Result<i32, WorkError> {
