@@ -461,10 +461,18 @@ pub async fn run<B: Backend>(
         }
 
         let (sent, sent_boot) = (Instant::now(), boottime());
-        let attempt = tokio::select! {
-            _ = shutdown.triggered() => break,
-            r = tokio::time::timeout(settings.ttl, backend.acquire(&e.name, &e.id, settings.ttl)) => r,
-        };
+        if shutdown.is_triggered() {
+            break;
+        }
+        // Not abandoned on shutdown: an acquire the backend has already committed must be seen
+        // through, so the lease it created can be released rather than left to expire.
+        let attempt = tokio::time::timeout(settings.ttl, backend.acquire(&e.name, &e.id, settings.ttl)).await;
+        if shutdown.is_triggered() {
+            if let Ok(Ok(Acquired::Won(lease))) = attempt {
+                release(&*backend, &lease, &settings).await;
+            }
+            break;
+        }
         match attempt {
             Ok(Ok(Acquired::Won(lease))) => {
                 let deadline = sent + settings.claim();
@@ -503,8 +511,11 @@ pub async fn run<B: Backend>(
         }
     }
     drop(hooks);
-    // Let the last hooks (on-demoted at shutdown) finish.
-    let _ = worker.await;
+    // Let the last hooks (on-demoted at shutdown) finish, within one hook's time: a backlog
+    // of hooks must not hold the exit past the grace period.
+    if tokio::time::timeout(settings.hook_timeout, worker).await.is_err() {
+        tracing::warn!(election = %e.name, "hooks still queued at exit were not run");
+    }
 }
 
 async fn wait_for_change<B: Backend>(
