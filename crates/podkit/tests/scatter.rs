@@ -229,6 +229,26 @@ fn file_leaves_are_read_again_when_they_change() {
 }
 
 #[test]
+fn dns_leaves_are_every_address_a_name_resolves_to() {
+    use std::net::ToSocketAddrs;
+    let leaf = TestLeaf::start(&["--respond", "[\"dns\"]"]);
+    let port = leaf.addr.port();
+    let expected: std::collections::BTreeSet<_> =
+        ("localhost", port).to_socket_addrs().unwrap().map(|a| a.ip()).collect();
+    let root = Root::start(&format!("dns://localhost:{port}"), &["--min-leaves", "1", "--resolve-interval", "100ms"]);
+    let admin = root.proc.admin();
+    assert_eventually!(
+        admin.metric("podkit_scatter_shards") == Some(expected.len() as f64),
+        "expected one shard per address of localhost ({expected:?}):\n{}",
+        admin.metrics()
+    );
+    // The leaf listens on 127.0.0.1; any other address of localhost (::1) is a missing shard.
+    let reply = root.get("/");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.json().as_array().unwrap().contains(&json!("dns")));
+}
+
+#[test]
 fn merge_containers_get_every_answer() {
     let l = leaves(2, &[]);
     // merge-exec: the command's stdout is the answer; `cat` answers with the document itself.
