@@ -2,6 +2,7 @@
 //! input file into an output file; podkit does the rest: storage, leases, retries, dead
 //! letters, pipelines, status. See `docs/queue.md`.
 
+pub mod redis_store;
 pub mod store;
 pub mod work;
 
@@ -15,7 +16,7 @@ use clap::{Args, Subcommand};
 use podkit_core::hook::Runner;
 use podkit_core::{AdminBuilder, CommonArgs, Component, Context, EX_USAGE};
 
-use crate::store::SqliteStore;
+use crate::store::{AnyStore, SqliteStore};
 use crate::work::{Sink, Stage, Worker};
 
 /// The admin listener's default address for `podkit queue work`.
@@ -56,6 +57,8 @@ pub enum QueueCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
+    /// `redis://HOST:PORT/DB` (or `rediss://` for TLS), passed to the Redis client as is.
+    Redis(String),
 }
 
 fn parse_store(s: &str) -> Result<StoreUrl, String> {
@@ -65,7 +68,11 @@ fn parse_store(s: &str) -> Result<StoreUrl, String> {
         }
         return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
     }
-    Err("expected sqlite:///PATH (the Redis store is not available yet)".into())
+    if s.starts_with("redis://") || s.starts_with("rediss://") {
+        redis::Client::open(s).map_err(|e| format!("{e}; expected redis://HOST:PORT/DB"))?;
+        return Ok(StoreUrl::Redis(s.to_string()));
+    }
+    Err("expected sqlite:///PATH or redis://HOST:PORT/DB".into())
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -77,7 +84,8 @@ fn parse_name(s: &str) -> Result<String, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// The store: sqlite:///PATH (one file shared by every worker on a host).
+    /// The store: sqlite:///PATH (one file shared by every worker on a host) or
+    /// redis://HOST:PORT/DB (workers on many hosts).
     #[arg(long, value_name = "URL", value_parser = parse_store)]
     pub store: StoreUrl,
 
@@ -87,9 +95,18 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> Result<SqliteStore, String> {
-        match &self.store {
-            StoreUrl::Sqlite(path) => SqliteStore::open(path, self.max_item_size).map_err(|e| e.to_string()),
+    async fn open(&self) -> Result<AnyStore, String> {
+        open_store(&self.store, self.max_item_size).await
+    }
+}
+
+async fn open_store(url: &StoreUrl, max_item_size: usize) -> Result<AnyStore, String> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            SqliteStore::open(path, max_item_size).map(AnyStore::Sqlite).map_err(|e| e.to_string())
+        }
+        StoreUrl::Redis(url) => {
+            redis_store::RedisStore::open(url, max_item_size).await.map(AnyStore::Redis).map_err(|e| e.to_string())
         }
     }
 }
@@ -215,8 +232,8 @@ pub fn run_oneshot(cmd: QueueCommand) -> i32 {
 
 type CmdResult = Result<(), (i32, String)>;
 
-fn open(store: &StoreArgs) -> Result<SqliteStore, (i32, String)> {
-    store.open().map_err(|e| (EX_UNAVAILABLE, e))
+async fn open(store: &StoreArgs) -> Result<AnyStore, (i32, String)> {
+    store.open().await.map_err(|e| (EX_UNAVAILABLE, e))
 }
 
 #[allow(clippy::print_stdout)] // these commands' results are their output
@@ -274,14 +291,14 @@ async fn push(a: PushArgs) -> CmdResult {
         })
         .collect();
     let total = batch.len();
-    let store = open(&a.store)?;
+    let store = open(&a.store).await?;
     let added = store.push(&a.queue, batch).await.map_err(|e| (EX_USAGE, e.to_string()))?;
     say(&format!("pushed {added} new item(s) to {} ({} already there)", a.queue, total - added));
     Ok(())
 }
 
 async fn status(a: StatusArgs) -> CmdResult {
-    let store = open(&a.store)?;
+    let store = open(&a.store).await?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let counts = store.counts(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
@@ -327,7 +344,7 @@ async fn status(a: StatusArgs) -> CmdResult {
 }
 
 async fn dead(a: StatusArgs) -> CmdResult {
-    let store = open(&a.store)?;
+    let store = open(&a.store).await?;
     let items = store.dead(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     if a.json {
         say(&serde_json::to_string(&items).unwrap_or_default());
@@ -352,14 +369,14 @@ async fn dead(a: StatusArgs) -> CmdResult {
 }
 
 async fn retry(a: RetryArgs) -> CmdResult {
-    let store = open(&a.store)?;
+    let store = open(&a.store).await?;
     let n = store.retry(&a.queue, a.ids).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     say(&format!("{n} item(s) of {} back to pending", a.queue));
     Ok(())
 }
 
 async fn purge(a: PurgeArgs) -> CmdResult {
-    let store = open(&a.store)?;
+    let store = open(&a.store).await?;
     let n = store.purge(&a.queue).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     say(&format!("removed queue {} ({n} item(s))", a.queue));
     Ok(())
@@ -407,15 +424,14 @@ struct StageFile {
 }
 
 /// A pipeline file, checked: every error names the stage and the field.
-fn load_pipeline(path: &std::path::Path) -> Result<(SqliteStore, Vec<work::Settings>), String> {
+async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Settings>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: PipelineFile = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if file.stages.is_empty() {
         return Err(format!("{}: no stages", path.display()));
     }
-    let store = match parse_store(&file.store).map_err(|e| format!("store: {e}"))? {
-        StoreUrl::Sqlite(p) => SqliteStore::open(&p, file.max_item_size).map_err(|e| e.to_string())?,
-    };
+    let url = parse_store(&file.store).map_err(|e| format!("store: {e}"))?;
+    let store = open_store(&url, file.max_item_size).await?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let dur = |stage: &str, field: &str, v: &Option<String>, default: Duration| -> Result<Duration, String> {
@@ -480,7 +496,7 @@ impl Component for Pipeline {
     }
 
     async fn run(self, ctx: Context) -> Result<i32, WorkError> {
-        let (store, stages) = match load_pipeline(&self.args.file) {
+        let (store, stages) = match load_pipeline(&self.args.file).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "bad pipeline");
@@ -594,7 +610,7 @@ impl Component for Work {
             }
             (None, None) => Sink::Store,
         };
-        let store = match a.store.open() {
+        let store = match a.store.open().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open the store");
@@ -635,6 +651,7 @@ mod tests {
     fn store_urls_parse() {
         assert_eq!(parse_store("sqlite:///var/q.db").unwrap(), StoreUrl::Sqlite("/var/q.db".into()));
         assert!(parse_store("sqlite://").is_err());
-        assert!(parse_store("redis://h:6379/0").unwrap_err().contains("not available yet"));
+        assert_eq!(parse_store("redis://h:6379/0").unwrap(), StoreUrl::Redis("redis://h:6379/0".into()));
+        assert!(parse_store("postgres://x").unwrap_err().contains("expected sqlite:///PATH or redis://"));
     }
 }

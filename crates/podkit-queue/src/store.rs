@@ -23,6 +23,14 @@ pub enum StoreError {
     },
     #[error("item {id} is {size} bytes; the limit is {limit} (--max-item-size)")]
     TooLarge { id: String, size: usize, limit: usize },
+    #[error("queue store {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("queue store {0}: no answer within 5s")]
+    Unreachable(String),
 }
 
 /// An item handed to a worker.
@@ -34,6 +42,8 @@ pub struct Claimed {
     pub input: Vec<u8>,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The store's own handle on this lease (Redis: the stream entry).
+    pub handle: Option<String>,
 }
 
 /// A dead item, as `podkit queue dead` lists it.
@@ -222,7 +232,7 @@ impl SqliteStore {
                 params![queue, id, attempt, owner, now + lease.as_millis() as i64],
             )?;
             tx.commit()?;
-            Ok(Some(Claimed { queue, id, name, input, attempt }))
+            Ok(Some(Claimed { queue, id, name, input, attempt, handle: None }))
         })
         .await
     }
@@ -406,6 +416,74 @@ impl SqliteStore {
             .map(Option::flatten)
         })
         .await
+    }
+}
+
+// === impl AnyStore ===
+
+/// The store a command was given: the same operations whatever is behind them.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Redis(crate::redis_store::RedisStore),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $call,
+            AnyStore::Redis($s) => $call,
+        }
+    };
+}
+
+impl AnyStore {
+    pub fn describe(&self) -> String {
+        delegate!(self, s => s.describe())
+    }
+    pub async fn push(&self, queue: &str, items: Vec<(String, Option<String>, Vec<u8>)>) -> Result<usize, StoreError> {
+        delegate!(self, s => s.push(queue, items).await)
+    }
+    pub async fn claim(
+        &self,
+        queue: &str,
+        owner: &str,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<Claimed>, StoreError> {
+        delegate!(self, s => s.claim(queue, owner, lease, max_attempts).await)
+    }
+    pub async fn renew(&self, item: &Claimed, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        delegate!(self, s => s.renew(item, owner, lease).await)
+    }
+    pub async fn complete(&self, item: &Claimed, owner: &str, output: Output) -> Result<bool, StoreError> {
+        delegate!(self, s => s.complete(item, owner, output).await)
+    }
+    pub async fn fail(
+        &self,
+        item: &Claimed,
+        owner: &str,
+        max_attempts: u32,
+        exit_status: Option<i32>,
+        error: &str,
+        stderr_tail: &str,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.fail(item, owner, max_attempts, exit_status, error, stderr_tail).await)
+    }
+    pub async fn release(&self, item: &Claimed, owner: &str) -> Result<bool, StoreError> {
+        delegate!(self, s => s.release(item, owner).await)
+    }
+    pub async fn counts(&self, queue: Option<&str>) -> Result<Vec<Counts>, StoreError> {
+        delegate!(self, s => s.counts(queue).await)
+    }
+    pub async fn dead(&self, queue: Option<&str>) -> Result<Vec<DeadItem>, StoreError> {
+        delegate!(self, s => s.dead(queue).await)
+    }
+    pub async fn retry(&self, queue: &str, ids: Vec<String>) -> Result<usize, StoreError> {
+        delegate!(self, s => s.retry(queue, ids).await)
+    }
+    pub async fn purge(&self, queue: &str) -> Result<usize, StoreError> {
+        delegate!(self, s => s.purge(queue).await)
     }
 }
 

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
-use crate::store::{Claimed, Output, SqliteStore};
+use crate::store::{AnyStore, Claimed, Output};
 
 /// How long an idle worker waits before looking for items again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -85,7 +85,7 @@ impl Default for Metrics {
 /// The worker pool of one process.
 #[derive(Debug)]
 pub struct Worker {
-    pub store: SqliteStore,
+    pub store: AnyStore,
     pub settings: Arc<Settings>,
     pub runner: Runner,
     pub client: reqwest::Client,

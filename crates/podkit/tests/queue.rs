@@ -15,13 +15,30 @@ use support::{Mode, PODKIT, Podkit, run_plain};
 struct Fixture {
     dir: tempfile::TempDir,
     store: String,
+    _redis: Option<podkit_testkit::Server>,
+}
+
+/// Which store a scenario runs against: the same suite runs against both.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    Redis,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    fn new(store: Store) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = format!("sqlite://{}", dir.path().join("q.db").display());
-        Fixture { dir, store }
+        match store {
+            Store::Sqlite => {
+                let store = format!("sqlite://{}", dir.path().join("q.db").display());
+                Fixture { dir, store, _redis: None }
+            }
+            Store::Redis => {
+                let redis = podkit_testkit::redis();
+                let store = format!("redis://{}/0", redis.addr);
+                Fixture { dir, store, _redis: Some(redis) }
+            }
+        }
     }
 
     /// `podkit queue push … -`, one item per line.
@@ -61,9 +78,8 @@ impl Fixture {
     }
 }
 
-#[test]
-fn a_two_stage_pipeline_survives_workers_killed_at_random() {
-    let f = Fixture::new();
+fn a_two_stage_pipeline_survives_workers_killed_at_random(store: Store) {
+    let f = Fixture::new(store);
     let out = f.dir.path().join("out");
     let lines: Vec<String> = (0..1000).map(|i| format!("item-{i:04}")).collect();
     f.push_lines("stage1", &lines);
@@ -143,9 +159,8 @@ fn a_two_stage_pipeline_survives_workers_killed_at_random() {
     }
 }
 
-#[test]
-fn a_poison_item_is_dead_lettered_while_the_others_complete() {
-    let f = Fixture::new();
+fn a_poison_item_is_dead_lettered_while_the_others_complete(store: Store) {
+    let f = Fixture::new(store);
     let lines: Vec<String> = (0..20).map(|i| if i == 7 { "poison".to_string() } else { format!("ok-{i}") }).collect();
     f.push_lines("q", &lines);
     let script = "if grep -q poison {input}; then echo 'cannot digest poison' >&2; exit 3; fi; cp {input} {output}";
@@ -170,9 +185,8 @@ fn a_poison_item_is_dead_lettered_while_the_others_complete() {
     assert!(f.status().is_empty());
 }
 
-#[test]
-fn graceful_stop_finishes_or_releases_what_is_running() {
-    let f = Fixture::new();
+fn graceful_stop_finishes_or_releases_what_is_running(store: Store) {
+    let f = Fixture::new(store);
     f.push_lines("fast", &["a".into(), "b".into()]);
     // Items that take a moment: a stop with time to spare lets them finish.
     let started = f.dir.path().join("started");
@@ -198,9 +212,8 @@ fn graceful_stop_finishes_or_releases_what_is_running() {
     assert!(w.log_records("stopping: released the item for another worker").len() == 1, "{}", w.stderr());
 }
 
-#[test]
-fn env_ids_and_the_sidecar_form() {
-    let f = Fixture::new();
+fn env_ids_and_the_sidecar_form(store: Store) {
+    let f = Fixture::new(store);
     let file = f.dir.path().join("report.csv");
     std::fs::write(&file, "a,b\n").unwrap();
     let file_s = file.to_str().unwrap();
@@ -238,9 +251,8 @@ fn env_ids_and_the_sidecar_form() {
     );
 }
 
-#[test]
-fn a_described_pipeline_runs_every_stage_until_drained() {
-    let f = Fixture::new();
+fn a_described_pipeline_runs_every_stage_until_drained(store: Store) {
+    let f = Fixture::new(store);
     let out = f.dir.path().join("final");
     let file = f.dir.path().join("pipeline.yaml");
     std::fs::write(
@@ -271,12 +283,43 @@ fn a_described_pipeline_runs_every_stage_until_drained() {
     assert!(stderr.contains("comand"), "{stderr}");
 }
 
+/// Runs each scenario once per store.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[test]
+                fn sqlite() {
+                    super::$scenario(super::Store::Sqlite);
+                }
+                #[test]
+                fn redis() {
+                    super::$scenario(super::Store::Redis);
+                }
+            }
+        )*
+    };
+}
+
+on_both_stores!(
+    a_two_stage_pipeline_survives_workers_killed_at_random,
+    a_poison_item_is_dead_lettered_while_the_others_complete,
+    graceful_stop_finishes_or_releases_what_is_running,
+    env_ids_and_the_sidecar_form,
+    a_described_pipeline_runs_every_stage_until_drained,
+);
+
 #[test]
 fn bad_input_gets_clear_errors() {
-    let f = Fixture::new();
+    let f = Fixture::new(Store::Sqlite);
     let (code, _, err) = f.cli(&["queue", "status", "--store", "postgres://x"]);
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("expected sqlite:///PATH"), "{err}");
+    assert!(err.contains("expected sqlite:///PATH or redis://"), "{err}");
+
+    let nobody = format!("redis://127.0.0.1:{}/0", podkit_testkit::free_port());
+    let (code, _, err) = f.cli(&["queue", "status", "--store", &nobody]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains(&nobody), "{err}");
 
     let big = f.dir.path().join("big");
     std::fs::write(&big, vec![b'x'; 2048]).unwrap();
