@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""podkit queue (SQLite) against GNU parallel: N small files, each transformed by the same
+"""podkit queue (SQLite, then Redis) against GNU parallel: N small files, each transformed by the same
 small command (`tr a-z A-Z`), on one host, in one run.
 
     bench/queue/run.py [--podkit target/release/podkit] [--items 10000] [--jobs 2]
@@ -55,12 +55,39 @@ def main():
         assert len(os.listdir(out_p)) == a.items, "parallel lost items"
         assert len(os.listdir(out_q)) == a.items, "podkit lost items"
 
+        # The same run over Redis (a fresh redis-server on a free port, no persistence).
+        import socket
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+                    break
+                time.sleep(0.05)
+            rstore = f"redis://127.0.0.1:{port}/0"
+            out_r = os.path.join(work, "out-redis")
+            t0 = time.monotonic()
+            rpush_s, _ = run([podkit, "queue", "push", "--store", rstore, "--queue", "b", "--id-from-name", src], stdout=subprocess.DEVNULL)
+            _, rwork_rss = run([podkit, "queue", "work", "--store", rstore, "--queue", "b", "--concurrency", str(a.jobs),
+                                "--out-dir", out_r, "--exit-when-empty", "--admin", "127.0.0.1:0", "--log-level", "warn",
+                                "--", "sh", "-c", script])
+            redis_s = time.monotonic() - t0
+            assert len(os.listdir(out_r)) == a.items, "podkit (redis) lost items"
+        finally:
+            redis.terminate()
+            redis.wait()
+
         print(f"| contender ({a.items} items, {a.jobs} at a time) | wall s | items/s | peak RSS of the coordinator |")
         print("|---|---|---|---|")
         print(f"| GNU parallel -j {a.jobs} | {par_s:.1f} | {a.items / par_s:.0f} | {par_rss / 1024:.1f} MiB |")
         print(f"| podkit queue push + work (sqlite) | {total_s:.1f} (push {push_s:.1f}) | {a.items / total_s:.0f} | {work_rss / 1024:.1f} MiB |")
+        print(f"| podkit queue push + work (redis) | {redis_s:.1f} (push {rpush_s:.1f}) | {a.items / redis_s:.0f} | {rwork_rss / 1024:.1f} MiB |")
         print()
-        print(f"podkit / parallel throughput: {par_s / total_s:.2f}x")
+        print(f"podkit (sqlite) / parallel throughput: {par_s / total_s:.2f}x")
+        print(f"podkit redis time / sqlite time: {redis_s / total_s:.2f}x (goal: within 1.5x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

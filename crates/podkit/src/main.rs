@@ -37,7 +37,7 @@ enum Command {
     Scatter(podkit_scatter::ScatterArgs),
 
     /// Work queue: push items, and run any file-in/file-out program on them as a stage, with
-    /// leases, retries, dead letters and pipelines (--to), over a SQLite file.
+    /// leases, retries, dead letters and pipelines (--to), over SQLite (one host) or Redis.
     #[command(
         after_help = "Example:\n  podkit queue push --store sqlite:///tmp/q.db --queue resize images/\n  podkit queue work --store sqlite:///tmp/q.db --queue resize --out-dir out/ --exit-when-empty -- convert {input} -resize 50% {output}\n  podkit queue status --store sqlite:///tmp/q.db"
     )]
