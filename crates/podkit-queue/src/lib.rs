@@ -311,8 +311,8 @@ async fn status(a: StatusArgs) -> CmdResult {
             say("\x1b[2J\x1b[H");
         }
         say(&format!(
-            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}  {}",
-            "QUEUE", "PENDING", "RUNNING", "DONE", "DEAD", "RATE/s", "ETA", "PROGRESS"
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}  {}",
+            "QUEUE", "PENDING", "RUNNING", "DONE", "DEAD", "FAILED", "RATE/s", "ETA", "PROGRESS"
         ));
         for c in counts {
             let rate = c.done_last_minute as f64 / 60.0;
@@ -332,8 +332,8 @@ async fn status(a: StatusArgs) -> CmdResult {
             let filled = (percent as usize * width) / 100;
             let bar = format!("[{}{}] {percent:>3}%", "#".repeat(filled), ".".repeat(width - filled));
             say(&format!(
-                "{:<24} {:>9} {:>9} {:>9} {:>9} {:>8.1} {:>10}  {bar}",
-                c.queue, c.pending, c.running, c.done, c.dead, rate, eta
+                "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.1} {:>10}  {bar}",
+                c.queue, c.pending, c.running, c.done, c.dead, c.failed_attempts, rate, eta
             ));
         }
         if !a.watch {
