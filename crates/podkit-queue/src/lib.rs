@@ -75,6 +75,14 @@ fn parse_store(s: &str) -> Result<StoreUrl, String> {
     Err("expected sqlite:///PATH or redis://HOST:PORT/DB".into())
 }
 
+fn parse_lease(s: &str) -> Result<podkit_core::Duration, String> {
+    let d: podkit_core::Duration = s.parse()?;
+    if d.get() < Duration::from_secs(1) {
+        return Err("a lease must last at least 1s".into());
+    }
+    Ok(d)
+}
+
 fn parse_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 200
@@ -147,7 +155,7 @@ pub struct WorkArgs {
     pub max_attempts: u32,
     /// Lease on a running item, renewed every third of it; a worker that dies loses its items
     /// after this long.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = podkit_core::Duration::parse_positive)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
     pub lease: podkit_core::Duration,
     /// Make each output an item of this queue (the next stage).
     #[arg(long, value_name = "NAME", value_parser = parse_name, conflicts_with = "out_dir")]
@@ -171,7 +179,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// One queue (default: all).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub queue: Option<String>,
     /// JSON instead of a table.
     #[arg(long)]
@@ -185,7 +193,7 @@ pub struct StatusArgs {
 pub struct RetryArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub queue: String,
     /// Only these items (default: every dead item of the queue).
     pub ids: Vec<String>,
@@ -195,7 +203,7 @@ pub struct RetryArgs {
 pub struct PurgeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub queue: String,
 }
 
@@ -424,7 +432,7 @@ struct StageFile {
 }
 
 /// A pipeline file, checked: every error names the stage and the field.
-async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Settings>), String> {
+async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Settings>, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: PipelineFile = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if file.stages.is_empty() {
@@ -465,13 +473,13 @@ async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Se
             sink,
             concurrency: st.concurrency.unwrap_or(cores).max(1),
             timeout: dur(&q, "timeout", &st.timeout, Duration::from_secs(300))?,
-            lease: dur(&q, "lease", &st.lease, Duration::from_secs(30))?,
+            lease: dur(&q, "lease", &st.lease, Duration::from_secs(30))?.max(Duration::from_secs(1)),
             max_attempts: st.max_attempts.unwrap_or(3).max(1),
             exit_when_empty: false,
             owner: format!("{host}:{}:{}", std::process::id(), random_id()),
         });
     }
-    Ok((store, stages))
+    Ok((store, stages, file.max_item_size))
 }
 
 /// The `podkit queue pipeline` component.
@@ -496,7 +504,7 @@ impl Component for Pipeline {
     }
 
     async fn run(self, ctx: Context) -> Result<i32, WorkError> {
-        let (store, stages) = match load_pipeline(&self.args.file).await {
+        let (store, stages, max_item_size) = match load_pipeline(&self.args.file).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "bad pipeline");
@@ -514,6 +522,7 @@ impl Component for Pipeline {
                 runner: Runner::new(reaper.clone(), client.clone()),
                 client: client.clone(),
                 metrics: self.metrics.clone(),
+                max_item_size,
             });
             running.push(tokio::spawn(worker.run(ctx.clone())));
         }
@@ -638,6 +647,7 @@ impl Component for Work {
             runner: Runner::new(reaper, client.clone()),
             client,
             metrics: self.metrics,
+            max_item_size: a.store.max_item_size,
         });
         Ok(worker.run(ctx).await)
     }

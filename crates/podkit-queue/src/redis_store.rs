@@ -63,8 +63,15 @@ const CLAIM: &str = r#"
 -- KEYS: stream, counters, dead   ARGV: owner, lease_ms, max_attempts, item prefix
 local entries = {}
 local expired = true
-local r = redis.call('XAUTOCLAIM', KEYS[1], 'podkit', ARGV[1], ARGV[2], '0-0', 'COUNT', 1)
-entries = r[2]
+-- XAUTOCLAIM looks at a bounded stretch of the pending list per call: follow its cursor
+-- through the whole list (as long as the running items; bounded all the same).
+local cursor = '0-0'
+for _ = 1, 1000 do
+  local r = redis.call('XAUTOCLAIM', KEYS[1], 'podkit', ARGV[1], ARGV[2], cursor, 'COUNT', 1)
+  entries = r[2]
+  cursor = r[1]
+  if #entries > 0 or cursor == '0-0' then break end
+end
 if #entries == 0 then
   expired = false
   local rr = redis.call('XREADGROUP', 'GROUP', 'podkit', ARGV[1], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
@@ -75,6 +82,12 @@ end
 local sid = entries[1][1]
 local id = entries[1][2][2]
 local item = ARGV[4] .. id
+if redis.call('EXISTS', item) == 0 then
+  -- An entry without its item (a purge raced a push): drop it, look again.
+  redis.call('XACK', KEYS[1], 'podkit', sid)
+  redis.call('XDEL', KEYS[1], sid)
+  return {'skip'}
+end
 local attempts = tonumber(redis.call('HGET', item, 'attempts') or '0')
 if expired and attempts >= tonumber(ARGV[3]) then
   -- Its worker died on the last allowed attempt: dead, not retried.
@@ -285,8 +298,8 @@ impl RedisStore {
             };
             let text =
                 |v: &redis::Value| -> Vec<u8> { redis::from_redis_value::<Vec<u8>>(v.clone()).unwrap_or_default() };
-            if parts.first().map(text).as_deref() == Some(b"dead") {
-                continue; // one expired item dead-lettered; look for the next
+            if matches!(parts.first().map(text).as_deref(), Some(b"dead") | Some(b"skip")) {
+                continue; // one expired item dead-lettered, or an orphan entry dropped: look again
             }
             let s = |i: usize| String::from_utf8_lossy(&text(&parts[i])).into_owned();
             let attempt: u32 = redis::from_redis_value(parts[3].clone()).unwrap_or(1);
@@ -401,13 +414,31 @@ impl RedisStore {
             None => c.smembers(QUEUES).await.map_err(|e| self.err(e))?,
         };
         queues.sort();
+        // One MULTI for every queue: a consistent snapshot, so a pipeline is never seen drained
+        // while an item moves from one stage to the next between two reads.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for q in &queues {
+            pipe.hgetall(counters(q)).zcount(done_times(q), now_ms() - 60_000, "+inf");
+        }
+        let replies: Vec<(std::collections::HashMap<String, i64>, i64)> = if queues.is_empty() {
+            Vec::new()
+        } else {
+            let flat: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(|e| self.err(e))?;
+            flat.chunks(2)
+                .map(|p| {
+                    (
+                        redis::from_redis_value(p[0].clone()).unwrap_or_default(),
+                        redis::from_redis_value(p.get(1).cloned().unwrap_or(redis::Value::Nil)).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        };
         let mut out = Vec::new();
-        for q in queues {
-            let n: std::collections::HashMap<String, i64> = c.hgetall(counters(&q)).await.map_err(|e| self.err(e))?;
+        for (q, (n, recent)) in queues.into_iter().zip(replies) {
             if n.is_empty() {
                 continue;
             }
-            let recent: i64 = c.zcount(done_times(&q), now_ms() - 60_000, "+inf").await.map_err(|e| self.err(e))?;
             let g = |k: &str| n.get(k).copied().unwrap_or(0).max(0) as u64;
             out.push(Counts {
                 queue: q,

@@ -212,14 +212,16 @@ impl SqliteStore {
                 })
                 .optional()
             };
+            // Expired leases first: an item whose worker died must not wait behind the whole
+            // pending backlog.
             let row = match pick(
                 "SELECT id, name, input, attempts FROM items
-                 WHERE queue = ?1 AND state = 'pending' AND ?2 = ?2 ORDER BY created_ms, id LIMIT 1",
+                 WHERE queue = ?1 AND state = 'running' AND lease_until < ?2 ORDER BY created_ms, id LIMIT 1",
             )? {
                 Some(r) => Some(r),
                 None => pick(
                     "SELECT id, name, input, attempts FROM items
-                     WHERE queue = ?1 AND state = 'running' AND lease_until < ?2 ORDER BY created_ms, id LIMIT 1",
+                     WHERE queue = ?1 AND state = 'pending' AND ?2 = ?2 ORDER BY created_ms, id LIMIT 1",
                 )?,
             };
             let Some((id, name, input, attempts)) = row else {

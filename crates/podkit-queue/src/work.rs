@@ -90,6 +90,8 @@ pub struct Worker {
     pub runner: Runner,
     pub client: reqwest::Client,
     pub metrics: Metrics,
+    /// Largest output accepted (the store's item limit).
+    pub max_item_size: usize,
 }
 
 impl Worker {
@@ -145,6 +147,11 @@ impl Worker {
                 self.idle(&ctx).await;
                 continue;
             };
+            if ctx.shutdown.is_triggered() {
+                // Taken just as the stop began: give it straight back.
+                let _ = self.store.release(&item, &s.owner).await;
+                return Ok(());
+            }
             self.metrics.in_flight.inc();
             self.process(item, &ctx).await;
             self.metrics.in_flight.dec();
@@ -231,6 +238,10 @@ impl Worker {
                     self.count(if item.attempt >= s.max_attempts { "dead" } else { "retry" });
                 }
             },
+            Err(f) if f.lost => {
+                tracing::warn!(id = %item.id, "lost the item's lease before its output was written; discarded");
+                self.count("lost");
+            }
             Err(f) => {
                 let dead = item.attempt >= s.max_attempts;
                 if dead {
@@ -271,9 +282,8 @@ impl Worker {
                 let body = resp.bytes().await.map_err(|e| Failure::new(format!("reading the answer of {url}: {e}")))?;
                 if !status.is_success() {
                     return Err(Failure {
-                        error: format!("HTTP {}", status.as_u16()),
-                        exit_status: None,
                         stderr_tail: String::from_utf8_lossy(&body[body.len().saturating_sub(2048)..]).into_owned(),
+                        ..Failure::new(format!("HTTP {}", status.as_u16()))
                     });
                 }
                 self.sink(item, body.to_vec()).await
@@ -290,7 +300,10 @@ impl Worker {
                     std::fs::create_dir_all(d)
                         .map_err(|e| Failure::new(format!("cannot create {}: {e}", d.display())))?;
                 }
-                std::fs::write(&input, &item.input)
+                let (path, data) = (input.clone(), item.input.clone());
+                tokio::task::spawn_blocking(move || std::fs::write(&path, &data))
+                    .await
+                    .map_err(|e| Failure::new(e.to_string()))?
                     .map_err(|e| Failure::new(format!("cannot write the input: {e}")))?;
                 let argv: Vec<String> = template
                     .iter()
@@ -310,22 +323,32 @@ impl Worker {
                     self.runner.run_with(&Hook::Exec(argv), "item", s.timeout, &Input { env, json: None }).await;
                 if !outcome.ok {
                     return Err(Failure {
-                        error: outcome.detail,
                         exit_status: outcome.exit_status,
                         stderr_tail: outcome.output,
+                        ..Failure::new(outcome.detail)
                     });
                 }
-                let data = match std::fs::read(&output) {
-                    Ok(d) => d,
+                let size = match std::fs::metadata(&output) {
+                    Ok(m) => m.len(),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(Failure {
-                            error: "exit code 0 but no output file was written".into(),
                             exit_status: Some(0),
                             stderr_tail: outcome.output,
+                            ..Failure::new("exit code 0 but no output file was written")
                         });
                     }
                     Err(e) => return Err(Failure::new(format!("cannot read the output: {e}"))),
                 };
+                if size > self.max_item_size as u64 {
+                    return Err(Failure::new(format!(
+                        "the output is {size} bytes; the limit is {} (--max-item-size)",
+                        self.max_item_size
+                    )));
+                }
+                let data = tokio::task::spawn_blocking(move || std::fs::read(&output))
+                    .await
+                    .map_err(|e| Failure::new(e.to_string()))?
+                    .map_err(|e| Failure::new(format!("cannot read the output: {e}")))?;
                 self.sink(item, data).await
             }
         }
@@ -337,10 +360,31 @@ impl Worker {
             Sink::Next(q) => Ok(Output::Next { queue: q.clone(), data }),
             Sink::Dir(dir) => {
                 // Keyed by item id and renamed into place: a redelivered item rewrites the same
-                // file, so there is one output per item whatever happens.
+                // file, so there is one output per item whatever happens. A worker that lost
+                // its lease must not rename over the winner's file: renewing just before the
+                // rename proves the lease is still ours, for a whole lease from now.
                 let path = dir.join(safe_name(&item.id));
                 let tmp = dir.join(format!(".{}.{}.tmp", safe_name(&item.id), item.attempt));
-                write_durably(&tmp, &path, &data)
+                let (t, d) = (tmp.clone(), data);
+                tokio::task::spawn_blocking(move || write_synced(&t, &d))
+                    .await
+                    .map_err(|e| Failure::new(e.to_string()))?
+                    .map_err(|e| Failure::new(format!("cannot write {}: {e}", tmp.display())))?;
+                match self.store.renew(item, &self.settings.owner, self.settings.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(Failure::lost());
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(Failure::new(format!("cannot confirm the lease before writing the output: {e}")));
+                    }
+                }
+                let (t, p, d) = (tmp, path.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || rename_synced(&t, &p, &d))
+                    .await
+                    .map_err(|e| Failure::new(e.to_string()))?
                     .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
                 Ok(Output::External)
             }
@@ -374,11 +418,17 @@ struct Failure {
     error: String,
     exit_status: Option<i32>,
     stderr_tail: String,
+    lost: bool,
 }
 
 impl Failure {
     fn new(error: impl Into<String>) -> Self {
-        Self { error: error.into(), exit_status: None, stderr_tail: String::new() }
+        Self { error: error.into(), exit_status: None, stderr_tail: String::new(), lost: false }
+    }
+
+    /// The lease went to another worker: not a failure of the item, nothing to record.
+    fn lost() -> Self {
+        Self { lost: true, ..Self::new("the lease was lost") }
     }
 }
 
@@ -389,12 +439,17 @@ pub fn safe_name(name: &str) -> String {
     if trimmed.is_empty() { "item".to_string() } else { trimmed.to_string() }
 }
 
-fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn write_synced(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
+    f.sync_all()
+}
+
+/// Renames into place and fsyncs the directory, so the rename survives a crash.
+fn rename_synced(tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::rename(tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The command's argv with its `{input}`/`{output}` placeholders, checked.
