@@ -142,8 +142,10 @@ pub struct Incoming {
     pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// When the answer is due.
+    /// When the answer is due…
     pub deadline: Instant,
+    /// …and how long that was when the request arrived (for messages).
+    pub budget: Duration,
 }
 
 /// What became of one shard.
@@ -400,7 +402,7 @@ impl Fanout {
                     }
                 }
                 _ = tokio::time::sleep_until(until) => {
-                    return ShardResult::Missing(format!("timed out after {}", ms(until - started)));
+                    return ShardResult::Missing(format!("timed out after {}", ms(self.leaf_timeout.min(req.budget))));
                 }
             }
         }
@@ -442,7 +444,10 @@ impl Fanout {
                     Err(e) => Attempt::Failed(e),
                 }
             }
-            Err(e) if e.is_timeout() => Attempt::Failed(format!("timed out after {}", ms(remaining))),
+            // The shard's budget, not this attempt's remainder: one number per shard in messages.
+            Err(e) if e.is_timeout() => {
+                Attempt::Failed(format!("timed out after {}", ms(self.leaf_timeout.min(req.budget))))
+            }
             Err(e) if e.is_connect() => {
                 Attempt::ConnectError(format!("cannot connect to {}: {}", leaf.base, root_cause(&e)))
             }

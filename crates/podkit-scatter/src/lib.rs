@@ -348,7 +348,8 @@ async fn handle(
         let body = serde_json::json!({ "error": format!("request target {target:?} is not a path") });
         return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
     }
-    let answer = fanout.run(Incoming { method, target, headers: forwarded, body, deadline: now + budget }).await;
+    let answer =
+        fanout.run(Incoming { method, target, headers: forwarded, body, deadline: now + budget, budget }).await;
     let mut resp = Response::new(Body::from(answer.body));
     *resp.status_mut() = answer.status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(answer.content_type));

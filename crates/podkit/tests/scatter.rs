@@ -176,7 +176,8 @@ fn hedging_answers_on_time_despite_a_slow_replica() {
         let reply = root.get("/");
         assert_eq!((reply.status, reply.partial.as_deref()), (200, None), "request {i}: {}", reply.body);
     }
-    assert!(slow.count() - slow_before >= 50, "the slow replica took its turns");
+    // Round-robin sends it about half of the 100 primaries (hedges may add a few).
+    assert!(slow.count() - slow_before >= 40, "the slow replica did not take its turns");
     let admin = root.proc.admin();
     let hedges = admin.metrics().lines().filter(|l| l.starts_with("podkit_scatter_hedges_total")).count();
     assert!(hedges > 0, "no hedge was sent:\n{}", admin.metrics());
