@@ -290,7 +290,6 @@ fn murmur(key: &[u8]) -> u32 {
 /// Bob Jenkins' lookup3 `hashlittle` with twemproxy's initial value (13), byte by byte
 /// (equal to its aligned word reads on little-endian machines).
 fn jenkins(key: &[u8]) -> u32 {
-    let rot = |x: u32, k: u32| x.rotate_left(k);
     let mut a = 0xdead_beef_u32.wrapping_add(key.len() as u32).wrapping_add(13);
     let (mut b, mut c) = (a, a);
     let word = |k: &[u8]| {
@@ -303,25 +302,13 @@ fn jenkins(key: &[u8]) -> u32 {
         a = a.wrapping_add(word(&k[0..4]));
         b = b.wrapping_add(word(&k[4..8]));
         c = c.wrapping_add(word(&k[8..12]));
-        // mix(a, b, c)
-        a = a.wrapping_sub(c);
-        a ^= rot(c, 4);
-        c = c.wrapping_add(b);
-        b = b.wrapping_sub(a);
-        b ^= rot(a, 6);
-        a = a.wrapping_add(c);
-        c = c.wrapping_sub(b);
-        c ^= rot(b, 8);
-        b = b.wrapping_add(a);
-        a = a.wrapping_sub(c);
-        a ^= rot(c, 16);
-        c = c.wrapping_add(b);
-        b = b.wrapping_sub(a);
-        b ^= rot(a, 19);
-        a = a.wrapping_add(c);
-        c = c.wrapping_sub(b);
-        c ^= rot(b, 4);
-        b = b.wrapping_add(a);
+        // lookup3's mix(a, b, c)
+        mix_step(&mut a, &mut c, &mut b, 4);
+        mix_step(&mut b, &mut a, &mut c, 6);
+        mix_step(&mut c, &mut b, &mut a, 8);
+        mix_step(&mut a, &mut c, &mut b, 16);
+        mix_step(&mut b, &mut a, &mut c, 19);
+        mix_step(&mut c, &mut b, &mut a, 4);
         k = &k[12..];
     }
     if k.is_empty() {
@@ -335,21 +322,28 @@ fn jenkins(key: &[u8]) -> u32 {
     if k.len() > 8 {
         c = c.wrapping_add(word(&k[8..]));
     }
-    // final(a, b, c)
-    c ^= b;
-    c = c.wrapping_sub(rot(b, 14));
-    a ^= c;
-    a = a.wrapping_sub(rot(c, 11));
-    b ^= a;
-    b = b.wrapping_sub(rot(a, 25));
-    c ^= b;
-    c = c.wrapping_sub(rot(b, 16));
-    a ^= c;
-    a = a.wrapping_sub(rot(c, 4));
-    b ^= a;
-    b = b.wrapping_sub(rot(a, 14));
-    c ^= b;
-    c.wrapping_sub(rot(b, 24))
+    // lookup3's final(a, b, c)
+    final_step(&mut c, b, 14);
+    final_step(&mut a, c, 11);
+    final_step(&mut b, a, 25);
+    final_step(&mut c, b, 16);
+    final_step(&mut a, c, 4);
+    final_step(&mut b, a, 14);
+    final_step(&mut c, b, 24);
+    c
+}
+
+/// One line of lookup3's `mix`: `x -= y; x ^= rot(y, k); y += z`.
+fn mix_step(x: &mut u32, y: &mut u32, z: &mut u32, k: u32) {
+    *x = x.wrapping_sub(*y);
+    *x ^= y.rotate_left(k);
+    *y = y.wrapping_add(*z);
+}
+
+/// One line of lookup3's `final`: `x ^= y; x -= rot(y, k)`.
+fn final_step(x: &mut u32, y: u32, k: u32) {
+    *x ^= y;
+    *x = x.wrapping_sub(y.rotate_left(k));
 }
 
 // === distributions ===

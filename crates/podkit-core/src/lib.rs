@@ -62,6 +62,9 @@ pub struct Context {
     /// Tasks the command spawns that must finish before the process exits; [`launch`] waits for
     /// them (within the grace period) after [`Component::run`] returns.
     pub tasks: TaskTracker,
+    /// The bearer token from `--admin-token-file`, for commands that guard listeners of their
+    /// own the same way (`podkit elect`'s API).
+    pub admin_token: Option<String>,
 }
 
 /// Runs `component` under the podkit contract and returns the process exit status.
@@ -110,6 +113,7 @@ pub fn launch<C: Component>(
             logs: ring.clone(),
             grace: common.grace.get(),
             tasks: TaskTracker::new(),
+            admin_token: token.clone(),
         };
         let mut admin = AdminBuilder::new(C::NAME);
         component.setup(&mut admin, &ctx);

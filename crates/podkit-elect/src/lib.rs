@@ -312,13 +312,7 @@ impl Elect {
                 return Ok(EX_USAGE);
             }
         };
-        let token = match self.args.common.admin_token_file.as_deref().map(std::fs::read_to_string).transpose() {
-            Ok(t) => t.map(|t| t.trim().to_string()),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read --admin-token-file");
-                return Ok(EX_USAGE);
-            }
-        };
+        let token = ctx.admin_token.clone();
         let api = api::Api { elections: self.elections.clone(), renew: self.settings.renew };
         let router = api::router(api, token);
         let bound = listener.local_addr().unwrap_or(self.args.listen);

@@ -30,6 +30,9 @@ fn stream(q: &str) -> String {
 fn item_prefix(q: &str) -> String {
     format!("podkit:q:{{{q}}}:i:")
 }
+fn item_key(q: &str, id: &str) -> String {
+    format!("{}{id}", item_prefix(q))
+}
 fn counters(q: &str) -> String {
     format!("podkit:q:{{{q}}}:n")
 }
@@ -256,7 +259,7 @@ impl RedisStore {
         for (id, name, data) in items {
             let n: i64 = script
                 .key(stream(queue))
-                .key(format!("{}{id}", item_prefix(queue)))
+                .key(item_key(queue, &id))
                 .key(counters(queue))
                 .arg(&id)
                 .arg(name.unwrap_or_default())
@@ -319,7 +322,7 @@ impl RedisStore {
         let mut c = self.conn.clone();
         let n: i64 = Self::script(RENEW)
             .key(stream(&item.queue))
-            .key(format!("{}{}", item_prefix(&item.queue), item.id))
+            .key(item_key(&item.queue, &item.id))
             .arg(owner)
             .arg(sid_of(item))
             .arg(item.attempt)
@@ -333,7 +336,7 @@ impl RedisStore {
         let q = &item.queue;
         let script = Self::script(COMPLETE);
         let mut inv = script.prepare_invoke();
-        inv.key(stream(q)).key(format!("{}{}", item_prefix(q), item.id)).key(counters(q)).key(done_times(q));
+        inv.key(stream(q)).key(item_key(q, &item.id)).key(counters(q)).key(done_times(q));
         let (mode, data, next) = match output {
             Output::Stored(d) => ("stored", d, None),
             Output::Next { queue, data } => ("next", data, Some(queue)),
@@ -346,7 +349,7 @@ impl RedisStore {
         if let Some(n) = &next {
             self.ensure_group(n).await?;
             let _: () = c.sadd(QUEUES, n).await.map_err(|e| self.err(e))?;
-            inv.key(stream(n)).key(format!("{}{}", item_prefix(n), item.id)).key(counters(n));
+            inv.key(stream(n)).key(item_key(n, &item.id)).key(counters(n));
         }
         inv.arg(owner)
             .arg(sid_of(item))
@@ -373,7 +376,7 @@ impl RedisStore {
         let mut c = self.conn.clone();
         let n: i64 = Self::script(FAIL)
             .key(stream(q))
-            .key(format!("{}{}", item_prefix(q), item.id))
+            .key(item_key(q, &item.id))
             .key(counters(q))
             .key(dead_set(q))
             .arg(owner)
@@ -395,7 +398,7 @@ impl RedisStore {
         let mut c = self.conn.clone();
         let n: i64 = Self::script(RELEASE)
             .key(stream(q))
-            .key(format!("{}{}", item_prefix(q), item.id))
+            .key(item_key(q, &item.id))
             .key(counters(q))
             .arg(owner)
             .arg(sid_of(item))
@@ -462,7 +465,7 @@ impl RedisStore {
             ids.sort();
             for id in ids {
                 let h: std::collections::HashMap<String, String> =
-                    c.hgetall(format!("{}{id}", item_prefix(&q))).await.map_err(|e| self.err(e))?;
+                    c.hgetall(item_key(&q, &id)).await.map_err(|e| self.err(e))?;
                 out.push(DeadItem {
                     queue: q.clone(),
                     attempts: h.get("attempts").and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -484,7 +487,7 @@ impl RedisStore {
         for id in ids {
             let r: i64 = script
                 .key(stream(queue))
-                .key(format!("{}{id}", item_prefix(queue)))
+                .key(item_key(queue, &id))
                 .key(counters(queue))
                 .key(dead_set(queue))
                 .arg(&id)
