@@ -1,7 +1,426 @@
-//! `podkit ambassador`: a sharding proxy for memcache and Redis that places keys exactly where
-//! twemproxy (nutcracker) places them, so a migration does not empty the cache.
+//! `podkit ambassador`: a sharding proxy for memcache and Redis that reads twemproxy's
+//! configuration and places keys exactly where twemproxy (nutcracker) places them, so a
+//! migration does not empty the cache.
 //!
-//! This crate starts with what must match twemproxy bit for bit: the key hashes and the
-//! distributions ([`hashkit`]).
+//! - [`config`]: `nutcracker.yml`, as it is, plus podkit's pool keys.
+//! - [`hashkit`]: the hashes and distributions, bit for bit twemproxy's.
+//! - [`memcache`], [`redis`]: the protocols: parsing, routing, framing, merging.
+//! - [`backend`]: connections to servers; [`pool`]: pools, ejection, health checks, reload.
+//! - [`proxy`]: client connections; [`stats`]: Prometheus metrics and twemproxy's stats JSON.
+//!
+//! See `docs/ambassador.md`.
 
+pub mod backend;
+pub mod config;
 pub mod hashkit;
+pub mod memcache;
+pub mod pool;
+mod proxy;
+pub mod redis;
+pub mod stats;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::routing::{get, post};
+use clap::Args;
+use podkit_core::{AdminBuilder, CommonArgs, Component, Context};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Addr, Config};
+use crate::pool::{PoolHandle, PoolState, Pools};
+use crate::stats::Counter;
+
+/// The admin listener's default address for `podkit ambassador`.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9192";
+
+/// Options of `podkit ambassador`. Their doc comments are the `--help` text. The short options
+/// are nutcracker's, so a command line carries over.
+#[derive(Debug, Clone, Args)]
+pub struct AmbassadorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// twemproxy's configuration file (nutcracker.yml): the pools, their listeners and servers.
+    #[arg(short = 'c', long = "config", id = "pools_file", visible_alias = "conf-file", value_name = "FILE")]
+    pub pools_file: PathBuf,
+
+    /// Check the configuration file and exit (0 when it is valid).
+    #[arg(short = 't', long)]
+    pub test_conf: bool,
+
+    /// Port of twemproxy's JSON stats listener (0 picks a free one; see GET /pools).
+    #[arg(short = 's', long, value_name = "PORT", default_value_t = 22222)]
+    pub stats_port: u16,
+
+    /// Address of the JSON stats listener. nutcracker listens on every address by default;
+    /// podkit on loopback unless told.
+    #[arg(short = 'a', long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub stats_addr: IpAddr,
+
+    /// Accepted for nutcracker's command line; podkit's stats are always current.
+    #[arg(short = 'i', long, value_name = "MS", default_value_t = 30_000, hide = true)]
+    pub stats_interval: u64,
+
+    /// How often the configuration file is checked for changes (it is reloaded when its content
+    /// changes; SIGHUP and POST /reload reload at once). 0 turns the check off.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub watch_interval: podkit_core::Duration,
+
+    /// Worker threads (default: every core the process may use).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+
+    /// Largest request accepted, in bytes: a memcache value or a whole Redis command. Larger
+    /// ones are refused with an error (memcache: the value is skipped and the connection stays
+    /// usable).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_request_bytes: usize,
+}
+
+/// Prints the outcome of `-t` and returns the exit status, as `nutcracker -t` does.
+pub fn test_config(path: &std::path::Path) -> i32 {
+    match config::load(path) {
+        Ok(_) => {
+            eprintln!("podkit ambassador: configuration file '{}' syntax is ok", path.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            podkit_core::EX_USAGE
+        }
+    }
+}
+
+/// `podkit ambassador`.
+#[derive(Debug)]
+pub struct Ambassador {
+    args: AmbassadorArgs,
+    config: Config,
+    pools: Arc<Pools>,
+    reloads_ok: Arc<Counter>,
+    reloads_failed: Arc<Counter>,
+    stats_bound: Arc<std::sync::OnceLock<SocketAddr>>,
+    reload_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    reload_rx: Option<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmbassadorError {
+    #[error("cannot listen on {addr} for pool `{pool}`: {source}")]
+    Listen { pool: String, addr: String, source: std::io::Error },
+    #[error("cannot open the stats listener on {addr}: {source}")]
+    Stats { addr: SocketAddr, source: std::io::Error },
+}
+
+impl Ambassador {
+    /// Reads the configuration file; its errors name the file, the pool and the key.
+    pub fn new(args: AmbassadorArgs) -> Result<Self, config::ConfigError> {
+        let config = config::load(&args.pools_file)?;
+        let (reload_tx, reload_rx) = mpsc::channel(8);
+        Ok(Ambassador {
+            args,
+            config,
+            pools: Arc::default(),
+            reloads_ok: Arc::default(),
+            reloads_failed: Arc::default(),
+            stats_bound: Arc::default(),
+            reload_tx,
+            reload_rx: Some(reload_rx),
+        })
+    }
+}
+
+impl Component for Ambassador {
+    const NAME: &'static str = "ambassador";
+    type Error = AmbassadorError;
+
+    fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
+        admin.metrics().register_collector(Box::new(stats::Metrics {
+            pools: self.pools.clone(),
+            reloads_ok: self.reloads_ok.clone(),
+            reloads_failed: self.reloads_failed.clone(),
+        }));
+        let (pools, stats_bound) = (self.pools.clone(), self.stats_bound.clone());
+        admin.route(
+            "/pools",
+            get(move || {
+                let (pools, stats_bound) = (pools.clone(), stats_bound.clone());
+                async move {
+                    axum::Json(serde_json::json!({
+                        "pools": pools.describe(),
+                        "stats": stats_bound.get().map(ToString::to_string),
+                    }))
+                }
+            }),
+        );
+        let reload_tx = self.reload_tx.clone();
+        admin.protected_route(
+            "/reload",
+            post(move || {
+                let reload_tx = reload_tx.clone();
+                async move {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = reload_tx.send(tx).await;
+                    match rx.await {
+                        Ok(Ok(())) => (axum::http::StatusCode::OK, "reloaded\n".to_string()),
+                        Ok(Err(e)) => (axum::http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+                        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_string()),
+                    }
+                }
+            }),
+        );
+        ctx.readiness.not_ready("listeners", "not listening yet");
+    }
+
+    async fn run(mut self, ctx: Context) -> Result<i32, AmbassadorError> {
+        let started = std::time::SystemTime::now();
+        let stats_addr = SocketAddr::new(self.args.stats_addr, self.args.stats_port);
+        let stats_listener = tokio::net::TcpListener::bind(stats_addr)
+            .await
+            .map_err(|source| AmbassadorError::Stats { addr: stats_addr, source })?;
+        let bound = stats_listener.local_addr().unwrap_or(stats_addr);
+        let _ = self.stats_bound.set(bound);
+        tokio::spawn(stats::serve_stats(stats_listener, self.pools.clone(), started));
+
+        let runner = Runner { pools: self.pools.clone(), ctx: ctx.clone(), max_request: self.args.max_request_bytes };
+        let mut handles = Vec::new();
+        for cfg in self.config.pools.clone() {
+            let listener = bind(&cfg).await?;
+            handles.push(runner.start_pool(cfg, listener, None));
+        }
+        self.pools.handles.store(Arc::new(handles));
+        for h in self.pools.handles.load().iter() {
+            tracing::info!(pool = %h.name, listen = %h.bound, "pool listening");
+        }
+        tracing::info!(stats = %bound, pools = self.config.pools.len(), "ambassador ready");
+        ctx.readiness.ready("listeners");
+
+        let mut reload_rx = self.reload_rx.take().expect("run once");
+        let mut reload = ctx.reload.clone();
+        let watch = self.args.watch_interval.get();
+        let path = self.args.pools_file.clone();
+        let mut last = std::fs::read(&path).ok();
+        let mut tick = tokio::time::interval(if watch.is_zero() { std::time::Duration::MAX / 4 } else { watch });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reply = tokio::select! {
+                _ = ctx.shutdown.triggered() => break,
+                _ = reload.requested() => None,
+                r = reload_rx.recv() => r,
+                _ = tick.tick(), if !watch.is_zero() => {
+                    let now = std::fs::read(&path).ok();
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    tracing::info!(path = %path.display(), "configuration file changed");
+                    None
+                }
+            };
+            last = std::fs::read(&path).ok();
+            let result = runner.reload(&path).await;
+            match &result {
+                Ok(()) => {
+                    self.reloads_ok.inc();
+                    tracing::info!(path = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    self.reloads_failed.inc();
+                    tracing::error!(error = %e, "configuration not reloaded; the running one stays");
+                }
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+
+        // Stop taking new clients; connected ones are served until they leave or the grace
+        // period ends (an app draining on the same SIGTERM still reaches its cache).
+        for h in self.pools.handles.load().iter() {
+            h.stop_listening.cancel();
+        }
+        Ok(0)
+    }
+}
+
+/// Starts pools and reloads them.
+#[derive(Debug, Clone)]
+struct Runner {
+    pools: Arc<Pools>,
+    ctx: Context,
+    max_request: usize,
+}
+
+static CLIENT_IDS: AtomicU64 = AtomicU64::new(0);
+
+impl Runner {
+    fn start_pool(&self, cfg: config::Pool, listener: Listener, previous: Option<&PoolState>) -> Arc<PoolHandle> {
+        let state = PoolState::start(cfg, previous);
+        let handle = Arc::new(PoolHandle {
+            name: state.name.clone(),
+            bound: listener.describe(),
+            state: arc_swap::ArcSwap::new(state),
+            stop_listening: CancellationToken::new(),
+        });
+        tokio::spawn(self.clone().accept(listener, handle.clone()));
+        handle
+    }
+
+    async fn accept(self, listener: Listener, handle: Arc<PoolHandle>) {
+        let stop = handle.stop_listening.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors or similar: say so, and give the system a moment.
+                    tracing::warn!(pool = %handle.name, error = %e, "cannot accept a client connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = handle.state.load();
+            let limit = state.cfg.client_connections;
+            if limit > 0 && state.stats.client_connections.get() >= i64::from(limit) {
+                tracing::warn!(pool = %handle.name, limit, "client_connections reached; connection refused");
+                continue;
+            }
+            drop(state);
+            let id = CLIENT_IDS.fetch_add(1, Ordering::Relaxed);
+            let (handle, max) = (handle.clone(), self.max_request);
+            match stream {
+                Accepted::Tcp(s) => {
+                    let _ = s.set_nodelay(true);
+                    let (r, w) = s.into_split();
+                    self.ctx.tasks.spawn(proxy::serve(r, w, handle, id, max));
+                }
+                Accepted::Unix(s) => {
+                    let (r, w) = s.into_split();
+                    self.ctx.tasks.spawn(proxy::serve(r, w, handle, id, max));
+                }
+            }
+        }
+        if let Listener::Unix(_, path) = &listener {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Applies the configuration in `path`: new pools start, removed ones stop listening (their
+    /// clients are served until they leave), changed ones get a new generation in place. A pool
+    /// whose listener or protocol changed is replaced. Nothing changes unless every new listener
+    /// could be opened.
+    async fn reload(&self, path: &std::path::Path) -> Result<(), String> {
+        let cfg = config::load(path).map_err(|e| e.to_string())?;
+        let old = self.pools.handles.load_full();
+        let find = |name: &str| old.iter().find(|h| h.name == name);
+        // Open the new listeners first: a failure leaves everything as it was.
+        let mut opened = Vec::new();
+        for p in &cfg.pools {
+            let same_listener = find(&p.name).is_some_and(|h| {
+                let st = h.state.load();
+                st.cfg.listen == p.listen && st.cfg.redis == p.redis
+            });
+            if !same_listener {
+                let listener = bind(p).await.map_err(|e| e.to_string())?;
+                opened.push((p.name.clone(), listener));
+            }
+        }
+        let mut handles = Vec::new();
+        for p in cfg.pools {
+            let previous = find(&p.name);
+            match opened.iter().position(|(n, _)| *n == p.name) {
+                Some(i) => {
+                    let (_, listener) = opened.swap_remove(i);
+                    let prev_state = previous.map(|h| h.state.load_full());
+                    handles.push(self.start_pool(p, listener, prev_state.as_deref()));
+                }
+                None => {
+                    let h = previous.expect("kept pools exist").clone();
+                    let current = h.state.load_full();
+                    if current.cfg != p {
+                        let next = PoolState::start(p, Some(&current));
+                        h.state.store(next);
+                        current.retire();
+                    }
+                    handles.push(h);
+                }
+            }
+        }
+        for h in old.iter() {
+            if !handles.iter().any(|n| Arc::ptr_eq(n, h)) {
+                h.stop_listening.cancel();
+                h.state.load().retire();
+                tracing::info!(pool = %h.name, "pool removed or replaced; its listener is closed");
+            }
+        }
+        self.pools.handles.store(Arc::new(handles));
+        Ok(())
+    }
+}
+
+// === listeners ===
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+            Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, p) => p.display().to_string(),
+        }
+    }
+}
+
+async fn bind(cfg: &config::Pool) -> Result<Listener, AmbassadorError> {
+    let err = |source| AmbassadorError::Listen { pool: cfg.name.clone(), addr: cfg.listen.addr.to_string(), source };
+    match &cfg.listen.addr {
+        Addr::Tcp { host, port } => {
+            let addr = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(err)?
+                .next()
+                .ok_or_else(|| err(std::io::Error::other("the host has no address")))?;
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+            socket.set_reuseaddr(true).map_err(err)?;
+            if cfg.reuseport {
+                socket.set_reuseport(true).map_err(err)?;
+            }
+            socket.bind(addr).map_err(err)?;
+            Ok(Listener::Tcp(socket.listen(cfg.backlog.max(1)).map_err(err)?))
+        }
+        Addr::Unix(path) => {
+            // A socket file left by an earlier run would make bind fail; a live one is in use.
+            if std::os::unix::net::UnixStream::connect(path).is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            let l = tokio::net::UnixListener::bind(path).map_err(err)?;
+            if let Some(mode) = cfg.listen.mode {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+            }
+            Ok(Listener::Unix(l, path.clone()))
+        }
+    }
+}

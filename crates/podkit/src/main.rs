@@ -29,6 +29,14 @@ enum Command {
     )]
     Elect(podkit_elect::ElectArgs),
 
+    /// memcache/Redis sharding proxy that reads twemproxy's nutcracker.yml and places keys where
+    /// twemproxy does; multi-threaded, reloads without dropping clients, fails fast or rehashes
+    /// when a server is down.
+    #[command(
+        after_help = "Example:\n  podkit ambassador --config nutcracker.yml\n  podkit ambassador -c nutcracker.yml -s 22222   # nutcracker's flags work too\n\nPodkit's own options can also come from PODKIT_* variables or --options FILE."
+    )]
+    Ambassador(podkit_ambassador::AmbassadorArgs),
+
     /// Scatter/gather root: fans a request out to one leaf per shard, merges the answers, and
     /// answers on time with what came back (deadlines, partial answers, hedges, breakers).
     #[command(
@@ -51,6 +59,15 @@ fn main() {
     let cmd = Cli::command()
         .mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN))
         .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN))
+        .mut_subcommand("ambassador", |c| {
+            // --config is twemproxy's file here, as for nutcracker; podkit's own option file
+            // is --options.
+            with_admin_default(c, podkit_ambassador::DEFAULT_ADMIN).mut_arg("config", |a| {
+                a.long("options").help(
+                    "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
+                )
+            })
+        })
         .mut_subcommand("scatter", |c| with_admin_default(c, podkit_scatter::DEFAULT_ADMIN))
         .mut_subcommand("queue", |c| {
             c.mut_subcommand("work", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN))
@@ -75,6 +92,24 @@ fn main() {
         Command::Elect(args) => {
             let common = args.common.clone();
             podkit_core::launch(podkit_elect::Elect::new(args), &common, parsed.effective, runtime)
+        }
+        Command::Ambassador(args) => {
+            if args.test_conf {
+                std::process::exit(podkit_ambassador::test_config(&args.pools_file));
+            }
+            let common = args.common.clone();
+            // A proxy wants every core it is given (or --threads).
+            let mut runtime = podkit_core::RuntimeBuilder::new_multi_thread();
+            if let Some(n) = args.threads {
+                runtime.worker_threads(n.into());
+            }
+            match podkit_ambassador::Ambassador::new(args) {
+                Ok(a) => podkit_core::launch(a, &common, parsed.effective, runtime),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    podkit_core::EX_USAGE
+                }
+            }
         }
         Command::Scatter(args) => {
             let common = args.common.clone();

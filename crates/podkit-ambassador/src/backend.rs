@@ -1,0 +1,540 @@
+//! Connections to one backend server.
+//!
+//! Each server has `server_connections` connections; a client connection always uses the same
+//! one (so its requests to that server stay in order). A connection is a task that opens the
+//! socket when the first request comes (or at once with `preconnect`), writes requests in
+//! batches as they queue up, and matches answers to requests in order. A timeout, an error or
+//! garbage from the server closes the connection and fails every request in flight on it with
+//! an error the client sees at once; the next request opens a new one.
+//!
+//! The server also keeps its health: failures in a row, and whether `auto_eject_hosts` has
+//! taken it out (see [`crate::pool`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::Addr;
+use crate::memcache;
+use crate::stats::ServerStats;
+
+/// Requests queued for one connection before clients wait (backpressure).
+const QUEUE: usize = 4096;
+/// Most bytes written in one batch.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Which protocol a server speaks, and so how its answers are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Memcache(memcache::Framing),
+    Resp,
+}
+
+/// Why a request got no answer from its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Connect(String),
+    Timeout,
+    Closed,
+    Protocol(String),
+    /// The server is ejected and the pool fails fast.
+    Ejected,
+    /// Every server of the pool is ejected.
+    NoServers,
+}
+
+impl Failure {
+    /// The text clients see after `SERVER_ERROR ` or `-ERR `.
+    pub fn describe(&self, server: &str) -> String {
+        match self {
+            Failure::Connect(e) => format!("podkit: cannot connect to {server}: {e}"),
+            Failure::Timeout => format!("podkit: {server} did not answer in time"),
+            Failure::Closed => format!("podkit: connection to {server} lost"),
+            Failure::Protocol(e) => format!("podkit: {server} sent an invalid answer: {e}"),
+            Failure::Ejected => format!("podkit: {server} is ejected (down); its keys fail fast"),
+            Failure::NoServers => "podkit: every server of the pool is ejected".into(),
+        }
+    }
+}
+
+/// The answer to one request: its bytes, or why there are none (with the server's name).
+pub type Answer = Result<Bytes, (Failure, Arc<str>)>;
+
+/// One request for a server.
+#[derive(Debug)]
+pub struct Op {
+    pub bytes: Bytes,
+    pub framing: Framing,
+    /// `None`: the client expects no answer (memcache `noreply`); it is read and dropped.
+    pub reply: Option<oneshot::Sender<Answer>>,
+}
+
+/// What a server's connections need to know, fixed for its life. A reload that changes any of
+/// it makes a new server (new connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub addr: Addr,
+    pub label: String,
+    pub connections: u32,
+    pub timeout: Duration,
+    pub redis_auth: Option<String>,
+    pub redis_db: u32,
+    pub redis: bool,
+    pub tcpkeepalive: bool,
+    pub preconnect: bool,
+    pub eject: Option<EjectPolicy>,
+}
+
+/// `auto_eject_hosts`: after `failure_limit` failures in a row, the server is out for
+/// `retry_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectPolicy {
+    pub failure_limit: u32,
+    pub retry_timeout: Duration,
+}
+
+/// A backend server: the senders of its connection tasks and its shared state.
+#[derive(Debug)]
+pub struct Server {
+    conns: Vec<mpsc::Sender<Op>>,
+    pub shared: Arc<Shared>,
+}
+
+/// State shared by a server's connections, its pool and the stats.
+#[derive(Debug)]
+pub struct Shared {
+    pub settings: Settings,
+    pub stats: ServerStats,
+    failures: AtomicU32,
+    ejected: AtomicBool,
+    /// When the server was ejected, in µs since the epoch (twemproxy's `server_ejected_at`).
+    pub ejected_at_us: AtomicU64,
+    ejected_until: std::sync::Mutex<Option<Instant>>,
+    /// Bumped on every ejection and return; pools rebuild their distribution on it.
+    pub changes: watch::Sender<u64>,
+}
+
+impl Server {
+    /// Starts the server's connection tasks (idle until a request comes, unless `preconnect`).
+    pub fn start(settings: Settings) -> Arc<Server> {
+        let label = settings.label.clone();
+        let shared = Arc::new(Shared {
+            stats: ServerStats::new(&label),
+            failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejected_at_us: AtomicU64::new(0),
+            ejected_until: std::sync::Mutex::new(None),
+            changes: watch::channel(0).0,
+            settings,
+        });
+        let conns = (0..shared.settings.connections.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(connection(shared.clone(), rx));
+                tx
+            })
+            .collect();
+        Arc::new(Server { conns, shared })
+    }
+
+    /// Queues `op` on the connection for client `client`. Fails at once (through the reply)
+    /// when the connection task is gone.
+    pub async fn send(&self, client: u64, op: Op) {
+        let conn = &self.conns[(client % self.conns.len() as u64) as usize];
+        if let Err(mpsc::error::SendError(op)) = conn.send(op).await
+            && let Some(reply) = op.reply
+        {
+            let _ = reply.send(Err((Failure::Closed, self.label())));
+        }
+    }
+
+    pub fn label(&self) -> Arc<str> {
+        Arc::from(self.shared.settings.label.as_str())
+    }
+
+    /// Requests waiting to be written, over all connections.
+    pub fn queued(&self) -> usize {
+        self.conns.iter().map(|c| c.max_capacity() - c.capacity()).sum()
+    }
+}
+
+impl Shared {
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// When an ejected server may be tried again.
+    pub fn retry_at(&self) -> Option<Instant> {
+        *self.ejected_until.lock().expect("not poisoned")
+    }
+
+    /// Counts a failure (a refused connection, a timeout, a lost connection with requests in
+    /// flight) and ejects the server when the policy says so.
+    pub fn failed(&self, why: &Failure) {
+        match why {
+            Failure::Timeout => self.stats.timeouts.inc(),
+            Failure::Closed => self.stats.eof.inc(),
+            _ => self.stats.errors.inc(),
+        }
+        let Some(policy) = self.settings.eject else { return };
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if n < policy.failure_limit || self.is_ejected() {
+            return;
+        }
+        self.failures.store(0, Ordering::Release);
+        *self.ejected_until.lock().expect("not poisoned") = Some(Instant::now() + policy.retry_timeout);
+        self.ejected.store(true, Ordering::Release);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        self.ejected_at_us.store(now.as_micros() as u64, Ordering::Relaxed);
+        self.stats.ejections.inc();
+        tracing::warn!(
+            server = %self.settings.label, failures = n, retry_in = ?policy.retry_timeout,
+            "server ejected after failures in a row: {}", why.describe(&self.settings.label)
+        );
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// An answer came back: the failure count starts again.
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts an ejected server back (its retry time came, or a health check answered).
+    pub fn restore(&self, why: &str) {
+        if self.ejected.swap(false, Ordering::AcqRel) {
+            *self.ejected_until.lock().expect("not poisoned") = None;
+            self.failures.store(0, Ordering::Release);
+            tracing::info!(server = %self.settings.label, "server back in the pool ({why})");
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+// === the connection task ===
+
+/// A request written and waiting for its answer.
+struct InFlight {
+    framing: Framing,
+    reply: Option<oneshot::Sender<Answer>>,
+    sent: Instant,
+}
+
+async fn connection(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
+    let label: Arc<str> = Arc::from(shared.settings.label.as_str());
+    let mut first = None;
+    let mut eager = shared.settings.preconnect;
+    loop {
+        if first.is_none() && !eager {
+            match rx.recv().await {
+                Some(op) => first = Some(op),
+                None => return,
+            }
+        }
+        eager = false;
+        let stream = match connect(&shared).await {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::debug!(server = %label, "{}", why.describe(&label));
+                shared.failed(&why);
+                // Everything queued behind the failed attempt fails now rather than waiting
+                // for attempts of its own.
+                fail(first.take(), &why, &label);
+                while let Ok(op) = rx.try_recv() {
+                    fail(Some(op), &why, &label);
+                }
+                continue;
+            }
+        };
+        shared.stats.connections.inc();
+        let mut inflight = VecDeque::new();
+        let result = match stream {
+            Stream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                serve(&shared, &mut rx, first.take(), r, w, &mut inflight).await
+            }
+            Stream::Unix(s) => {
+                let (r, w) = s.into_split();
+                serve(&shared, &mut rx, first.take(), r, w, &mut inflight).await
+            }
+        };
+        shared.stats.connections.dec();
+        match result {
+            Ok(()) => return, // the server left the configuration
+            Err(why) => {
+                if !inflight.is_empty() || why != Failure::Closed {
+                    shared.failed(&why);
+                    tracing::debug!(server = %label, in_flight = inflight.len(), "{}", why.describe(&label));
+                }
+                for f in inflight.drain(..) {
+                    if let Some(reply) = f.reply {
+                        let _ = reply.send(Err((why.clone(), label.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fail(op: Option<Op>, why: &Failure, label: &Arc<str>) {
+    if let Some(reply) = op.and_then(|op| op.reply) {
+        let _ = reply.send(Err((why.clone(), label.clone())));
+    }
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn connect(shared: &Shared) -> Result<Stream, Failure> {
+    let s = &shared.settings;
+    let attempt = async {
+        let mut stream = match &s.addr {
+            Addr::Tcp { host, port } => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                tcp.set_nodelay(true)?;
+                if s.tcpkeepalive {
+                    socket2::SockRef::from(&tcp).set_keepalive(true)?;
+                }
+                Stream::Tcp(tcp)
+            }
+            Addr::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?),
+        };
+        if s.redis {
+            handshake(&mut stream, s).await?;
+        }
+        Ok::<_, std::io::Error>(stream)
+    };
+    match tokio::time::timeout(s.timeout, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(Failure::Connect(e.to_string())),
+        Err(_) => Err(Failure::Connect(format!("no connection within {:?}", s.timeout))),
+    }
+}
+
+/// AUTH and SELECT on a new Redis connection, as configured for the pool.
+async fn handshake(stream: &mut Stream, s: &Settings) -> std::io::Result<()> {
+    let mut steps = Vec::new();
+    if let Some(auth) = &s.redis_auth {
+        steps.push(crate::redis::encode(&[b"AUTH".as_slice(), auth.as_bytes()]));
+    }
+    if s.redis_db != 0 {
+        steps.push(crate::redis::encode(&[b"SELECT".as_slice(), s.redis_db.to_string().as_bytes()]));
+    }
+    for step in steps {
+        let mut buf = BytesMut::new();
+        match stream {
+            Stream::Tcp(t) => exchange(t, &step, &mut buf).await?,
+            Stream::Unix(u) => exchange(u, &step, &mut buf).await?,
+        }
+        if buf.first() != Some(&b'+') {
+            let text = String::from_utf8_lossy(&buf).trim().to_string();
+            let what = if step.len() > 20 && step[8..12].eq_ignore_ascii_case(b"AUTH") { "AUTH" } else { "SELECT" };
+            return Err(std::io::Error::other(format!("{what} refused: {text}")));
+        }
+    }
+    Ok(())
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &[u8], buf: &mut BytesMut) -> std::io::Result<()> {
+    s.write_all(req).await?;
+    loop {
+        if let Ok(Some(_)) = crate::redis::frame(buf) {
+            return Ok(());
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Serves one open connection until it breaks (`Err`) or the server leaves the configuration
+/// and every answer is in (`Ok`). Requests written but unanswered are left in `inflight`.
+async fn serve<R, W>(
+    shared: &Shared,
+    rx: &mut mpsc::Receiver<Op>,
+    first: Option<Op>,
+    mut r: R,
+    mut w: W,
+    inflight: &mut VecDeque<InFlight>,
+) -> Result<(), Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let timeout = shared.settings.timeout;
+    let mut pending = first;
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut open = true;
+    loop {
+        if !open && inflight.is_empty() {
+            return Ok(());
+        }
+        // Take every request already queued, up to a batch.
+        if open {
+            if pending.is_none() {
+                match rx.try_recv() {
+                    Ok(op) => pending = Some(op),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            while let Some(op) = pending.take() {
+                shared.stats.requests.inc();
+                shared.stats.request_bytes.inc_by(op.bytes.len() as u64);
+                out.extend_from_slice(&op.bytes);
+                inflight.push_back(InFlight { framing: op.framing, reply: op.reply, sent: Instant::now() });
+                if out.len() >= BATCH_BYTES {
+                    break;
+                }
+                if let Ok(op) = rx.try_recv() {
+                    pending = Some(op);
+                }
+            }
+        }
+        if !out.is_empty() {
+            // Answers are read while writing, so a server that answers a long pipeline before
+            // reading all of it cannot deadlock with us.
+            let write = w.write_all(&out);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut write => { r.map_err(|_| Failure::Closed)?; break; }
+                    n = r.read_buf(&mut input) => {
+                        if n.map_err(|_| Failure::Closed)? == 0 { return Err(Failure::Closed); }
+                        deliver(shared, &mut input, inflight)?;
+                    }
+                }
+            }
+            out.clear();
+            shared.stats.out_queue.set(inflight.len() as i64);
+            continue;
+        }
+        // Nothing to write: wait for an answer, a new request, or the deadline of the oldest
+        // request in flight.
+        let deadline = inflight.front().map(|f| f.sent + timeout);
+        tokio::select! {
+            biased;
+            n = r.read_buf(&mut input) => {
+                if n.map_err(|_| Failure::Closed)? == 0 {
+                    return Err(Failure::Closed);
+                }
+                if inflight.is_empty() {
+                    return Err(Failure::Protocol("an answer nobody asked for".into()));
+                }
+                deliver(shared, &mut input, inflight)?;
+                shared.stats.out_queue.set(inflight.len() as i64);
+            }
+            op = rx.recv(), if open => match op {
+                Some(op) => pending = Some(op),
+                None => open = false,
+            },
+            _ = sleep_until(deadline) => return Err(Failure::Timeout),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands every complete answer in `input` to its request.
+fn deliver(shared: &Shared, input: &mut BytesMut, inflight: &mut VecDeque<InFlight>) -> Result<(), Failure> {
+    while let Some(front) = inflight.front() {
+        let framed = match front.framing {
+            Framing::Memcache(f) => memcache::frame(f, input),
+            Framing::Resp => crate::redis::frame(input),
+        };
+        let n = match framed {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(e) => return Err(Failure::Protocol(e)),
+        };
+        let f = inflight.pop_front().expect("front exists");
+        let answer = input.split_to(n).freeze();
+        shared.stats.responses.inc();
+        shared.stats.response_bytes.inc_by(answer.len() as u64);
+        shared.stats.latency.observe(f.sent.elapsed());
+        shared.succeeded();
+        if let Some(reply) = f.reply {
+            let _ = reply.send(Ok(answer));
+        }
+    }
+    if inflight.is_empty() && !input.is_empty() {
+        return Err(Failure::Protocol("an answer nobody asked for".into()));
+    }
+    Ok(())
+}
+
+/// One health probe: connect, ask (`version` / `PING`), read one answer, within `timeout`.
+pub async fn probe(settings: &Settings) -> Result<(), Failure> {
+    let shared_settings = settings.clone();
+    let attempt = async move {
+        let tmp = Shared {
+            stats: ServerStats::new(&shared_settings.label),
+            failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejected_at_us: AtomicU64::new(0),
+            ejected_until: std::sync::Mutex::new(None),
+            changes: watch::channel(0).0,
+            settings: shared_settings,
+        };
+        let mut stream = connect(&tmp).await?;
+        let (req, framing): (&[u8], _) = if tmp.settings.redis {
+            (b"*1\r\n$4\r\nPING\r\n", Framing::Resp)
+        } else {
+            (b"version\r\n", Framing::Memcache(memcache::Framing::Single))
+        };
+        let mut buf = BytesMut::new();
+        let io = async {
+            match &mut stream {
+                Stream::Tcp(t) => probe_exchange(t, req, framing, &mut buf).await,
+                Stream::Unix(u) => probe_exchange(u, req, framing, &mut buf).await,
+            }
+        };
+        io.await
+    };
+    match tokio::time::timeout(settings.timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+async fn probe_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &[u8],
+    framing: Framing,
+    buf: &mut BytesMut,
+) -> Result<(), Failure> {
+    s.write_all(req).await.map_err(|_| Failure::Closed)?;
+    loop {
+        let framed = match framing {
+            Framing::Memcache(f) => memcache::frame(f, buf),
+            Framing::Resp => crate::redis::frame(buf),
+        };
+        match framed {
+            Ok(Some(_)) if buf.starts_with(b"-") || buf.starts_with(b"SERVER_ERROR") => {
+                return Err(Failure::Protocol(String::from_utf8_lossy(buf).trim().to_string()));
+            }
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Protocol(e)),
+        }
+        if s.read_buf(buf).await.map_err(|_| Failure::Closed)? == 0 {
+            return Err(Failure::Closed);
+        }
+    }
+}

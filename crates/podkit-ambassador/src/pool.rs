@@ -1,0 +1,273 @@
+//! A pool at run time: its servers, where each key goes, and what happens when a server fails.
+//!
+//! A [`PoolState`] is one generation of a pool's configuration; a reload builds a new one
+//! (keeping the servers whose settings did not change, with their connections and numbers)
+//! and swaps it in, so client connections are never dropped. A small task per generation
+//! rebuilds the distribution when a server is ejected or returns, returns servers after
+//! `server_retry_timeout`, and runs the optional health checks.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{self, EjectPolicy, Failure, Server, Settings};
+use crate::config::{self, EjectMode};
+use crate::hashkit::{Continuum, Distribution};
+use crate::stats::PoolStats;
+
+/// The distribution over the servers that take keys now.
+#[derive(Debug)]
+struct Ring {
+    continuum: Continuum,
+    /// Continuum index → server index.
+    servers: Vec<usize>,
+}
+
+/// One generation of a pool.
+#[derive(Debug)]
+pub struct PoolState {
+    pub name: String,
+    pub cfg: config::Pool,
+    pub servers: Vec<Arc<Server>>,
+    pub stats: Arc<PoolStats>,
+    ring: ArcSwap<Option<Ring>>,
+    stop: CancellationToken,
+}
+
+impl PoolState {
+    /// Builds a generation from `cfg`, reusing the servers of `previous` whose settings are the
+    /// same, and starts its maintenance task.
+    pub fn start(cfg: config::Pool, previous: Option<&PoolState>) -> Arc<PoolState> {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|s| {
+                let settings = settings(&cfg, s);
+                previous
+                    .and_then(|p| p.servers.iter().find(|old| old.shared.settings == settings))
+                    .cloned()
+                    .unwrap_or_else(|| Server::start(settings))
+            })
+            .collect();
+        let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
+        let state = Arc::new(PoolState {
+            name: cfg.name.clone(),
+            cfg,
+            servers,
+            stats,
+            ring: ArcSwap::from_pointee(None),
+            stop: CancellationToken::new(),
+        });
+        state.rebuild();
+        tokio::spawn(state.clone().maintain());
+        state
+    }
+
+    /// Stops this generation's maintenance task (its servers live on while anyone holds them).
+    pub fn retire(&self) {
+        self.stop.cancel();
+    }
+
+    /// The server `key` goes to.
+    pub fn route(&self, key: &[u8]) -> Result<usize, Failure> {
+        let ring = self.ring.load();
+        let Some(ring) = ring.as_ref() else { return Err(Failure::NoServers) };
+        let i = ring.servers[ring.continuum.pick(key, random())];
+        if self.servers[i].shared.is_ejected() && self.fail_fast() {
+            return Err(Failure::Ejected);
+        }
+        Ok(i)
+    }
+
+    /// Servers that take requests now (for commands sent to every server).
+    pub fn live(&self) -> impl Iterator<Item = (usize, &Arc<Server>)> {
+        self.servers.iter().enumerate().filter(|(_, s)| !s.shared.is_ejected())
+    }
+
+    fn fail_fast(&self) -> bool {
+        self.cfg.auto_eject_hosts && self.cfg.eject_mode == EjectMode::FailFast
+    }
+
+    /// Rebuilds the distribution: over the live servers (twemproxy's rehash), or over all of
+    /// them when the pool fails fast.
+    fn rebuild(&self) {
+        let members: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.fail_fast() || !self.servers[i].shared.is_ejected())
+            .collect();
+        let ring = if members.is_empty() {
+            None
+        } else {
+            let specs: Vec<_> = members.iter().map(|&i| self.cfg.servers[i].spec()).collect();
+            let continuum = Continuum::new(self.cfg.distribution, self.cfg.hash, &specs, self.cfg.hash_tag);
+            Some(Ring { continuum, servers: members })
+        };
+        self.ring.store(Arc::new(ring));
+    }
+
+    async fn maintain(self: Arc<Self>) {
+        let mut changes: Vec<_> = self.servers.iter().map(|s| s.shared.changes.subscribe()).collect();
+        let interval = self.cfg.health_check_interval;
+        let mut next_check = interval.map(|i| Instant::now() + i);
+        loop {
+            for c in &mut changes {
+                c.borrow_and_update();
+            }
+            self.rebuild();
+            let next_retry = self.servers.iter().filter_map(|s| s.shared.retry_at()).min();
+            let wake = [next_retry, next_check].into_iter().flatten().min();
+            let changed = futures_util::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = changed => continue,
+                _ = sleep_until(wake) => {}
+            }
+            let now = Instant::now();
+            for s in &self.servers {
+                if s.shared.retry_at().is_some_and(|t| t <= now) {
+                    s.shared.restore("server_retry_timeout passed");
+                }
+            }
+            if let (Some(interval), Some(at)) = (interval, next_check)
+                && at <= now
+            {
+                self.health_check().await;
+                next_check = Some(Instant::now() + interval);
+            }
+        }
+    }
+
+    /// Probes every server at once: an ejected server that answers is back at once; a live one
+    /// that does not answer counts a failure, as a failed request would.
+    async fn health_check(&self) {
+        let probes = self.servers.iter().map(|s| async move { (s, backend::probe(&s.shared.settings).await) });
+        for (s, result) in futures_util::future::join_all(probes).await {
+            match result {
+                Ok(()) => s.shared.restore("health check answered"),
+                Err(why) if !s.shared.is_ejected() => {
+                    tracing::debug!(server = %s.shared.settings.label, "health check failed: {}", why.describe(&s.shared.settings.label));
+                    s.shared.failed(&why);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for PoolState {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn settings(pool: &config::Pool, s: &config::Server) -> Settings {
+    Settings {
+        addr: s.addr.clone(),
+        label: s.label(),
+        connections: pool.server_connections,
+        timeout: pool.timeout,
+        redis_auth: pool.redis_auth.clone(),
+        redis_db: pool.redis_db,
+        redis: pool.redis,
+        tcpkeepalive: pool.tcpkeepalive,
+        preconnect: pool.preconnect,
+        eject: pool.auto_eject_hosts.then_some(EjectPolicy {
+            failure_limit: pool.server_failure_limit,
+            retry_timeout: pool.server_retry_timeout,
+        }),
+    }
+}
+
+/// A cheap random number for the `random` distribution (xorshift, one state per thread).
+fn random() -> u32 {
+    thread_local! {
+        static STATE: Cell<u32> = Cell::new({
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+            seed | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        s.set(x);
+        x
+    })
+}
+
+// === impl Pools ===
+
+/// A pool as clients see it: its listener and its current generation.
+#[derive(Debug)]
+pub struct PoolHandle {
+    pub name: String,
+    /// The address the listener is bound to (with port 0 resolved).
+    pub bound: String,
+    pub state: ArcSwap<PoolState>,
+    /// Stops the listener.
+    pub stop_listening: CancellationToken,
+}
+
+/// Every pool of the running configuration.
+#[derive(Debug, Default)]
+pub struct Pools {
+    pub handles: ArcSwap<Vec<Arc<PoolHandle>>>,
+}
+
+impl Pools {
+    /// The current generation of every pool.
+    pub fn snapshot(&self) -> Vec<Arc<PoolState>> {
+        self.handles.load().iter().map(|h| h.state.load_full()).collect()
+    }
+
+    /// `GET /pools`: pools, listeners and servers with their health.
+    pub fn describe(&self) -> serde_json::Value {
+        let pools: Vec<_> = self
+            .handles
+            .load()
+            .iter()
+            .map(|h| {
+                let st = h.state.load();
+                let servers: Vec<_> = st
+                    .servers
+                    .iter()
+                    .zip(&st.cfg.servers)
+                    .map(|(s, c)| {
+                        serde_json::json!({
+                            "name": s.shared.settings.label,
+                            "address": c.addr.to_string(),
+                            "weight": c.weight,
+                            "ejected": s.shared.is_ejected(),
+                            "connections": s.shared.stats.connections.get(),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": h.name,
+                    "listen": h.bound,
+                    "protocol": if st.cfg.redis { "redis" } else { "memcache" },
+                    "hash": st.cfg.hash.name(),
+                    "distribution": match st.cfg.distribution {
+                        Distribution::Ketama => "ketama",
+                        Distribution::Modula => "modula",
+                        Distribution::Random => "random",
+                    },
+                    "auto_eject_hosts": st.cfg.auto_eject_hosts,
+                    "eject_mode": st.cfg.eject_mode,
+                    "servers": servers,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(pools)
+    }
+}
