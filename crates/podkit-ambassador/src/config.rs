@@ -181,7 +181,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str) -> Result<Config, String> {
     let raw: BTreeMap<String, RawPool> = serde_saphyr::from_str(text).map_err(|e| format!("invalid: {e}"))?;
     if raw.is_empty() {
-        return Err("no pools; expected at least one, such as `alpha: {listen: 127.0.0.1:22121, servers: [127.0.0.1:11211:1]}`".into());
+        return Err(
+            "no pools; expected at least one, such as `alpha: {listen: 127.0.0.1:22121, servers: [127.0.0.1:11211:1]}`"
+                .into(),
+        );
     }
     let mut pools = Vec::with_capacity(raw.len());
     let mut listens = HashSet::new();
@@ -271,9 +274,12 @@ fn check_pool(name: &str, p: RawPool) -> Result<Pool, String> {
         reuseport: p.reuseport.unwrap_or(false),
         server_connections: server_connections as u32,
         auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
-        server_retry_timeout: Duration::from_millis(
-            positive("server_retry_timeout", p.server_retry_timeout, 30_000, i64::from(u32::MAX))? as u64,
-        ),
+        server_retry_timeout: Duration::from_millis(positive(
+            "server_retry_timeout",
+            p.server_retry_timeout,
+            30_000,
+            i64::from(u32::MAX),
+        )? as u64),
         server_failure_limit: positive("server_failure_limit", p.server_failure_limit, 2, u32::MAX.into())?.max(1)
             as u32,
         eject_mode: p.eject_mode.unwrap_or(EjectMode::Rehash),

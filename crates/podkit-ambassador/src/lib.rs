@@ -401,8 +401,8 @@ async fn bind(cfg: &config::Pool) -> Result<Listener, AmbassadorError> {
                 .map_err(err)?
                 .next()
                 .ok_or_else(|| err(std::io::Error::other("the host has no address")))?;
-            let socket =
-                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+            let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+                .map_err(err)?;
             socket.set_reuseaddr(true).map_err(err)?;
             if cfg.reuseport {
                 socket.set_reuseport(true).map_err(err)?;

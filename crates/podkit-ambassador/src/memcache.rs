@@ -30,11 +30,24 @@ pub enum Framing {
 pub enum Request {
     /// A single-key command, sent to the key's server as `bytes`. `quiet`: the client expects
     /// no answer (`noreply`, already removed from `bytes`).
-    Keyed { key: Bytes, bytes: Bytes, framing: Framing, quiet: bool, strip_noop: bool },
+    Keyed {
+        key: Bytes,
+        bytes: Bytes,
+        framing: Framing,
+        quiet: bool,
+        strip_noop: bool,
+    },
     /// get, gets, gat, gats: `verb` is everything before the keys (`gat 300`).
-    Retrieve { verb: Bytes, keys: Vec<Bytes>, bytes: Bytes },
+    Retrieve {
+        verb: Bytes,
+        keys: Vec<Bytes>,
+        bytes: Bytes,
+    },
     /// flush_all, verbosity: sent to every server; `OK` when every server says `OK`.
-    Broadcast { bytes: Bytes, quiet: bool },
+    Broadcast {
+        bytes: Bytes,
+        quiet: bool,
+    },
     Version,
     /// `stats` with its arguments (answered by the proxy).
     Stats(Vec<Bytes>),
@@ -142,6 +155,7 @@ impl Parser {
             }
             Kind::Broadcast(cmd) => broadcast(buf.split_to(next).freeze(), line_end, cmd),
             Kind::Noop | Kind::Version | Kind::Quit | Kind::Unknown => {
+                // memcached ignores arguments of these (`version foo` is `version`).
                 buf.advance(next);
                 match kind {
                     Kind::Noop => Request::Noop,
@@ -296,17 +310,26 @@ fn simple_keyed(line: Bytes, line_end: usize, cmd: &[u8]) -> Request {
     Request::Keyed { key, bytes, framing: Framing::Single, quiet: noreply, strip_noop: false }
 }
 
-/// flush_all [delay] [noreply], verbosity <level> [noreply].
+/// flush_all [delay] [noreply], verbosity <level> [noreply], checked as memcached checks them
+/// (an error is not answered under noreply, as memcached does not).
 fn broadcast(line: Bytes, line_end: usize, cmd: &[u8]) -> Request {
     let t: Vec<&[u8]> = Tokens::new(&line[..line_end]).collect();
     let noreply = t.last() == Some(&&b"noreply"[..]);
     let args = &t[1..t.len() - usize::from(noreply)];
-    let ok = match cmd {
-        b"flush_all" => args.is_empty() || (args.len() == 1 && parse_num::<i64>(args[0]).is_some()),
-        _ => args.len() == 1 && parse_num::<u32>(args[0]).is_some(),
+    let error: Option<&'static [u8]> = match cmd {
+        b"flush_all" => match args.first() {
+            Some(a) if parse_num::<i64>(a).is_none() => Some(b"CLIENT_ERROR invalid exptime argument\r\n"),
+            _ => None,
+        },
+        _ => match args {
+            [] => Some(ERROR),
+            [_, _, _, ..] => Some(ERROR),
+            [level, ..] if parse_num::<u32>(level).is_none() => Some(BAD_FORMAT),
+            _ => None,
+        },
     };
-    if !ok {
-        return Request::Answer(if cmd == b"verbosity" && args.is_empty() { ERROR } else { BAD_FORMAT });
+    if let Some(e) = error {
+        return Request::Answer(if noreply { b"" } else { e });
     }
     let bytes = if noreply { without_last_token(&line, line_end, &Bytes::new()) } else { line.clone() };
     Request::Broadcast { bytes, quiet: noreply }

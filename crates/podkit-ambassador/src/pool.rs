@@ -94,9 +94,8 @@ impl PoolState {
     /// Rebuilds the distribution: over the live servers (twemproxy's rehash), or over all of
     /// them when the pool fails fast.
     fn rebuild(&self) {
-        let members: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| self.fail_fast() || !self.servers[i].shared.is_ejected())
-            .collect();
+        let members: Vec<usize> =
+            (0..self.servers.len()).filter(|&i| self.fail_fast() || !self.servers[i].shared.is_ejected()).collect();
         let ring = if members.is_empty() {
             None
         } else {

@@ -26,8 +26,14 @@ const PIPELINE: usize = 1024;
 /// One answer the client is owed, in order.
 enum Pending {
     Ready(Bytes),
-    One { rx: oneshot::Receiver<Answer>, strip_noop: bool },
-    Many { rxs: Vec<oneshot::Receiver<Answer>>, merge: Merge },
+    One {
+        rx: oneshot::Receiver<Answer>,
+        strip_noop: bool,
+    },
+    Many {
+        rxs: Vec<oneshot::Receiver<Answer>>,
+        merge: Merge,
+    },
     /// Write what is owed, then close (quit, QUIT, a protocol error).
     Close,
 }
@@ -181,11 +187,13 @@ async fn dispatch_memcache(req: Request, state: &PoolState, id: u64) -> Option<P
     }
 }
 
-/// `stats`: the proxy's own numbers in memcached's format (servers' stats are per server; read
-/// them from each server, or from the proxy's metrics).
+/// `stats`: the proxy's own numbers in memcached's format (each server's own stats are read
+/// from the server, or as the proxy's metrics).
 fn memcache_stats(state: &PoolState, args: &[Bytes]) -> Bytes {
     if !args.is_empty() {
-        return Bytes::from_static(b"END\r\n");
+        // `stats items`, `stats slabs` … describe one server; through a proxy they would mix
+        // servers up. Unknown to the proxy, as an unknown one is to memcached.
+        return Bytes::from_static(memcache::ERROR);
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let s = &state.stats;
@@ -284,11 +292,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
             // password).
             let given = cmd.args.last().expect("arity checked");
             *authenticated = constant_time_eq::constant_time_eq(given, password.as_bytes());
-            if *authenticated {
-                Pending::Ready(Bytes::from_static(b"+OK\r\n"))
-            } else {
-                refuse("invalid password")
-            }
+            if *authenticated { Pending::Ready(Bytes::from_static(b"+OK\r\n")) } else { refuse("invalid password") }
         }
         Route::Local(Local::Select) => {
             if cmd.args[1].as_ref() == state.cfg.redis_db.to_string().as_bytes() {
@@ -303,7 +307,9 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
         Route::Key(i) => match state.route(&cmd.args[i]) {
             Ok(s) => {
                 let (reply, rx) = oneshot::channel();
-                state.servers[s].send(id, Op { bytes: redis::wire(&cmd), framing: Framing::Resp, reply: Some(reply) }).await;
+                state.servers[s]
+                    .send(id, Op { bytes: redis::wire(&cmd), framing: Framing::Resp, reply: Some(reply) })
+                    .await;
                 one(rx)
             }
             Err(f) => fail(f, &state.name),
@@ -318,17 +324,16 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
                             Some([a, b]) => format!("give them a common hash tag such as {}x{}", a as char, b as char),
                             None => "set a hash_tag on the pool and give them a common tag".to_string(),
                         };
-                        return refuse(&format!(
-                            "the keys of '{}' are on different servers; {hint}",
-                            cmd.name_upper()
-                        ));
+                        return refuse(&format!("the keys of '{}' are on different servers; {hint}", cmd.name_upper()));
                     }
                     Err(f) => return fail(f, &state.name),
                 }
             }
             let (reply, rx) = oneshot::channel();
             let s = server.expect("at least one key");
-            state.servers[s].send(id, Op { bytes: redis::wire(&cmd), framing: Framing::Resp, reply: Some(reply) }).await;
+            state.servers[s]
+                .send(id, Op { bytes: redis::wire(&cmd), framing: Framing::Resp, reply: Some(reply) })
+                .await;
             one(rx)
         }
         Route::Split(kind) => {

@@ -130,9 +130,10 @@ fn header(buf: &[u8], at: usize, kind: u8) -> Result<Option<(i64, usize)>, Proto
     };
     let line = &buf[at + 1..at + nl];
     let line = line.strip_suffix(b"\r").ok_or_else(|| ProtocolError("line not terminated by CRLF".into()))?;
-    let n = std::str::from_utf8(line).ok().and_then(|s| s.parse::<i64>().ok()).ok_or_else(|| {
-        ProtocolError(format!("invalid {} length", if kind == b'*' { "multibulk" } else { "bulk" }))
-    })?;
+    let n = std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or_else(|| ProtocolError(format!("invalid {} length", if kind == b'*' { "multibulk" } else { "bulk" })))?;
     Ok(Some((n, at + nl + 1)))
 }
 
@@ -176,7 +177,11 @@ pub fn route(cmd: &Command) -> Result<Route, String> {
     let name = cmd.name_upper();
     let argc = cmd.args.len();
     let arity = |min: usize| -> Result<(), String> {
-        if argc < min { Err(format!("wrong number of arguments for '{}' command", name.to_lowercase())) } else { Ok(()) }
+        if argc < min {
+            Err(format!("wrong number of arguments for '{}' command", name.to_lowercase()))
+        } else {
+            Ok(())
+        }
     };
     let route = match name.as_str() {
         "PING" => Route::Local(Local::Ping),
@@ -213,8 +218,7 @@ pub fn route(cmd: &Command) -> Result<Route, String> {
             }
             Route::Keys((1..argc).step_by(2).collect())
         }
-        "RENAME" | "RENAMENX" | "RPOPLPUSH" | "LMOVE" | "SMOVE" | "COPY" | "LCS" | "ZRANGESTORE"
-        | "GEOSEARCHSTORE" => {
+        "RENAME" | "RENAMENX" | "RPOPLPUSH" | "LMOVE" | "SMOVE" | "COPY" | "LCS" | "ZRANGESTORE" | "GEOSEARCHSTORE" => {
             arity(3)?;
             Route::Keys(vec![1, 2])
         }
@@ -642,8 +646,11 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(&parts[0].1[..], &encode(&["MGET", "a", "c"])[..]);
         assert_eq!(groups, [0, 1, 0]);
-        let merged =
-            merge(Split::Mget, &groups, &[Bytes::from_static(b"*2\r\n$1\r\nA\r\n$-1\r\n"), Bytes::from_static(b"*1\r\n$1\r\nB\r\n")]);
+        let merged = merge(
+            Split::Mget,
+            &groups,
+            &[Bytes::from_static(b"*2\r\n$1\r\nA\r\n$-1\r\n"), Bytes::from_static(b"*1\r\n$1\r\nB\r\n")],
+        );
         assert_eq!(&merged[..], b"*3\r\n$1\r\nA\r\n$1\r\nB\r\n$-1\r\n");
         let sum = merge(Split::Count, &[0, 1], &[Bytes::from_static(b":2\r\n"), Bytes::from_static(b":1\r\n")]);
         assert_eq!(&sum[..], b":3\r\n");

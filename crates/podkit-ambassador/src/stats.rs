@@ -140,9 +140,11 @@ impl Collector for Metrics {
         let pool_counters: [(&str, &str, PoolGet); 5] = [
             ("client_connections", "Client connections accepted", |s| s.client_connections_total.get()),
             ("client_errors", "Client connections closed on an error", |s| s.client_err.get()),
-            ("client_requests_refused", "Requests answered with an error by the proxy for bad or unsupported input", |s| {
-                s.client_errors.get()
-            }),
+            (
+                "client_requests_refused",
+                "Requests answered with an error by the proxy for bad or unsupported input",
+                |s| s.client_errors.get(),
+            ),
             ("forward_errors", "Requests answered with an error because a server failed or was ejected", |s| {
                 s.forward_error.get()
             }),
@@ -156,7 +158,12 @@ impl Collector for Metrics {
             }
         }
         {
-            let mut m = encoder.encode_descriptor("client_connections_open", "Open client connections", None, MetricType::Gauge)?;
+            let mut m = encoder.encode_descriptor(
+                "client_connections_open",
+                "Open client connections",
+                None,
+                MetricType::Gauge,
+            )?;
             for p in &pools {
                 m.encode_family(&[("pool", p.name.as_str())])?.encode_gauge(&p.stats.client_connections.get())?;
             }
@@ -184,7 +191,9 @@ impl Collector for Metrics {
         type Get = fn(&crate::backend::Server) -> i64;
         let server_gauges: [(&str, &str, Get); 4] = [
             ("server_connections", "Open connections to the server", |s| s.shared.stats.connections.get()),
-            ("server_in_flight", "Requests written to the server and not yet answered", |s| s.shared.stats.out_queue.get()),
+            ("server_in_flight", "Requests written to the server and not yet answered", |s| {
+                s.shared.stats.out_queue.get()
+            }),
             ("server_queued", "Requests waiting to be written to the server", |s| s.queued() as i64),
             ("server_ejected", "1 while auto_eject_hosts has the server out", |s| i64::from(s.shared.is_ejected())),
         ];
@@ -249,7 +258,10 @@ pub fn twemproxy_json(pools: &Pools, started: std::time::SystemTime) -> Value {
         pool.insert("client_eof".into(), json!(s.client_eof.get()));
         pool.insert("client_err".into(), json!(s.client_err.get()));
         pool.insert("client_connections".into(), json!(s.client_connections.get()));
-        pool.insert("server_ejects".into(), json!(p.servers.iter().map(|s| s.shared.stats.ejections.get()).sum::<u64>()));
+        pool.insert(
+            "server_ejects".into(),
+            json!(p.servers.iter().map(|s| s.shared.stats.ejections.get()).sum::<u64>()),
+        );
         pool.insert("forward_error".into(), json!(s.forward_error.get()));
         pool.insert("fragments".into(), json!(s.fragments.get()));
         for server in &p.servers {
