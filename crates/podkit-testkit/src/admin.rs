@@ -115,6 +115,17 @@ impl AdminClient {
         })
     }
 
+    /// The sum of every sample named exactly `name`, over all label sets (0 when none).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter_map(|line| {
+                let (sample, value) = line.rsplit_once(' ')?;
+                (sample.split('{').next()? == name).then(|| value.parse::<f64>().ok()).flatten()
+            })
+            .sum()
+    }
+
     /// `GET /logs` with the given query string (without `?`).
     pub fn logs(&self, query: &str) -> Vec<Value> {
         let a = self.get(&format!("/logs?{query}"));

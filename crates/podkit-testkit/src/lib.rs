@@ -12,7 +12,7 @@ mod servers;
 pub use admin::AdminClient;
 pub use leaf::TestLeaf;
 pub use servers::{
-    EtcdCluster, Server, etcd, etcd_tls, free_port, memcached, nats, nutcracker, redis, require_program,
+    EtcdCluster, Server, etcd, etcd_tls, free_port, memcached, memcached_on, nats, nutcracker, redis, require_program,
 };
 
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message

@@ -182,6 +182,23 @@ pub fn memcached() -> Server {
     )
 }
 
+/// A memcached server on a given port (to bring one back where it was); panics if it cannot
+/// start there.
+pub fn memcached_on(port: u16) -> Server {
+    let program = require_program("memcached", "memcached");
+    let dir = tempfile::Builder::new().prefix("podkit-memcached-").tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let mut cmd = Command::new(program);
+    cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64", "-u", "root"]);
+    let child = spawn_logged(cmd, &log);
+    let mut server =
+        Server { child: Some(child), addr: SocketAddr::from(([127, 0, 0, 1], port)), extra_ports: vec![], dir, log };
+    if let Err(e) = wait_ready(&mut server, &|a, _| ping(a, b"version\r\n", "VERSION")) {
+        panic!("memcached did not start on port {port}: {e}\n{}", server.log());
+    }
+    server
+}
+
 /// A Redis server without persistence.
 pub fn redis() -> Server {
     let program = require_program("redis-server", "redis-server");
