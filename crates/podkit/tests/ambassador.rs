@@ -198,7 +198,10 @@ fn memcache_commands_are_sharded_and_multi_gets_merged_in_order() {
 
     // Meta commands, quiet mode and base64 keys.
     c.send(b"ms meta 2 T0 F5\r\nhi\r\nmg meta v f\r\nmg missing v q\r\nmg bWV0YQ== b v\r\nmn\r\n");
-    assert_eq!([c.line(), c.line(), c.line(), c.line(), c.line(), c.line()], ["HD", "VA 2 f5", "hi", "VA 2", "hi", "MN"]);
+    assert_eq!(
+        [c.line(), c.line(), c.line(), c.line(), c.line(), c.line()],
+        ["HD", "VA 2 f5", "hi", "VA 2", "hi", "MN"]
+    );
     c.send(b"ma n D8 v\r\nmd meta q\r\nmd meta\r\n");
     assert_eq!([c.line(), c.line(), c.line()], ["VA 1", "8", "NF"]);
 
@@ -309,7 +312,7 @@ fn redis_commands_are_sharded_merged_or_refused_clearly() {
     let r: Vec<Server> = (0..2).map(|_| redis()).collect();
     let a = Ambassador::start(
         &format!(
-            "r:\n  listen: 127.0.0.1:0\n  redis: true\n  hash_tag: \"{{}}\"\n  servers:\n{}",
+            "r:\n  listen: 127.0.0.1:0\n  redis: true\n  hash: md5\n  hash_tag: \"{{}}\"\n  servers:\n{}",
             servers_yaml(&r.iter().collect::<Vec<_>>())
         ),
         &[],
@@ -549,6 +552,11 @@ fn a_stopped_server_times_out_instead_of_hanging() {
     assert_eq!(c.line(), "STORED");
     let pid = Pid::from_raw(m.pid().unwrap() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    };
+    assert_eventually!(stopped(), "memcached did not stop");
     c.send(b"get k\r\n");
     let answer = c.line();
     kill(pid, Signal::SIGCONT).unwrap();
@@ -593,7 +601,8 @@ fn a_client_leaving_mid_pipeline_leaves_nothing_behind() {
 fn bad_configuration_exits_64_and_dash_t_checks_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n.yml");
-    std::fs::write(&path, "alpha:\n  listen: 127.0.0.1:0\n  distribution: circle\n  servers: [127.0.0.1:1:1]\n").unwrap();
+    std::fs::write(&path, "alpha:\n  listen: 127.0.0.1:0\n  distribution: circle\n  servers: [127.0.0.1:1:1]\n")
+        .unwrap();
     let p = path.to_str().unwrap();
     let (code, err) = run_plain(&["ambassador", "-c", p, "--admin", "127.0.0.1:0"], &[]);
     assert_eq!(code, 64, "{err}");
