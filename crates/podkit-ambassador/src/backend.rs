@@ -99,10 +99,11 @@ pub struct EjectPolicy {
     pub retry_timeout: Duration,
 }
 
-/// A backend server: the senders of its connection tasks and its shared state.
+/// A backend server: the senders of its connection tasks (`server_connections` on every
+/// worker thread) and its shared state.
 #[derive(Debug)]
 pub struct Server {
-    conns: Vec<mpsc::Sender<Op>>,
+    conns: Vec<Vec<mpsc::Sender<Op>>>,
     pub shared: Arc<Shared>,
 }
 
@@ -121,8 +122,9 @@ pub struct Shared {
 }
 
 impl Server {
-    /// Starts the server's connection tasks (idle until a request comes, unless `preconnect`).
-    pub fn start(settings: Settings) -> Arc<Server> {
+    /// Starts the server's connection tasks on every worker (idle until a request comes,
+    /// unless `preconnect`).
+    pub fn start(settings: Settings, workers: &Workers) -> Arc<Server> {
         let label = settings.label.clone();
         let shared = Arc::new(Shared {
             stats: ServerStats::new(&label),
@@ -133,20 +135,28 @@ impl Server {
             changes: watch::channel(0).0,
             settings,
         });
-        let conns = (0..shared.settings.connections.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(connection(shared.clone(), rx));
-                tx
+        let conns = workers
+            .handles
+            .iter()
+            .map(|worker| {
+                (0..shared.settings.connections.max(1))
+                    .map(|_| {
+                        let (tx, rx) = mpsc::channel(QUEUE);
+                        worker.spawn(connection(shared.clone(), rx));
+                        tx
+                    })
+                    .collect()
             })
             .collect();
         Arc::new(Server { conns, shared })
     }
 
-    /// Queues `op` on the connection for client `client`. Fails at once (through the reply)
-    /// when the connection task is gone.
+    /// Queues `op` on the connection for client `client` on the calling worker thread (so a
+    /// request never changes threads). Fails at once (through the reply) when the connection
+    /// task is gone.
     pub async fn send(&self, client: u64, op: Op) {
-        let conn = &self.conns[(client % self.conns.len() as u64) as usize];
+        let conns = &self.conns[WORKER.get() % self.conns.len()];
+        let conn = &conns[(client % conns.len() as u64) as usize];
         if let Err(mpsc::error::SendError(op)) = conn.send(op).await
             && let Some(reply) = op.reply
         {
@@ -160,7 +170,7 @@ impl Server {
 
     /// Requests waiting to be written, over all connections.
     pub fn queued(&self) -> usize {
-        self.conns.iter().map(|c| c.max_capacity() - c.capacity()).sum()
+        self.conns.iter().flatten().map(|c| c.max_capacity() - c.capacity()).sum()
     }
 }
 
@@ -215,6 +225,46 @@ impl Shared {
             tracing::info!(server = %self.settings.label, "server back in the pool ({why})");
             self.changes.send_modify(|v| *v += 1);
         }
+    }
+}
+
+// === workers ===
+
+thread_local! {
+    /// The index of the worker thread this is (0 elsewhere).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The threads that serve clients: each runs its own single-threaded runtime, and a client
+/// connection with the server connections it uses lives on one of them. Nothing on the request
+/// path crosses threads (no cross-thread wake-ups), and each thread batches the requests of its
+/// clients into one write per server per turn, as an event loop does.
+#[derive(Debug)]
+pub struct Workers {
+    pub handles: Vec<tokio::runtime::Handle>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads. They run until the process exits.
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new().name(format!("ambassador-{i}")).spawn(move || {
+                WORKER.set(i);
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+            handles.push(rx.recv().map_err(std::io::Error::other)??);
+        }
+        Ok(Workers { handles })
     }
 }
 
@@ -379,8 +429,13 @@ where
         if !open && inflight.is_empty() {
             return Ok(());
         }
-        // Take every request already queued, up to a batch.
+        // Take every request already queued, up to a batch. Yielding first lets the clients
+        // that are ready run and queue theirs: one write then carries many requests (as an
+        // event loop writes once per turn), which saves the server as many reads.
         if open {
+            if pending.is_some() {
+                tokio::task::yield_now().await;
+            }
             if pending.is_none() {
                 match rx.try_recv() {
                     Ok(op) => pending = Some(op),

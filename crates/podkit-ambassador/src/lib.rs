@@ -30,6 +30,7 @@ use podkit_core::{AdminBuilder, CommonArgs, Component, Context};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Workers;
 use crate::config::{Addr, Config};
 use crate::pool::{PoolHandle, PoolState, Pools};
 use crate::stats::Counter;
@@ -70,7 +71,7 @@ pub struct AmbassadorArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     pub watch_interval: podkit_core::Duration,
 
-    /// Worker threads (default: every core the process may use).
+    /// Worker threads that serve clients (default: one per core the process may use).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 
@@ -114,6 +115,8 @@ pub enum AmbassadorError {
     Listen { pool: String, addr: String, source: std::io::Error },
     #[error("cannot open the stats listener on {addr}: {source}")]
     Stats { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 impl Ambassador {
@@ -186,7 +189,18 @@ impl Component for Ambassador {
         let _ = self.stats_bound.set(bound);
         tokio::spawn(stats::serve_stats(stats_listener, self.pools.clone(), started));
 
-        let runner = Runner { pools: self.pools.clone(), ctx: ctx.clone(), max_request: self.args.max_request_bytes };
+        let threads = match self.args.threads {
+            Some(n) => n.into(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let workers = Arc::new(Workers::start(threads).map_err(AmbassadorError::Workers)?);
+        let runner = Runner {
+            pools: self.pools.clone(),
+            ctx: ctx.clone(),
+            max_request: self.args.max_request_bytes,
+            workers,
+            next_worker: Arc::default(),
+        };
         let mut handles = Vec::new();
         for cfg in self.config.pools.clone() {
             let listener = bind(&cfg).await?;
@@ -196,7 +210,7 @@ impl Component for Ambassador {
         for h in self.pools.handles.load().iter() {
             tracing::info!(pool = %h.name, listen = %h.bound, "pool listening");
         }
-        tracing::info!(stats = %bound, pools = self.config.pools.len(), "ambassador ready");
+        tracing::info!(stats = %bound, pools = self.config.pools.len(), threads, "ambassador ready");
         ctx.readiness.ready("listeners");
 
         let mut reload_rx = self.reload_rx.take().expect("run once");
@@ -252,13 +266,16 @@ struct Runner {
     pools: Arc<Pools>,
     ctx: Context,
     max_request: usize,
+    workers: Arc<Workers>,
+    /// Clients are handed to the workers in turn.
+    next_worker: Arc<AtomicU64>,
 }
 
 static CLIENT_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl Runner {
     fn start_pool(&self, cfg: config::Pool, listener: Listener, previous: Option<&PoolState>) -> Arc<PoolHandle> {
-        let state = PoolState::start(cfg, previous);
+        let state = PoolState::start(cfg, previous, &self.workers);
         let handle = Arc::new(PoolHandle {
             name: state.name.clone(),
             bound: listener.describe(),
@@ -293,18 +310,39 @@ impl Runner {
             }
             drop(state);
             let id = CLIENT_IDS.fetch_add(1, Ordering::Relaxed);
+            let worker = &self.workers.handles
+                [(self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.handles.len() as u64) as usize];
             let (handle, max) = (handle.clone(), self.max_request);
-            match stream {
-                Accepted::Tcp(s) => {
-                    let _ = s.set_nodelay(true);
-                    let (r, w) = s.into_split();
-                    self.ctx.tasks.spawn(proxy::serve(r, w, handle, id, max));
+            // The socket moves to the worker's runtime: it is registered there, and served
+            // there for its life.
+            let serve = match stream.into_std() {
+                Ok(std) => {
+                    async move {
+                        match std {
+                            StdStream::Tcp(s) => match tokio::net::TcpStream::from_std(s) {
+                                Ok(s) => {
+                                    let _ = s.set_nodelay(true);
+                                    let (r, w) = s.into_split();
+                                    proxy::serve(r, w, handle, id, max).await;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "cannot serve a client connection"),
+                            },
+                            StdStream::Unix(s) => match tokio::net::UnixStream::from_std(s) {
+                                Ok(s) => {
+                                    let (r, w) = s.into_split();
+                                    proxy::serve(r, w, handle, id, max).await;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "cannot serve a client connection"),
+                            },
+                        }
+                    }
                 }
-                Accepted::Unix(s) => {
-                    let (r, w) = s.into_split();
-                    self.ctx.tasks.spawn(proxy::serve(r, w, handle, id, max));
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand a client connection to a worker");
+                    continue;
                 }
-            }
+            };
+            worker.spawn(self.ctx.tasks.track_future(serve));
         }
         if let Listener::Unix(_, path) = &listener {
             let _ = std::fs::remove_file(path);
@@ -344,7 +382,7 @@ impl Runner {
                     let h = previous.expect("kept pools exist").clone();
                     let current = h.state.load_full();
                     if current.cfg != p {
-                        let next = PoolState::start(p, Some(&current));
+                        let next = PoolState::start(p, Some(&current), &self.workers);
                         h.state.store(next);
                         current.retire();
                     }
@@ -374,6 +412,20 @@ enum Listener {
 enum Accepted {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+}
+
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    fn into_std(self) -> std::io::Result<StdStream> {
+        Ok(match self {
+            Accepted::Tcp(s) => StdStream::Tcp(s.into_std()?),
+            Accepted::Unix(s) => StdStream::Unix(s.into_std()?),
+        })
+    }
 }
 
 impl Listener {

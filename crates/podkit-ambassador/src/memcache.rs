@@ -81,44 +81,42 @@ impl Parser {
 
     /// The next complete request in `buf` (consumed from it), or `None` for more bytes.
     pub fn next(&mut self, buf: &mut BytesMut) -> Option<Request> {
-        loop {
+        if self.swallow > 0 {
+            let n = self.swallow.min(buf.len());
+            buf.advance(n);
+            self.swallow -= n;
             if self.swallow > 0 {
-                let n = self.swallow.min(buf.len());
-                buf.advance(n);
-                self.swallow -= n;
-                if self.swallow > 0 {
+                return None;
+            }
+        }
+        if self.skip_line {
+            match memchr(b'\n', buf) {
+                Some(i) => {
+                    buf.advance(i + 1);
+                    self.skip_line = false;
+                }
+                None => {
+                    buf.clear();
                     return None;
                 }
             }
-            if self.skip_line {
-                match memchr(b'\n', buf) {
-                    Some(i) => {
-                        buf.advance(i + 1);
-                        self.skip_line = false;
-                    }
-                    None => {
-                        buf.clear();
-                        return None;
-                    }
-                }
-            }
-            let Some(nl) = memchr(b'\n', buf) else {
-                if buf.len() > LINE_MAX {
-                    buf.clear();
-                    self.skip_line = true;
-                    return Some(Request::Answer(LINE_TOO_LONG));
-                }
-                return None;
-            };
-            if nl > LINE_MAX {
-                buf.advance(nl + 1);
+        }
+        let Some(nl) = memchr(b'\n', buf) else {
+            if buf.len() > LINE_MAX {
+                buf.clear();
+                self.skip_line = true;
                 return Some(Request::Answer(LINE_TOO_LONG));
             }
-            let line_end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
-            return match self.request(buf, line_end, nl + 1) {
-                Step::Done(r) => Some(r),
-                Step::More => None,
-            };
+            return None;
+        };
+        if nl > LINE_MAX {
+            buf.advance(nl + 1);
+            return Some(Request::Answer(LINE_TOO_LONG));
+        }
+        let line_end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+        match self.request(buf, line_end, nl + 1) {
+            Step::Done(r) => Some(r),
+            Step::More => None,
         }
     }
 
@@ -448,8 +446,11 @@ pub fn frame(framing: Framing, buf: &[u8]) -> Result<Option<usize>, String> {
     }
 }
 
-/// The `VALUE` blocks of a get's answer, in order: (key, the whole block with its line).
-fn values(answer: &[u8]) -> Result<Vec<(&[u8], &[u8])>, &[u8]> {
+/// A `VALUE` block of a get's answer: its key, and the whole block with its line.
+type Value<'a> = (&'a [u8], &'a [u8]);
+
+/// The `VALUE` blocks of a get's answer, in order.
+fn values(answer: &[u8]) -> Result<Vec<Value<'_>>, &[u8]> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < answer.len() {

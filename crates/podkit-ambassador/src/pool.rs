@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, EjectPolicy, Failure, Server, Settings};
+use crate::backend::{self, EjectPolicy, Failure, Server, Settings, Workers};
 use crate::config::{self, EjectMode};
 use crate::hashkit::{Continuum, Distribution};
 use crate::stats::PoolStats;
@@ -40,7 +40,7 @@ pub struct PoolState {
 impl PoolState {
     /// Builds a generation from `cfg`, reusing the servers of `previous` whose settings are the
     /// same, and starts its maintenance task.
-    pub fn start(cfg: config::Pool, previous: Option<&PoolState>) -> Arc<PoolState> {
+    pub fn start(cfg: config::Pool, previous: Option<&PoolState>, workers: &Workers) -> Arc<PoolState> {
         let servers = cfg
             .servers
             .iter()
@@ -49,7 +49,7 @@ impl PoolState {
                 previous
                     .and_then(|p| p.servers.iter().find(|old| old.shared.settings == settings))
                     .cloned()
-                    .unwrap_or_else(|| Server::start(settings))
+                    .unwrap_or_else(|| Server::start(settings, workers))
             })
             .collect();
         let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();

@@ -207,13 +207,13 @@ pub fn route(cmd: &Command) -> Result<Route, String> {
             Route::Split(Split::Count)
         }
         "MSET" => {
-            if argc < 3 || argc % 2 == 0 {
+            if argc < 3 || argc.is_multiple_of(2) {
                 return Err("wrong number of arguments for 'mset' command".into());
             }
             Route::Split(Split::Mset)
         }
         "MSETNX" => {
-            if argc < 3 || argc % 2 == 0 {
+            if argc < 3 || argc.is_multiple_of(2) {
                 return Err("wrong number of arguments for 'msetnx' command".into());
             }
             Route::Keys((1..argc).step_by(2).collect())

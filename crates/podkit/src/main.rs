@@ -98,11 +98,8 @@ fn main() {
                 std::process::exit(podkit_ambassador::test_config(&args.pools_file));
             }
             let common = args.common.clone();
-            // A proxy wants every core it is given (or --threads).
-            let mut runtime = podkit_core::RuntimeBuilder::new_multi_thread();
-            if let Some(n) = args.threads {
-                runtime.worker_threads(n.into());
-            }
+            // Clients are served by the ambassador's own worker threads (one per core); this
+            // runtime only accepts connections and runs the admin side.
             match podkit_ambassador::Ambassador::new(args) {
                 Ok(a) => podkit_core::launch(a, &common, parsed.effective, runtime),
                 Err(e) => {
