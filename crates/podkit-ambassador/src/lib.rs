@@ -12,6 +12,8 @@
 
 pub mod backend;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hashkit;
 pub mod memcache;
 pub mod pool;

@@ -84,7 +84,8 @@ pub fn parse(buf: &mut BytesMut, max_request: usize) -> Result<Option<Command>, 
         if n as usize > MAX_ARGS {
             return Err(ProtocolError("invalid multibulk length".into()));
         }
-        let mut ranges = Vec::with_capacity(n as usize);
+        // Capacity follows what arrives, not what the header claims (`*1000000` is 7 bytes).
+        let mut ranges = Vec::with_capacity((n as usize).min(64));
         for _ in 0..n {
             if at >= buf.len() {
                 return Ok(None);
