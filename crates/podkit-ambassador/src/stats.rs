@@ -293,13 +293,25 @@ pub fn twemproxy_json(pools: &Pools, started: std::time::SystemTime) -> Value {
 /// Serves the JSON document to every connection on `listener`, as nutcracker does (write,
 /// close).
 pub async fn serve_stats(listener: tokio::net::TcpListener, pools: Arc<Pools>, started: std::time::SystemTime) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a stats connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let body = twemproxy_json(&pools, started).to_string();
         tokio::spawn(async move {
             let _ = conn.write_all(body.as_bytes()).await;
             let _ = conn.shutdown().await;
+            // Read what the client sent (an HTTP request, say) before closing: closing with
+            // unread bytes resets the connection, and the client may lose the document.
+            let mut sink = [0u8; 1024];
+            let drain = async { while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
         });
     }
 }
