@@ -411,19 +411,8 @@ async fn write<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Pending>, proto: Prot
         };
         match pending {
             Pending::Ready(b) => out.extend_from_slice(&b),
-            Pending::One { mut rx, strip_noop } => {
-                let answer = match (&mut rx).now_or_never() {
-                    Some(a) => a,
-                    None => {
-                        if !out.is_empty() {
-                            if w.write_all(&out).await.is_err() {
-                                return;
-                            }
-                            out.clear();
-                        }
-                        rx.await
-                    }
-                };
+            Pending::One { rx, strip_noop } => {
+                let Some(answer) = wait_for(rx, &mut out, &mut w).await else { return };
                 match answer {
                     Ok(Ok(bytes)) if strip_noop => {
                         out.extend_from_slice(bytes.strip_suffix(b"MN\r\n").unwrap_or(&bytes));
@@ -436,19 +425,8 @@ async fn write<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Pending>, proto: Prot
             Pending::Many { rxs, merge } => {
                 let mut answers = Vec::with_capacity(rxs.len());
                 let mut failed = None;
-                for mut rx in rxs {
-                    let answer = match (&mut rx).now_or_never() {
-                        Some(a) => a,
-                        None => {
-                            if !out.is_empty() {
-                                if w.write_all(&out).await.is_err() {
-                                    return;
-                                }
-                                out.clear();
-                            }
-                            rx.await
-                        }
-                    };
+                for rx in rxs {
+                    let Some(answer) = wait_for(rx, &mut out, &mut w).await else { return };
                     match answer {
                         Ok(Ok(b)) => answers.push(b),
                         Ok(Err((f, server))) => failed = failed.or(Some((f, server.to_string()))),
@@ -473,6 +451,23 @@ async fn write<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Pending>, proto: Prot
         let _ = w.write_all(&out).await;
     }
     let _ = w.shutdown().await;
+}
+
+/// The answer `rx` brings. When it is not there yet, the answers already buffered are written
+/// first, so the client is not kept waiting for them. `None`: the client is gone.
+async fn wait_for<W: AsyncWrite + Unpin>(
+    mut rx: oneshot::Receiver<Answer>,
+    out: &mut BytesMut,
+    w: &mut W,
+) -> Option<Result<Answer, oneshot::error::RecvError>> {
+    if let Some(a) = (&mut rx).now_or_never() {
+        return Some(a);
+    }
+    if !out.is_empty() {
+        w.write_all(out).await.ok()?;
+        out.clear();
+    }
+    Some(rx.await)
 }
 
 fn failure(proto: Proto, f: &Failure, server: &str, handle: &PoolHandle) -> Bytes {
