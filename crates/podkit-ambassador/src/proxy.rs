@@ -101,10 +101,7 @@ async fn read_memcache<R: AsyncRead>(
                 return Ok(());
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        if r.read_buf(&mut buf).await? == 0 {
+        if !read_more(&mut r, &mut buf).await? {
             return Ok(());
         }
     }
@@ -248,10 +245,7 @@ async fn read_redis<R: AsyncRead>(
                 return Ok(());
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        if r.read_buf(&mut buf).await? == 0 {
+        if !read_more(&mut r, &mut buf).await? {
             return Ok(());
         }
     }
@@ -361,6 +355,14 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
 }
 
 // === both ===
+
+/// Reads what the client sent next into `buf`; `false` at the end of the stream.
+async fn read_more<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(r.read_buf(buf).await? > 0)
+}
 
 fn channel(wanted: bool) -> (Option<oneshot::Sender<Answer>>, Option<oneshot::Receiver<Answer>>) {
     if wanted {
