@@ -125,9 +125,8 @@ impl Server {
     /// Starts the server's connection tasks on every worker (idle until a request comes,
     /// unless `preconnect`).
     pub fn start(settings: Settings, workers: &Workers) -> Arc<Server> {
-        let label = settings.label.clone();
         let shared = Arc::new(Shared {
-            stats: ServerStats::new(&label),
+            stats: ServerStats::default(),
             failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
             ejected_at_us: AtomicU64::new(0),
@@ -289,7 +288,7 @@ async fn connection(shared: Arc<Shared>, mut rx: mpsc::Receiver<Op>) {
             }
         }
         eager = false;
-        let stream = match connect(&shared).await {
+        let stream = match connect(&shared.settings).await {
             Ok(s) => s,
             Err(why) => {
                 tracing::debug!(server = %label, "{}", why.describe(&label));
@@ -344,8 +343,7 @@ enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
-async fn connect(shared: &Shared) -> Result<Stream, Failure> {
-    let s = &shared.settings;
+async fn connect(s: &Settings) -> Result<Stream, Failure> {
     let attempt = async {
         let mut stream = match &s.addr {
             Addr::Tcp { host, port } => {
@@ -374,33 +372,46 @@ async fn connect(shared: &Shared) -> Result<Stream, Failure> {
 async fn handshake(stream: &mut Stream, s: &Settings) -> std::io::Result<()> {
     let mut steps = Vec::new();
     if let Some(auth) = &s.redis_auth {
-        steps.push(crate::redis::encode(&[b"AUTH".as_slice(), auth.as_bytes()]));
+        steps.push(("AUTH", crate::redis::encode(&[b"AUTH".as_slice(), auth.as_bytes()])));
     }
     if s.redis_db != 0 {
-        steps.push(crate::redis::encode(&[b"SELECT".as_slice(), s.redis_db.to_string().as_bytes()]));
+        steps.push(("SELECT", crate::redis::encode(&[b"SELECT".as_slice(), s.redis_db.to_string().as_bytes()])));
     }
-    for step in steps {
-        let mut buf = BytesMut::new();
-        match stream {
-            Stream::Tcp(t) => exchange(t, &step, &mut buf).await?,
-            Stream::Unix(u) => exchange(u, &step, &mut buf).await?,
-        }
-        if buf.first() != Some(&b'+') {
-            let text = String::from_utf8_lossy(&buf).trim().to_string();
-            let what = if step.len() > 20 && step[8..12].eq_ignore_ascii_case(b"AUTH") { "AUTH" } else { "SELECT" };
+    for (what, step) in steps {
+        let answer = stream.ask(&step, Framing::Resp).await?;
+        if answer.first() != Some(&b'+') {
+            let text = String::from_utf8_lossy(&answer).trim().to_string();
             return Err(std::io::Error::other(format!("{what} refused: {text}")));
         }
     }
     Ok(())
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &[u8], buf: &mut BytesMut) -> std::io::Result<()> {
-    s.write_all(req).await?;
-    loop {
-        if let Ok(Some(_)) = crate::redis::frame(buf) {
-            return Ok(());
+impl Stream {
+    /// Writes `req` and reads its one answer (for the handshake and health probes, before or
+    /// outside the pipelined traffic). An answer that does not frame is `InvalidData`.
+    async fn ask(&mut self, req: &[u8], framing: Framing) -> std::io::Result<BytesMut> {
+        match self {
+            Stream::Tcp(t) => ask(t, req, framing).await,
+            Stream::Unix(u) => ask(u, req, framing).await,
         }
-        if s.read_buf(buf).await? == 0 {
+    }
+}
+
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, req: &[u8], framing: Framing) -> std::io::Result<BytesMut> {
+    s.write_all(req).await?;
+    let mut buf = BytesMut::new();
+    loop {
+        let framed = match framing {
+            Framing::Memcache(f) => memcache::frame(f, &buf),
+            Framing::Resp => crate::redis::frame(&buf),
+        };
+        match framed {
+            Ok(Some(_)) => return Ok(buf),
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        if s.read_buf(&mut buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -536,60 +547,24 @@ fn deliver(shared: &Shared, input: &mut BytesMut, inflight: &mut VecDeque<InFlig
 
 /// One health probe: connect, ask (`version` / `PING`), read one answer, within `timeout`.
 pub async fn probe(settings: &Settings) -> Result<(), Failure> {
-    let shared_settings = settings.clone();
-    let attempt = async move {
-        let tmp = Shared {
-            stats: ServerStats::new(&shared_settings.label),
-            failures: AtomicU32::new(0),
-            ejected: AtomicBool::new(false),
-            ejected_at_us: AtomicU64::new(0),
-            ejected_until: std::sync::Mutex::new(None),
-            changes: watch::channel(0).0,
-            settings: shared_settings,
-        };
-        let mut stream = connect(&tmp).await?;
-        let (req, framing): (&[u8], _) = if tmp.settings.redis {
+    let attempt = async {
+        let mut stream = connect(settings).await?;
+        let (req, framing): (&[u8], _) = if settings.redis {
             (b"*1\r\n$4\r\nPING\r\n", Framing::Resp)
         } else {
             (b"version\r\n", Framing::Memcache(memcache::Framing::Single))
         };
-        let mut buf = BytesMut::new();
-        let io = async {
-            match &mut stream {
-                Stream::Tcp(t) => probe_exchange(t, req, framing, &mut buf).await,
-                Stream::Unix(u) => probe_exchange(u, req, framing, &mut buf).await,
-            }
-        };
-        io.await
+        let answer = stream.ask(req, framing).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => Failure::Protocol(e.to_string()),
+            _ => Failure::Closed,
+        })?;
+        if answer.starts_with(b"-") || answer.starts_with(b"SERVER_ERROR") {
+            return Err(Failure::Protocol(String::from_utf8_lossy(&answer).trim().to_string()));
+        }
+        Ok(())
     };
     match tokio::time::timeout(settings.timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(Failure::Timeout),
-    }
-}
-
-async fn probe_exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    req: &[u8],
-    framing: Framing,
-    buf: &mut BytesMut,
-) -> Result<(), Failure> {
-    s.write_all(req).await.map_err(|_| Failure::Closed)?;
-    loop {
-        let framed = match framing {
-            Framing::Memcache(f) => memcache::frame(f, buf),
-            Framing::Resp => crate::redis::frame(buf),
-        };
-        match framed {
-            Ok(Some(_)) if buf.starts_with(b"-") || buf.starts_with(b"SERVER_ERROR") => {
-                return Err(Failure::Protocol(String::from_utf8_lossy(buf).trim().to_string()));
-            }
-            Ok(Some(_)) => return Ok(()),
-            Ok(None) => {}
-            Err(e) => return Err(Failure::Protocol(e)),
-        }
-        if s.read_buf(buf).await.map_err(|_| Failure::Closed)? == 0 {
-            return Err(Failure::Closed);
-        }
     }
 }

@@ -223,20 +223,22 @@ impl Component for Ambassador {
         let mut tick = tokio::time::interval(if watch.is_zero() { std::time::Duration::MAX / 4 } else { watch });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let reply = tokio::select! {
+            let (reply, read) = tokio::select! {
                 _ = ctx.shutdown.triggered() => break,
-                _ = reload.requested() => None,
-                r = reload_rx.recv() => r,
+                _ = reload.requested() => (None, None),
+                r = reload_rx.recv() => (r, None),
                 _ = tick.tick(), if !watch.is_zero() => {
                     let now = std::fs::read(&path).ok();
                     if now.is_none() || now == last {
                         continue;
                     }
                     tracing::info!(path = %path.display(), "configuration file changed");
-                    None
+                    (None, now)
                 }
             };
-            last = std::fs::read(&path).ok();
+            // The next check compares with what is applied now (read here unless the check
+            // just did).
+            last = read.or_else(|| std::fs::read(&path).ok());
             let result = runner.reload(&path).await;
             match &result {
                 Ok(()) => {

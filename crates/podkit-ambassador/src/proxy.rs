@@ -301,9 +301,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
         Route::Key(i) => match state.route(&cmd.args[i]) {
             Ok(s) => {
                 let (reply, rx) = oneshot::channel();
-                state.servers[s]
-                    .send(id, Op { bytes: redis::wire(&cmd), framing: Framing::Resp, reply: Some(reply) })
-                    .await;
+                state.servers[s].send(id, Op { bytes: cmd.wire(), framing: Framing::Resp, reply: Some(reply) }).await;
                 one(rx)
             }
             Err(f) => fail(f, &state.name),
@@ -325,9 +323,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
             }
             let (reply, rx) = oneshot::channel();
             let s = server.expect("at least one key");
-            state.servers[s]
-                .send(id, Op { bytes: redis::wire(&cmd), framing: Framing::Resp, reply: Some(reply) })
-                .await;
+            state.servers[s].send(id, Op { bytes: cmd.wire(), framing: Framing::Resp, reply: Some(reply) }).await;
             one(rx)
         }
         Route::Split(kind) => {

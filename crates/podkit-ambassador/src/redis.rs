@@ -25,7 +25,7 @@ pub struct Command {
 
 impl Command {
     /// The command in RESP, whatever form it came in (inline commands are re-encoded).
-    fn wire(&self) -> Bytes {
+    pub fn wire(&self) -> Bytes {
         if self.raw.first() == Some(&b'*') { self.raw.clone() } else { encode(&self.args) }
     }
 
@@ -468,11 +468,6 @@ pub fn split(cmd: &Command, kind: Split, servers: &[usize]) -> (Vec<(usize, Byte
         return (vec![(parts[0].0, cmd.wire())], groups);
     }
     (parts.into_iter().map(|(s, args)| (s, encode(&args))).collect(), groups)
-}
-
-/// The wire form of a command routed as it is.
-pub fn wire(cmd: &Command) -> Bytes {
-    cmd.wire()
 }
 
 // === answers from servers ===

@@ -97,12 +97,6 @@ pub struct ServerStats {
     pub latency: Latency,
 }
 
-impl ServerStats {
-    pub fn new(_label: &str) -> Self {
-        ServerStats::default()
-    }
-}
-
 /// One pool's numbers about its clients.
 #[derive(Debug, Default)]
 pub struct PoolStats {

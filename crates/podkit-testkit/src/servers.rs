@@ -170,16 +170,12 @@ fn http_get_contains(addr: SocketAddr, path: &str, expect: &str) -> bool {
 /// A memcached server.
 pub fn memcached() -> Server {
     let program = require_program("memcached", "memcached");
-    start(
-        "memcached",
-        program,
-        1,
-        &|_, p| {
-            // -U 0: no UDP; -u root: memcached refuses to run as root without it.
-            ["-l", "127.0.0.1", "-p", &p[0].to_string(), "-U", "0", "-m", "64", "-u", "root"].map(String::from).to_vec()
-        },
-        &|a, _| ping(a, b"version\r\n", "VERSION"),
-    )
+    start("memcached", program, 1, &|_, p| memcached_args(p[0]), &|a, _| ping(a, b"version\r\n", "VERSION"))
+}
+
+fn memcached_args(port: u16) -> Vec<String> {
+    // -U 0: no UDP; -u root: memcached refuses to run as root without it.
+    ["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64", "-u", "root"].map(String::from).to_vec()
 }
 
 /// A memcached server on a given port (to bring one back where it was); panics if it cannot
@@ -189,7 +185,7 @@ pub fn memcached_on(port: u16) -> Server {
     let dir = tempfile::Builder::new().prefix("podkit-memcached-").tempdir().expect("tempdir");
     let log = dir.path().join("server.log");
     let mut cmd = Command::new(program);
-    cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64", "-u", "root"]);
+    cmd.args(memcached_args(port));
     let child = spawn_logged(cmd, &log);
     let mut server =
         Server { child: Some(child), addr: SocketAddr::from(([127, 0, 0, 1], port)), extra_ports: vec![], dir, log };
