@@ -121,6 +121,15 @@ pub enum AmbassadorError {
     Workers(std::io::Error),
 }
 
+impl podkit_core::ExitStatus for AmbassadorError {
+    fn exit_status(&self) -> i32 {
+        match self {
+            AmbassadorError::Listen { .. } | AmbassadorError::Stats { .. } => podkit_core::EX_USAGE,
+            AmbassadorError::Workers(_) => podkit_core::EX_SOFTWARE,
+        }
+    }
+}
+
 impl Ambassador {
     /// Reads the configuration file; its errors name the file, the pool and the key.
     pub fn new(args: AmbassadorArgs) -> Result<Self, config::ConfigError> {

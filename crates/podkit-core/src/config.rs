@@ -19,8 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::types::Duration;
 
-/// Exit status for a configuration error (sysexits.h `EX_USAGE`).
-pub const EX_USAGE: i32 = 64;
+pub use crate::exit::EX_USAGE;
 
 /// Options every long-running command takes: the admin listener, logging, shutdown.
 #[derive(Debug, Clone, Args, Serialize)]

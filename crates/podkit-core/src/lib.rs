@@ -6,16 +6,15 @@
 //! listener, signal handling, the grace period, the exit status.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
-pub mod hook;
+pub mod exit;
 pub mod http;
 pub mod logs;
 pub mod metrics;
-pub mod process;
 pub mod procstat;
 mod profile;
 pub mod readiness;
-pub mod reaper;
 pub mod shutdown;
 pub mod types;
 
@@ -26,22 +25,34 @@ use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
 pub use admin::AdminBuilder;
-pub use config::{CommonArgs, EX_USAGE};
+pub use config::CommonArgs;
+pub use exit::{EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ExitStatus, StartError};
 pub use logs::LogRing;
 pub use readiness::Readiness;
-pub use shutdown::{Reload, Shutdown, StopReason};
+pub use shutdown::{Every, Reload, Shutdown, StopReason};
 pub use tokio::runtime::Builder as RuntimeBuilder;
 pub use types::{Argv, Duration};
 
-/// Exit status for an internal failure (sysexits.h `EX_SOFTWARE`).
-pub const EX_SOFTWARE: i32 = 70;
-
 /// One podkit command.
+///
+/// Its life: built from its arguments (a constructor that rejects bad values), then
+/// [`Component::prepare`] opens what it needs, then [`Component::setup`] registers its admin
+/// parts, then the admin listener opens, then [`Component::run`]. Every configuration error
+/// surfaces before the admin listener opens and before `--admin-addr-file` is written.
 pub trait Component: Send + 'static {
     /// Short name: the metrics prefix (`podkit_<name>_`) and the log target.
     const NAME: &'static str;
 
-    type Error: std::error::Error + Send + Sync + 'static;
+    /// Errors that end [`Component::run`]; each knows its exit status.
+    type Error: std::error::Error + ExitStatus + Send + Sync + 'static;
+
+    /// Opens what the command needs before anything is served: its listeners (see [`listen`]),
+    /// files, certificates. A [`StartError`] here ends podkit with its status (64 for bad
+    /// configuration) before the admin listener opens.
+    fn prepare(&mut self, ctx: &Context) -> impl Future<Output = Result<(), StartError>> + Send {
+        let _ = ctx;
+        std::future::ready(Ok(()))
+    }
 
     /// Registers metrics and admin routes. Runs before the admin listener opens.
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context);
@@ -115,6 +126,10 @@ pub fn launch<C: Component>(
             tasks: TaskTracker::new(),
             admin_token: token.clone(),
         };
+        if let Err(e) = component.prepare(&ctx).await {
+            tracing::error!(status = e.status, "{}", e.message);
+            return e.status;
+        }
         let mut admin = AdminBuilder::new(C::NAME);
         component.setup(&mut admin, &ctx);
         let router = admin.build(admin::AdminParts {
@@ -125,24 +140,20 @@ pub fn launch<C: Component>(
             token,
         });
 
-        let listener = match tokio::net::TcpListener::bind(common.admin).await {
+        let admin_addr = Listen {
+            addr: common.admin,
+            addr_file: common.admin_addr_file.as_deref(),
+            what: "admin listener",
+            option: "--admin",
+        };
+        let listener = match listen(&admin_addr).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(
-                    addr = %common.admin, error = %e,
-                    "cannot open the admin listener; choose another address with --admin (port 0 picks a free one)"
-                );
-                return EX_USAGE;
+                tracing::error!(status = e.status, "{}", e.message);
+                return e.status;
             }
         };
-        let bound = listener.local_addr().unwrap_or(common.admin);
-        if let Some(path) = &common.admin_addr_file
-            && let Err(e) = write_atomically(path, &bound.to_string())
-        {
-            tracing::error!(path = %path.display(), error = %e, "cannot write --admin-addr-file");
-            return EX_USAGE;
-        }
-        tracing::info!(admin = %bound, component = C::NAME, version = env!("CARGO_PKG_VERSION"), "admin listening");
+        tracing::info!(component = C::NAME, version = env!("CARGO_PKG_VERSION"), "started");
         tokio::spawn(async move {
             if let Err(e) = admin::serve(listener, router).await {
                 tracing::error!(error = %e, "admin listener failed");
@@ -172,8 +183,8 @@ pub fn launch<C: Component>(
             r = run => match r {
                 Ok(code) => code,
                 Err(e) => {
-                    tracing::error!(error = %e, "{} failed", C::NAME);
-                    1
+                    tracing::error!(error = %exit::error_chain(&e), "{} failed", C::NAME);
+                    e.exit_status()
                 }
             },
             _ = watchdog => {
@@ -193,6 +204,37 @@ pub fn launch<C: Component>(
     // Blocking reads (stdin, a hung hook) must not hold the exit up.
     rt.shutdown_background();
     code
+}
+
+/// A listener a command opens, and how to name it in errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen<'a> {
+    pub addr: std::net::SocketAddr,
+    /// Where to write the bound address (the option `<option>-addr-file`).
+    pub addr_file: Option<&'a Path>,
+    /// `admin listener`, `client listener`, …
+    pub what: &'a str,
+    /// The option that sets the address, for the hint in errors.
+    pub option: &'a str,
+}
+
+/// Binds a listener, writes its bound address to its address file, and logs it. Every listener
+/// a command opens goes through here, in [`Component::prepare`], so a busy or bad address
+/// stops podkit (exit 64) before it reports healthy.
+pub async fn listen(l: &Listen<'_>) -> Result<tokio::net::TcpListener, StartError> {
+    let listener = tokio::net::TcpListener::bind(l.addr).await.map_err(|e| {
+        StartError::usage(format!(
+            "cannot open the {} on {}: {e}; choose another address with {} (port 0 picks a free one)",
+            l.what, l.addr, l.option
+        ))
+    })?;
+    let bound = listener.local_addr().unwrap_or(l.addr);
+    if let Some(path) = l.addr_file {
+        write_atomically(path, &bound.to_string())
+            .map_err(|e| StartError::usage(format!("cannot write {}-addr-file {}: {e}", l.option, path.display())))?;
+    }
+    tracing::info!(addr = %bound, "{} listening", l.what);
+    Ok(listener)
 }
 
 fn read_token(path: &Path) -> Result<String, String> {

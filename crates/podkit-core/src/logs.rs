@@ -95,7 +95,7 @@ pub struct Record {
     pub target: String,
     /// For lines of a process podkit runs: `stdout` or `stderr`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<&'static str>,
+    pub stream: Option<String>,
     pub message: String,
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub fields: Map<String, Value>,
@@ -135,14 +135,7 @@ impl LogRing {
     }
 
     /// Adds a record built from its parts; `seq` and `time` are filled in here.
-    pub fn push(
-        &self,
-        level: Level,
-        target: &str,
-        stream: Option<&'static str>,
-        message: String,
-        fields: Map<String, Value>,
-    ) {
+    pub fn push(&self, level: Level, target: &str, stream: Option<&str>, message: String, fields: Map<String, Value>) {
         let mut records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
         // The sequence number is taken under the lock so the ring stays in seq order.
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -151,7 +144,7 @@ impl LogRing {
             time: SystemTime::now(),
             level,
             target: target.to_string(),
-            stream,
+            stream: stream.map(str::to_string),
             message,
             fields,
         });
@@ -245,7 +238,7 @@ impl LogFilter {
         self.min_level.is_none_or(|l| r.level >= l)
             && self.since.is_none_or(|t| r.time >= t)
             && self.after_seq.is_none_or(|s| r.seq > s)
-            && self.stream.as_deref().is_none_or(|s| r.stream.unwrap_or("podkit") == s)
+            && self.stream.as_deref().is_none_or(|s| r.stream.as_deref().unwrap_or("podkit") == s)
     }
 }
 
@@ -338,7 +331,7 @@ pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String
 mod tests {
     use super::*;
 
-    fn push(ring: &LogRing, level: Level, stream: Option<&'static str>, msg: &str) {
+    fn push(ring: &LogRing, level: Level, stream: Option<&str>, msg: &str) {
         ring.push(level, "test", stream, msg.to_string(), Map::new());
     }
 

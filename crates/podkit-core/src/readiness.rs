@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 
 /// The reasons a command is not ready, by key. Cloning shares them.
 ///
-/// Each part of a command owns one key (`child`, `probe`, `stopping`…) and sets or clears its
+/// Each part of a command owns one key (`program`, `probe`, `stopping`, a pod's container name…) and sets or clears its
 /// own reason, so parts never overwrite each other's view.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    reasons: Arc<Mutex<BTreeMap<&'static str, String>>>,
+    reasons: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Readiness {
@@ -17,11 +17,11 @@ impl Readiness {
         Self::default()
     }
 
-    pub fn not_ready(&self, key: &'static str, reason: impl Into<String>) {
-        self.lock().insert(key, reason.into());
+    pub fn not_ready(&self, key: impl Into<String>, reason: impl Into<String>) {
+        self.lock().insert(key.into(), reason.into());
     }
 
-    pub fn ready(&self, key: &'static str) {
+    pub fn ready(&self, key: &str) {
         self.lock().remove(key);
     }
 
@@ -39,7 +39,7 @@ impl Readiness {
         self.lock().iter().map(|(k, v)| format!("{k}: {v}")).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         self.reasons.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

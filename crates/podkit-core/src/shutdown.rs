@@ -99,6 +99,25 @@ impl Shutdown {
         &self.token
     }
 
+    /// A ticker for "every `period` until the stop begins": the first tick is at once.
+    ///
+    /// ```ignore
+    /// let mut every = ctx.shutdown.every(Duration::from_secs(2));
+    /// while every.tick().await { /* … */ }
+    /// ```
+    pub fn every(&self, period: std::time::Duration) -> Every {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { interval, shutdown: self.clone() }
+    }
+
+    /// Like [`Shutdown::every`], with the first tick one period from now.
+    pub fn every_after(&self, period: std::time::Duration) -> Every {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { interval, shutdown: self.clone() }
+    }
+
     /// Registers work that must happen even on a forced exit (killing processes podkit started).
     /// Hooks run on the signal-handling task, so they must not block for long.
     pub fn on_force(&self, hook: impl Fn() + Send + Sync + 'static) {
@@ -112,6 +131,26 @@ impl Shutdown {
             hook();
         }
         std::process::exit(code)
+    }
+}
+
+/// See [`Shutdown::every`].
+#[derive(Debug)]
+pub struct Every {
+    interval: tokio::time::Interval,
+    shutdown: Shutdown,
+}
+
+impl Every {
+    /// Waits for the next tick; `false` once a stop has begun (then the loop ends).
+    pub async fn tick(&mut self) -> bool {
+        if self.shutdown.is_triggered() {
+            return false;
+        }
+        tokio::select! {
+            _ = self.interval.tick() => !self.shutdown.is_triggered(),
+            _ = self.shutdown.triggered() => false,
+        }
     }
 }
 
@@ -167,6 +206,20 @@ mod libc_sig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_ticks_until_the_stop() {
+        let s = Shutdown::new();
+        let mut every = s.every(std::time::Duration::from_secs(1));
+        let start = tokio::time::Instant::now();
+        assert!(every.tick().await, "the first tick is at once");
+        assert!(every.tick().await);
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(1));
+        s.trigger(StopReason::Terminate);
+        assert!(!every.tick().await);
+        let mut after = s.every_after(std::time::Duration::from_secs(1));
+        assert!(!after.tick().await, "a stopped shutdown never ticks");
+    }
 
     #[tokio::test]
     async fn first_reason_wins_and_waiters_wake() {

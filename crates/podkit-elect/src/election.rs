@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use podkit_core::Shutdown;
-use podkit_core::hook::{Hook, Input, Runner};
+use podkit_process::hook::{Hook, Input, Runner};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use podkit_core::hook::{Hook, Runner};
-use podkit_core::reaper::Reaper;
 use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, EX_USAGE};
+use podkit_process::hook::{Hook, Runner};
+use podkit_process::reaper::Reaper;
 
 use crate::backend::Backend;
 use crate::backend::etcd::{EtcdBackend, EtcdOptions};
@@ -221,6 +221,12 @@ pub enum ElectError {
     Reaper(#[source] std::io::Error),
     #[error("cannot build the HTTP client for hooks: {0}")]
     HttpClient(#[source] reqwest::Error),
+}
+
+impl podkit_core::ExitStatus for ElectError {
+    fn exit_status(&self) -> i32 {
+        podkit_core::EX_SOFTWARE
+    }
 }
 
 impl Component for Elect {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use podkit_core::hook::Runner;
 use podkit_core::{AdminBuilder, CommonArgs, Component, Context, EX_USAGE};
+use podkit_process::hook::Runner;
 
 use crate::store::{AnyStore, SqliteStore};
 use crate::work::{Sink, Stage, Worker};
@@ -511,7 +511,7 @@ impl Component for Pipeline {
                 return Ok(EX_USAGE);
             }
         };
-        let reaper = podkit_core::reaper::Reaper::start().map_err(WorkError::Reaper)?;
+        let reaper = podkit_process::reaper::Reaper::start().map_err(WorkError::Reaper)?;
         let client = podkit_core::http::client(Duration::from_secs(3600)).map_err(WorkError::HttpClient)?;
         let queues: Vec<String> = stages.iter().map(|s| s.queue.clone()).collect();
         let mut running = Vec::new();
@@ -584,6 +584,12 @@ pub enum WorkError {
     HttpClient(#[source] reqwest::Error),
 }
 
+impl podkit_core::ExitStatus for WorkError {
+    fn exit_status(&self) -> i32 {
+        podkit_core::EX_SOFTWARE
+    }
+}
+
 impl Work {
     pub fn new(args: WorkArgs) -> Self {
         Self { args, metrics: work::Metrics::default() }
@@ -626,7 +632,7 @@ impl Component for Work {
                 return Ok(EX_UNAVAILABLE);
             }
         };
-        let reaper = podkit_core::reaper::Reaper::start().map_err(WorkError::Reaper)?;
+        let reaper = podkit_process::reaper::Reaper::start().map_err(WorkError::Reaper)?;
         let client = podkit_core::http::client(a.timeout.get()).map_err(WorkError::HttpClient)?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();

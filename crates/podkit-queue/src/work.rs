@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podkit_core::hook::{Hook, Input, Runner};
 use podkit_core::{Argv, Context};
+use podkit_process::hook::{Hook, Input, Runner};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

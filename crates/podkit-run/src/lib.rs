@@ -5,12 +5,9 @@
 //! grace period that ends in SIGKILL for the child's whole tree, the app's output, process
 //! metrics and readiness on the admin port, a save-state hook, and restarts with backoff.
 
-mod output;
-
 use std::ffi::OsString;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -18,8 +15,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::{Args, ValueEnum};
 use nix::sys::signal::Signal;
+use podkit_core::backoff::BackoffPolicy;
 use podkit_core::metrics::encode_proc_stats;
 use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, StopReason};
+use podkit_process::supervised::{self, Ended, Handle, Phase, Program, Status};
+use podkit_process::{Hook, Outcome, Restart, RestartPolicy, Runner, StopPolicy, StopRequest, parse_signal};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -27,10 +27,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::signal::unix::{SignalKind, signal};
-
-use podkit_core::hook::{Hook, Outcome, Runner};
-use podkit_core::process::{self, parse_signal};
-use podkit_core::reaper::{Exit, Reaper};
+use tokio::sync::watch;
 
 /// The admin listener's default address for `podkit run`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9190";
@@ -88,8 +85,8 @@ pub struct RunArgs {
 
     /// Restart the program when it exits: never (the default, as under an orchestrator),
     /// on-failure (non-zero status or killed by a signal) or always.
-    #[arg(long, value_enum, default_value_t = RestartPolicy::Never, help_heading = "Restarting")]
-    pub restart: RestartPolicy,
+    #[arg(long, value_enum, default_value_t = RestartArg::Never, help_heading = "Restarting")]
+    pub restart: RestartArg,
 
     /// First delay before a restart; it doubles after each quick failure.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Restarting")]
@@ -111,18 +108,18 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RestartPolicy {
+pub enum RestartArg {
     Never,
     OnFailure,
     Always,
 }
 
-impl RestartPolicy {
-    fn restarts_after(self, exit: Exit) -> bool {
-        match self {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => !exit.success(),
-            RestartPolicy::Always => true,
+impl From<RestartArg> for Restart {
+    fn from(p: RestartArg) -> Self {
+        match p {
+            RestartArg::Never => Restart::Never,
+            RestartArg::OnFailure => Restart::OnFailure,
+            RestartArg::Always => Restart::Always,
         }
     }
 }
@@ -138,12 +135,16 @@ fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
 /// Errors that end `podkit run` before the program could run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot start reaping children: {0}")]
-    Reaper(#[source] std::io::Error),
+    #[error("cannot start supervising processes: {0}")]
+    Host(#[source] std::io::Error),
     #[error("cannot install signal forwarding: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("cannot build the HTTP client for hooks: {0}")]
-    HttpClient(#[source] reqwest::Error),
+}
+
+impl podkit_core::ExitStatus for RunError {
+    fn exit_status(&self) -> i32 {
+        podkit_core::EX_SOFTWARE
+    }
 }
 
 // === impl Run ===
@@ -155,20 +156,15 @@ pub struct Run {
     state: Arc<State>,
 }
 
-/// What the admin endpoints and the supervisor share.
+/// What the admin endpoints and the component share.
 #[derive(Debug)]
 struct State {
-    /// Pid of the running program; 0 when none.
-    pid: AtomicI32,
-    /// Last exit status (128+N for a signal); -1 before the first exit.
-    last_exit: AtomicI64,
-    restarts: Counter,
     hook_runs: Family<HookLabels, Counter>,
     save: Option<Hook>,
     save_timeout: Duration,
-    runner: std::sync::OnceLock<Runner>,
-    /// Set when a stop begins: no new save hook may start after it.
-    stopping: std::sync::atomic::AtomicBool,
+    runner: OnceLock<Runner>,
+    /// The program's status, once it is supervised.
+    status: OnceLock<watch::Receiver<Status>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -182,22 +178,53 @@ impl State {
         let result = if outcome.ok { "ok" } else { "failed" };
         self.hook_runs.get_or_create(&HookLabels { hook, result }).inc();
     }
+
+    fn status(&self) -> Option<Status> {
+        self.status.get().map(|s| s.borrow().clone())
+    }
+
+    /// The running program's pid, when it is running (not stopping, not between restarts).
+    fn running_pid(&self) -> Option<i32> {
+        self.status().filter(|s| s.phase == Phase::Running).and_then(|s| s.pid)
+    }
 }
 
 impl Run {
     pub fn new(args: RunArgs) -> Self {
         let save = Hook::from_options(args.save_http.as_ref(), args.save_exec.as_ref(), reqwest::Method::POST);
         let state = Arc::new(State {
-            pid: AtomicI32::new(0),
-            last_exit: AtomicI64::new(-1),
-            restarts: Counter::default(),
             hook_runs: Family::default(),
             save,
             save_timeout: args.save_timeout.get(),
-            runner: std::sync::OnceLock::new(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            runner: OnceLock::new(),
+            status: OnceLock::new(),
         });
         Self { args, state }
+    }
+
+    /// The program as podkit-process supervises it.
+    fn program(&self, grace: Duration) -> Program {
+        let a = &self.args;
+        Program {
+            name: "program".into(),
+            source: "child".into(),
+            argv: a.command.clone(),
+            env: Vec::new(),
+            cwd: None,
+            capture: !a.no_capture,
+            terminal: true,
+            stop: StopPolicy {
+                pre_stop: Hook::from_options(a.pre_stop_http.as_ref(), a.pre_stop_exec.as_ref(), reqwest::Method::POST),
+                signal: a.stop_signal,
+                grace,
+                group: a.signal_group,
+            },
+            restart: RestartPolicy {
+                when: a.restart.into(),
+                backoff: BackoffPolicy::exact(a.restart_delay.get(), a.restart_delay_max.get()),
+                reset_after: a.restart_delay_max.get(),
+            },
+        }
     }
 }
 
@@ -207,7 +234,6 @@ impl Component for Run {
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
         let reg = admin.metrics();
-        reg.register("restarts", "Times the program was restarted", self.state.restarts.clone());
         reg.register("hook_runs", "Hook and probe runs by hook and result", self.state.hook_runs.clone());
         reg.register_collector(Box::new(ChildCollector { state: self.state.clone() }));
 
@@ -221,43 +247,62 @@ impl Component for Run {
     }
 
     async fn run(self, ctx: Context) -> Result<i32, RunError> {
-        let reaper = Reaper::start().map_err(RunError::Reaper)?;
-        become_reaper();
-        let client = podkit_core::http::client(Duration::from_secs(30)).map_err(RunError::HttpClient)?;
-        let runner = Runner::new(reaper.clone(), client);
-        let _ = self.state.runner.set(runner.clone());
-        let forward = Forwarder::new().map_err(RunError::Signals)?;
+        let host = supervised::host(ctx.logs.clone(), ctx.readiness.clone()).map_err(RunError::Host)?;
+        let _ = self.state.runner.set(host.hooks.clone());
+        let mut forward = Forwarder::new().map_err(RunError::Signals)?;
 
         // A second stop signal exits at once; nothing podkit started may outlive it.
-        let state = self.state.clone();
-        ctx.shutdown.on_force(move || {
-            let pid = state.pid.load(Ordering::Relaxed);
-            process::kill_all((pid > 0).then_some(pid));
-        });
+        ctx.shutdown.on_force(podkit_process::tree::kill_everything);
+
+        let mut handle = supervised::spawn(self.program(ctx.grace), host.clone());
+        let _ = self.state.status.set(handle.watch());
 
         if let Some(probe) =
             Hook::from_options(self.args.ready_http.as_ref(), self.args.ready_exec.as_ref(), reqwest::Method::GET)
         {
-            ctx.tasks.spawn(probe_loop(probe, runner.clone(), self.state.clone(), ctx.clone(), self.args.clone()));
+            ctx.tasks.spawn(probe_loop(probe, host.hooks.clone(), self.state.clone(), ctx.clone(), self.args.clone()));
         }
-
-        let sup = Supervisor { args: self.args, state: self.state, ctx, reaper, runner, forward, stop_deadline: None };
-        Ok(sup.supervise().await)
+        let probed = self.args.ready_http.is_some() || self.args.ready_exec.is_some();
+        Ok(supervise(&mut handle, &ctx, &mut forward, probed).await)
     }
 }
 
-/// Makes podkit the reaper of orphaned descendants when it is not already PID 1.
-fn become_reaper() {
-    if std::process::id() == 1 {
-        tracing::debug!("running as PID 1");
-        return;
-    }
-    match nix::sys::prctl::set_child_subreaper(true) {
-        Ok(()) => tracing::debug!("registered as child subreaper"),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot become a child subreaper; orphans will escape to PID 1")
+/// Passes signals on to the program until it ends, and stops it when podkit is asked to stop.
+async fn supervise(handle: &mut Handle, ctx: &Context, forward: &mut Forwarder, probed: bool) -> i32 {
+    let mut reload = ctx.reload.clone();
+    let mut status = handle.watch();
+    let mut last_pid = None;
+    let mut stopping = false;
+    let ended = loop {
+        tokio::select! {
+            ended = handle.wait() => break ended,
+            Ok(()) = status.changed() => {
+                let pid = status.borrow_and_update().pid;
+                if probed && pid.is_some() && pid != last_pid {
+                    // A new run is not ready until its own probe says so.
+                    ctx.readiness.not_ready("probe", "no successful readiness probe yet");
+                }
+                last_pid = pid.or(last_pid);
+            }
+            reason = ctx.shutdown.triggered(), if !stopping => {
+                stopping = true;
+                // Ctrl-C on a terminal reaches the program as SIGINT; every other stop uses
+                // --stop-signal.
+                let signal = (reason == StopReason::Interrupt).then_some(Signal::SIGINT);
+                handle.stop(StopRequest { signal, grace: None });
+            }
+            sig = forward.next() => handle.signal(sig),
+            _ = reload.requested() => handle.signal(Signal::SIGHUP),
         }
+    };
+    // The program is done for good (or could not start): let every other task (probes) end.
+    if !ctx.shutdown.is_triggered() {
+        ctx.shutdown.trigger(StopReason::Completed);
     }
+    if let Ended::NotStarted { status } = ended {
+        return status;
+    }
+    ended.status()
 }
 
 async fn save(state: Arc<State>) -> Response {
@@ -265,7 +310,7 @@ async fn save(state: Arc<State>) -> Response {
         let body = serde_json::json!({ "error": "no save hook configured; set --save-http or --save-exec" });
         return (StatusCode::NOT_FOUND, Json(body)).into_response();
     };
-    if state.stopping.load(Ordering::Relaxed) || state.pid.load(Ordering::Relaxed) == 0 {
+    if state.running_pid().is_none() {
         let body = serde_json::json!({ "error": "the program is not running (stopping or between restarts)" });
         return (StatusCode::CONFLICT, Json(body)).into_response();
     }
@@ -289,7 +334,7 @@ async fn probe_loop(probe: Hook, runner: Runner, state: Arc<State>, ctx: Context
             _ = tick.tick() => {}
             _ = ctx.shutdown.triggered() => return,
         }
-        if state.pid.load(Ordering::Relaxed) == 0 {
+        if state.status().and_then(|s| s.pid).is_none() {
             continue; // the program is not running: "program" already says why
         }
         let outcome = runner.run(&probe, "ready", args.ready_timeout.get()).await;
@@ -309,7 +354,7 @@ async fn probe_loop(probe: Hook, runner: Runner, state: Arc<State>, ctx: Context
 // === impl Forwarder ===
 
 /// The signals podkit passes on to the program. SIGTERM and SIGINT start the stop sequence
-/// instead (see [`Supervisor::stop`]); SIGHUP arrives through the reload channel.
+/// instead; SIGHUP arrives through the reload channel.
 #[derive(Debug)]
 struct Forwarder {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
@@ -343,195 +388,6 @@ impl Forwarder {
     }
 }
 
-// === impl Supervisor ===
-
-struct Supervisor {
-    args: RunArgs,
-    state: Arc<State>,
-    ctx: Context,
-    reaper: Arc<Reaper>,
-    runner: Runner,
-    forward: Forwarder,
-    /// When the grace period of a stop under way runs out.
-    stop_deadline: Option<tokio::time::Instant>,
-}
-
-/// How a run of the program ended.
-enum Ended {
-    /// It exited on its own.
-    Exited(Exit),
-    /// podkit stopped it (stop sequence done).
-    Stopped(Exit),
-}
-
-impl Supervisor {
-    async fn supervise(mut self) -> i32 {
-        let mut delay = self.args.restart_delay.get();
-        loop {
-            let started = Instant::now();
-            let ended = match self.run_once().await {
-                Ok(ended) => ended,
-                Err(status) => return status,
-            };
-            let exit = match ended {
-                Ended::Stopped(exit) => return exit.status(),
-                Ended::Exited(exit) => exit,
-            };
-            if self.ctx.shutdown.is_triggered() || !self.args.restart.restarts_after(exit) {
-                if !self.ctx.shutdown.is_triggered() {
-                    self.ctx.shutdown.trigger(StopReason::Completed);
-                }
-                return exit.status();
-            }
-            if started.elapsed() >= self.args.restart_delay_max.get() {
-                delay = self.args.restart_delay.get();
-            }
-            tracing::info!(%exit, delay = %podkit_core::Duration(delay), "restarting the program");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.ctx.shutdown.triggered() => return exit.status(),
-            }
-            self.state.restarts.inc();
-            delay = delay.saturating_mul(2).min(self.args.restart_delay_max.get());
-        }
-    }
-
-    /// Starts the program once and waits until it exits or is stopped. `Err` is the exit
-    /// status when it could not be started at all.
-    async fn run_once(&mut self) -> Result<Ended, i32> {
-        let capture = !self.args.no_capture;
-        let mut cmd = process::command(&self.args.command, capture);
-        let program = self.args.command[0].to_string_lossy().into_owned();
-        let mut spawned = match self.reaper.spawn(&mut cmd) {
-            Ok(s) => s,
-            Err(e) => {
-                // The shell's conventions: 127 when there is no such program, 126 when it
-                // cannot be executed.
-                let status = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
-                tracing::error!(program = %program, error = %e, status, "cannot start the program");
-                self.ctx.readiness.not_ready("program", format!("cannot start {program}: {e}"));
-                // Nothing more will run: let every other task (probes) end now.
-                self.ctx.shutdown.trigger(StopReason::Completed);
-                return Err(status);
-            }
-        };
-        let pid = spawned.pid;
-        self.state.pid.store(pid, Ordering::Relaxed);
-        if self.args.ready_http.is_some() || self.args.ready_exec.is_some() {
-            // A new run is not ready until its own probe says so.
-            self.ctx.readiness.not_ready("probe", "no successful readiness probe yet");
-        }
-        self.ctx.readiness.ready("program");
-        tracing::info!(pid, program = %program, "program started");
-
-        let mut pumps = Vec::new();
-        if let Some(out) = spawned.child.stdout.take() {
-            pumps.push(tokio::spawn(output::pump(out.into(), output::Stream::Stdout, self.ctx.logs.clone())));
-        }
-        if let Some(err) = spawned.child.stderr.take() {
-            pumps.push(tokio::spawn(output::pump(err.into(), output::Stream::Stderr, self.ctx.logs.clone())));
-        }
-
-        let mut reload = self.ctx.reload.clone();
-        let group = self.args.signal_group;
-        let ended = loop {
-            tokio::select! {
-                exit = &mut spawned.exit => break Ended::Exited(exit.unwrap_or(Exit::Signal(Signal::SIGKILL as i32))),
-                reason = self.ctx.shutdown.triggered() => break Ended::Stopped(self.stop(pid, &mut spawned.exit, reason).await),
-                sig = self.forward.next() => {
-                    tracing::debug!(signal = %sig, pid, "forwarding signal");
-                    process::signal(pid, sig, group);
-                }
-                _ = reload.requested() => {
-                    tracing::debug!(pid, "forwarding SIGHUP");
-                    process::signal(pid, Signal::SIGHUP, group);
-                }
-            }
-        };
-
-        let exit = match ended {
-            Ended::Exited(e) | Ended::Stopped(e) => e,
-        };
-        self.state.pid.store(0, Ordering::Relaxed);
-        self.state.last_exit.store(exit.status() as i64, Ordering::Relaxed);
-        self.ctx.readiness.not_ready("program", format!("exited ({exit})"));
-        tracing::info!(pid, %exit, "program ended");
-
-        // Whatever the program left running goes with it, so a restart starts clean and podkit
-        // never exits leaving processes behind.
-        self.sweep(pid).await;
-        // The pipes close when the last process holding them is gone; a descendant that
-        // escaped the sweep (uninterruptible sleep) must not hold podkit's exit.
-        let _ = tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(pumps)).await;
-        Ok(ended)
-    }
-
-    /// The stop sequence: pre-stop hook, stop signal, grace, SIGKILL to everything.
-    async fn stop(&mut self, pid: i32, exit: &mut tokio::sync::oneshot::Receiver<Exit>, reason: StopReason) -> Exit {
-        self.state.stopping.store(true, Ordering::Relaxed);
-        let deadline = tokio::time::Instant::now() + self.ctx.grace;
-        self.stop_deadline = Some(deadline);
-        if let Some(hook) = Hook::from_options(
-            self.args.pre_stop_http.as_ref(),
-            self.args.pre_stop_exec.as_ref(),
-            reqwest::Method::POST,
-        ) {
-            tracing::info!("running the pre-stop hook");
-            // The hook's time counts against the grace period, as Kubernetes counts preStop.
-            let outcome = tokio::select! {
-                o = self.runner.run(&hook, "pre-stop", self.ctx.grace) => o,
-                e = &mut *exit => {
-                    tracing::info!("the program exited while the pre-stop hook ran");
-                    return e.unwrap_or(Exit::Signal(Signal::SIGKILL as i32));
-                }
-            };
-            self.state.count_hook("pre-stop", &outcome);
-            if outcome.ok {
-                tracing::info!(detail = %outcome.detail, duration_ms = outcome.duration_ms, output = %outcome.output.trim_end(), "pre-stop hook done");
-            } else {
-                tracing::warn!(detail = %outcome.detail, output = %outcome.output, "pre-stop hook failed; stopping anyway");
-            }
-        }
-        // Ctrl-C on a terminal reaches the program as SIGINT; every other stop uses --stop-signal.
-        let sig = if reason == StopReason::Interrupt { Signal::SIGINT } else { self.args.stop_signal };
-        tracing::info!(pid, signal = %sig, grace = %podkit_core::Duration(self.ctx.grace), "stopping the program");
-        process::signal(pid, sig, self.args.signal_group);
-        tokio::select! {
-            e = &mut *exit => return e.unwrap_or(Exit::Signal(Signal::SIGKILL as i32)),
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-        tracing::warn!(
-            pid,
-            "the program did not stop within the grace period; sending SIGKILL to it and everything it started"
-        );
-        process::kill_all_async(Some(pid)).await;
-        exit.await.unwrap_or(Exit::Signal(Signal::SIGKILL as i32))
-    }
-
-    /// Stops what the program left behind: the stop signal, then SIGKILL after the grace
-    /// period (or at once if a stop is under way and its grace is spent).
-    async fn sweep(&self, pgid: i32) {
-        let me = std::process::id() as i32;
-        let left = process::live_descendants_async(me).await;
-        let group_alive = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
-        if left.is_empty() && !group_alive {
-            return;
-        }
-        tracing::info!(processes = ?left, signal = %self.args.stop_signal, "stopping processes the program left behind");
-        process::signal_all(Some(pgid), self.args.stop_signal);
-        let fresh = tokio::time::Instant::now() + self.ctx.grace;
-        let deadline = self.stop_deadline.map_or(fresh, |d| d.min(fresh));
-        while tokio::time::Instant::now() < deadline {
-            if process::live_descendants_async(me).await.is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tracing::warn!("processes left behind did not stop within the grace period; sending SIGKILL");
-        process::kill_all_async(Some(pgid)).await;
-    }
-}
-
 // === impl ChildCollector ===
 
 /// The program's process metrics, read from /proc at scrape time.
@@ -542,15 +398,23 @@ struct ChildCollector {
 
 impl Collector for ChildCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let pid = self.state.pid.load(Ordering::Relaxed);
-        let stats = (pid > 0).then(|| podkit_core::procstat::stats(pid)).flatten();
+        let status = self.state.status();
+        let pid = status.as_ref().and_then(|s| s.pid);
+        let stats = pid.and_then(podkit_core::procstat::stats);
+        ConstCounter::new(status.as_ref().map_or(0, |s| s.restarts)).encode(encoder.encode_descriptor(
+            "restarts",
+            "Times the program was restarted",
+            None,
+            MetricType::Counter,
+        )?)?;
         ConstGauge::new(i64::from(stats.is_some())).encode(encoder.encode_descriptor(
             "up",
             "1 while the program is running",
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(self.state.last_exit.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+        let last = status.and_then(|s| s.last_exit).map_or(-1, |e| i64::from(e.status()));
+        ConstGauge::new(last).encode(encoder.encode_descriptor(
             "last_exit_code",
             "Exit status of the program's last run (128+N if signal N ended it); -1 before the first exit",
             None,

@@ -78,7 +78,7 @@ pub struct Fanout {
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
     pub max_leaf_body: usize,
-    pub reaper: Option<Arc<podkit_core::reaper::Reaper>>,
+    pub reaper: Option<Arc<podkit_process::reaper::Reaper>>,
     pub metrics: Metrics,
     /// Hedge tokens, in thousandths.
     budget: AtomicU64,

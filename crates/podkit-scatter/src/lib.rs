@@ -160,6 +160,12 @@ pub enum ScatterError {
     Reaper(#[source] std::io::Error),
 }
 
+impl podkit_core::ExitStatus for ScatterError {
+    fn exit_status(&self) -> i32 {
+        podkit_core::EX_SOFTWARE
+    }
+}
+
 impl Scatter {
     pub fn new(args: ScatterArgs) -> Self {
         Self { args, metrics: fanout::Metrics::default(), leaves: Arc::new(Leaves::default()) }
@@ -253,7 +259,7 @@ impl Component for Scatter {
         fanout.breaker_cooldown = args.breaker_cooldown.get();
         fanout.max_leaf_body = args.max_leaf_body;
         if matches!(fanout.merger, Merger::Exec(_)) {
-            fanout.reaper = Some(podkit_core::reaper::Reaper::start().map_err(ScatterError::Reaper)?);
+            fanout.reaper = Some(podkit_process::reaper::Reaper::start().map_err(ScatterError::Reaper)?);
         }
         let fanout = Arc::new(fanout);
 

@@ -1,5 +1,5 @@
-//! The wrapped process' stdout and stderr: passed through byte for byte, and kept line by line
-//! in the `/logs` ring.
+//! A supervised program's stdout and stderr: passed through byte for byte, and kept line by
+//! line in the `/logs` ring under the program's source name.
 
 use std::os::fd::OwnedFd;
 
@@ -18,7 +18,7 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -27,8 +27,8 @@ impl Stream {
 }
 
 /// Copies `fd` (the read end of the child's pipe) to podkit's own stream of the same name and
-/// into `ring`, until every writer has closed it.
-pub async fn pump(fd: OwnedFd, stream: Stream, ring: LogRing) {
+/// into `ring` as records of `source`, until every writer has closed it.
+pub async fn pump(fd: OwnedFd, stream: Stream, source: String, ring: LogRing) {
     let mut rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
         Err(e) => {
@@ -64,17 +64,17 @@ pub async fn pump(fd: OwnedFd, stream: Stream, ring: LogRing) {
         }
         for &b in chunk {
             if b == b'\n' {
-                emit(&ring, stream, &mut line);
+                emit(&ring, &source, stream, &mut line);
             } else {
                 line.push(b);
                 if line.len() >= MAX_LINE {
-                    emit(&ring, stream, &mut line);
+                    emit(&ring, &source, stream, &mut line);
                 }
             }
         }
     }
     if !line.is_empty() {
-        emit(&ring, stream, &mut line);
+        emit(&ring, &source, stream, &mut line);
     }
 }
 
@@ -83,11 +83,11 @@ async fn write_all(out: &mut (dyn AsyncWrite + Unpin + Send), chunk: &[u8]) -> s
     out.flush().await
 }
 
-fn emit(ring: &LogRing, stream: Stream, line: &mut Vec<u8>) {
+fn emit(ring: &LogRing, source: &str, stream: Stream, line: &mut Vec<u8>) {
     if line.last() == Some(&b'\r') {
         line.pop();
     }
     let text = String::from_utf8_lossy(line).into_owned();
-    ring.push(Level::Info, "child", Some(stream.name()), text, Default::default());
+    ring.push(Level::Info, source, Some(stream.name()), text, Default::default());
     line.clear();
 }

@@ -1,28 +1,27 @@
-//! Starting processes (the wrapped program, hooks) and stopping them and everything they
-//! started.
+//! Building the commands podkit starts, and signalling what they became.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::unistd::{Pid, getpgrp, getpid, setpgid, tcgetpgrp, tcsetpgrp};
 
-/// Builds the command for the wrapped process (or a hook): argv as given, never a shell, in a
-/// process group of its own so that it and everything it starts can be signalled together.
-pub fn command(argv: &[OsString], capture: bool) -> Command {
+/// Builds the command for a program (or a hook): argv as given, never a shell, in a process
+/// group of its own so that it and everything it starts can be signalled together.
+///
+/// With `terminal`, the program is handed podkit's terminal when podkit holds it (`podkit run`
+/// in a foreground shell); programs that share podkit with others never take it.
+pub fn command(argv: &[OsString], terminal: bool) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    if capture {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-    // Hand the terminal to the child only when podkit itself holds it; a podkit started in the
-    // background of a shell must not steal the shell's terminal.
-    let stdin = std::io::stdin();
-    let take_tty = stdin.is_terminal() && tcgetpgrp(&stdin).is_ok_and(|fg| fg == getpgrp());
+    // A podkit started in the background of a shell must not steal the shell's terminal.
+    let take_tty = terminal && {
+        let stdin = std::io::stdin();
+        stdin.is_terminal() && tcgetpgrp(&stdin).is_ok_and(|fg| fg == getpgrp())
+    };
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (setpgid, prctl, sigaction, sigprocmask, tcsetpgrp); it allocates nothing.
     unsafe {
@@ -70,65 +69,6 @@ pub fn signal(pid: i32, sig: Signal, group: bool) {
     }
 }
 
-/// Sends `sig` to the process group `pgid` and to every live descendant of podkit. Returns how
-/// many descendants were signalled.
-pub fn signal_all(pgid: Option<i32>, sig: Signal) -> usize {
-    if let Some(pgid) = pgid {
-        let _ = killpg(Pid::from_raw(pgid), sig);
-    }
-    let me = std::process::id() as i32;
-    let mut n = 0;
-    for pid in live_descendants(me) {
-        if kill(Pid::from_raw(pid), sig).is_ok() {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// SIGKILLs the group and every descendant until none is left alive (zombies are left to the
-/// reaper). A process that forks while being killed is caught by the next pass.
-pub fn kill_all(pgid: Option<i32>) {
-    for _ in 0..200 {
-        if signal_all(pgid, Signal::SIGKILL) == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    tracing::error!("processes survived repeated SIGKILL (uninterruptible sleep?)");
-}
-
-/// [`kill_all`] for async code: the /proc scans run on the blocking pool and the pauses do not
-/// hold the runtime's thread, so signals and the admin API keep being served meanwhile.
-pub async fn kill_all_async(pgid: Option<i32>) {
-    for _ in 0..200 {
-        let signalled = tokio::task::spawn_blocking(move || signal_all(pgid, Signal::SIGKILL)).await.unwrap_or(0);
-        if signalled == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tracing::error!("processes survived repeated SIGKILL (uninterruptible sleep?)");
-}
-
-/// [`live_descendants`] on the blocking pool.
-pub async fn live_descendants_async(root: i32) -> Vec<i32> {
-    tokio::task::spawn_blocking(move || live_descendants(root)).await.unwrap_or_default()
-}
-
-/// Descendants of `root` that are not zombies.
-pub fn live_descendants(root: i32) -> Vec<i32> {
-    crate::procstat::descendants(root).into_iter().filter(|&pid| !is_zombie(pid)).collect()
-}
-
-fn is_zombie(pid: i32) -> bool {
-    // /proc/PID/stat: "pid (comm) S ..."; comm may contain spaces and parentheses.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with(['Z', 'X'])))
-        .unwrap_or(true)
-}
-
 /// Parses a signal name or number: `SIGTERM`, `TERM`, `term` or `15`.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let upper = s.trim().to_ascii_uppercase();
@@ -147,6 +87,21 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
     }
 }
 
+/// Makes podkit the reaper of orphaned descendants when it is not already PID 1, so that what
+/// a program leaves behind stays within podkit's reach.
+pub fn become_subreaper() {
+    if std::process::id() == 1 {
+        tracing::debug!("running as PID 1");
+        return;
+    }
+    match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => tracing::debug!("registered as child subreaper"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans will escape to PID 1")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,11 +113,5 @@ mod tests {
         assert_eq!(parse_signal("10").unwrap(), Signal::SIGUSR1);
         assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
         assert!(parse_signal("SIGKILL").is_err(), "SIGKILL cannot be handled, so no graceful stop");
-    }
-
-    #[test]
-    fn zombie_detection_reads_state_after_the_command_name() {
-        assert!(!is_zombie(std::process::id() as i32));
-        assert!(is_zombie(i32::MAX), "a pid that does not exist is not alive");
     }
 }

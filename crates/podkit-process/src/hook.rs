@@ -1,21 +1,16 @@
 //! Hooks and probes: calls into the app beside podkit, by HTTP or by running a command.
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 
-use nix::sys::signal::Signal;
+use podkit_core::Argv;
 use serde::Serialize;
 
-use crate::Argv;
-use crate::process;
-use crate::reaper::{Exit, Reaper};
+use crate::exec::{self, Exec, ExecError, Keep};
+use crate::reaper::Reaper;
 
 /// How much of a hook's output is kept in its outcome.
 const OUTPUT_TAIL: usize = 4096;
-/// How long output is still read after the hook exited.
-const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
 
 /// A call into the app.
 #[derive(Debug, Clone)]
@@ -113,7 +108,7 @@ impl Runner {
                 (status.is_success(), format!("HTTP {}", status.as_u16()), tail(body.as_bytes()))
             }
             Err(e) if e.is_timeout() => (false, format!("timed out after {}", humantime(timeout)), String::new()),
-            Err(e) => (false, format!("request failed: {}", error_chain(&e)), String::new()),
+            Err(e) => (false, format!("request failed: {}", podkit_core::exit::error_chain(&e)), String::new()),
         }
     }
 
@@ -124,67 +119,15 @@ impl Runner {
         timeout: Duration,
         env: &[(String, String)],
     ) -> (bool, String, String, Option<i32>) {
-        let args: Vec<OsString> = argv.as_slice().iter().map(OsString::from).collect();
-        let mut cmd = process::command(&args, false);
-        cmd.stdin(std::process::Stdio::null()).env("PODKIT_HOOK", name);
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        // Both streams share one pipe, so the output keeps its interleaving.
-        let (reader, writer) = match std::io::pipe() {
-            Ok(p) => p,
-            Err(e) => return (false, format!("cannot create a pipe: {e}"), String::new(), None),
-        };
-        let writer2 = match writer.try_clone() {
-            Ok(w) => w,
-            Err(e) => return (false, format!("cannot create a pipe: {e}"), String::new(), None),
-        };
-        cmd.stdout(writer).stderr(writer2);
-        let spawned = self.reaper.spawn(&mut cmd);
-        drop(cmd); // closes podkit's copies of the write ends
-        let spawned = match spawned {
-            Ok(s) => s,
-            Err(e) => return (false, format!("cannot run `{}`: {e}", argv.program()), String::new(), None),
-        };
-        // Whatever happens to this future (done, timed out, or dropped because the caller went
-        // away), the hook's process group does not outlive it.
-        let _kill = process::KillGroupOnDrop(spawned.pid);
-        let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) {
-            Ok(rx) => Some(rx),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the hook's output");
-                None
+        let mut spec = Exec::new(argv.as_slice(), timeout).env("PODKIT_HOOK", name);
+        spec.env.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+        spec.stdout = Keep::Tail(OUTPUT_TAIL);
+        match exec::exec(&self.reaper, &spec).await {
+            Ok(done) => (done.exit.success(), done.exit.to_string(), tail(&done.stdout), Some(done.exit.status())),
+            Err(ExecError::TimedOut { output, .. }) => {
+                (false, format!("timed out after {}", humantime(timeout)), tail(&output), None)
             }
-        };
-        let mut exit = spawned.exit;
-        let mut exited = None;
-        let mut out = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            tokio::select! {
-                r = async { rx.as_mut().expect("guarded").read(&mut chunk).await }, if rx.is_some() => match r {
-                    Ok(n) if n > 0 => {
-                        out.extend_from_slice(&chunk[..n]);
-                        if out.len() > 4 * OUTPUT_TAIL {
-                            out.drain(..out.len() - OUTPUT_TAIL);
-                        }
-                    }
-                    _ => rx = None,
-                },
-                e = &mut exit, if exited.is_none() => {
-                    exited = Some(e.unwrap_or(Exit::Signal(Signal::SIGKILL as i32)));
-                    // A process the hook left behind may hold the pipe open: read what is
-                    // already there, briefly, and no more.
-                    deadline = deadline.min(tokio::time::Instant::now() + OUTPUT_DRAIN);
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-            if exited.is_some() && rx.is_none() {
-                break;
-            }
-        }
-        match exited {
-            Some(exit) => (exit.success(), exit.to_string(), tail(&out), Some(exit.status())),
-            None => (false, format!("timed out after {}", humantime(timeout)), tail(&out), None),
+            Err(e) => (false, e.to_string(), String::new(), None),
         }
     }
 }
@@ -195,16 +138,5 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 fn humantime(d: Duration) -> String {
-    crate::Duration(d).to_string()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+    podkit_core::Duration(d).to_string()
 }
