@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::routing::{get, post};
 use clap::Args;
-use podkit_core::{AdminBuilder, CommonArgs, Component, Context};
+use podkit_core::{AdminBuilder, CommonArgs, Component, Context, ExitStatus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +109,9 @@ pub struct Ambassador {
     stats_bound: Arc<std::sync::OnceLock<SocketAddr>>,
     reload_tx: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     reload_rx: Option<mpsc::Receiver<oneshot::Sender<Result<(), String>>>>,
+    /// The stats listener and each pool's listener, bound in [`Component::prepare`] so that a
+    /// busy address stops podkit before it reports healthy.
+    bound: Option<(tokio::net::TcpListener, Vec<Listener>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +147,7 @@ impl Ambassador {
             stats_bound: Arc::default(),
             reload_tx,
             reload_rx: Some(reload_rx),
+            bound: None,
         })
     }
 }
@@ -190,12 +194,25 @@ impl Component for Ambassador {
         ctx.readiness.not_ready("listeners", "not listening yet");
     }
 
+    async fn prepare(&mut self, _ctx: &Context) -> Result<(), podkit_core::StartError> {
+        let start_error =
+            |e: AmbassadorError| podkit_core::StartError { status: e.exit_status(), message: e.to_string() };
+        let stats_addr = SocketAddr::new(self.args.stats_addr, self.args.stats_port);
+        let stats = tokio::net::TcpListener::bind(stats_addr)
+            .await
+            .map_err(|source| start_error(AmbassadorError::Stats { addr: stats_addr, source }))?;
+        let mut pools = Vec::new();
+        for cfg in &self.config.pools {
+            pools.push(bind(cfg).await.map_err(start_error)?);
+        }
+        self.bound = Some((stats, pools));
+        Ok(())
+    }
+
     async fn run(mut self, ctx: Context) -> Result<i32, AmbassadorError> {
         let started = std::time::SystemTime::now();
         let stats_addr = SocketAddr::new(self.args.stats_addr, self.args.stats_port);
-        let stats_listener = tokio::net::TcpListener::bind(stats_addr)
-            .await
-            .map_err(|source| AmbassadorError::Stats { addr: stats_addr, source })?;
+        let (stats_listener, listeners) = self.bound.take().expect("prepared before run");
         let bound = stats_listener.local_addr().unwrap_or(stats_addr);
         let _ = self.stats_bound.set(bound);
         tokio::spawn(stats::serve_stats(stats_listener, self.pools.clone(), started));
@@ -213,8 +230,7 @@ impl Component for Ambassador {
             next_worker: Arc::default(),
         };
         let mut handles = Vec::new();
-        for cfg in self.config.pools.clone() {
-            let listener = bind(&cfg).await?;
+        for (cfg, listener) in self.config.pools.clone().into_iter().zip(listeners) {
             handles.push(runner.start_pool(cfg, listener, None));
         }
         self.pools.handles.store(Arc::new(handles));
@@ -417,6 +433,7 @@ impl Runner {
 
 // === listeners ===
 
+#[derive(Debug)]
 enum Listener {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener, PathBuf),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, EX_USAGE};
+use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, Listen, StartError};
 use podkit_process::hook::{Hook, Runner};
 use podkit_process::reaper::Reaper;
 
@@ -26,9 +26,6 @@ use crate::election::{CampaignMode, Election, Metrics, RenewMode, Settings};
 
 /// The admin listener's default address for `podkit elect`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9191";
-
-/// sysexits.h `EX_UNAVAILABLE`: the backend cannot be reached.
-const EX_UNAVAILABLE: i32 = 69;
 
 /// Options of `podkit elect`. Their doc comments are the `--help` text.
 #[derive(Debug, Clone, Args)]
@@ -188,6 +185,7 @@ pub struct Elect {
     settings: Arc<Settings>,
     elections: Arc<BTreeMap<String, Arc<Election>>>,
     metrics: Metrics,
+    prepared: Option<(Prepared, tokio::net::TcpListener)>,
 }
 
 impl Elect {
@@ -210,7 +208,7 @@ impl Elect {
         for name in &args.elections {
             elections.insert(name.clone(), Election::new(name, &settings, metrics.clone()));
         }
-        Self { args, settings, elections: Arc::new(elections), metrics }
+        Self { args, settings, elections: Arc::new(elections), metrics, prepared: None }
     }
 }
 
@@ -221,11 +219,17 @@ pub enum ElectError {
     Reaper(#[source] std::io::Error),
     #[error("cannot build the HTTP client for hooks: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// The backend cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl podkit_core::ExitStatus for ElectError {
     fn exit_status(&self) -> i32 {
-        podkit_core::EX_SOFTWARE
+        match self {
+            ElectError::Unavailable(_) => podkit_core::EX_UNAVAILABLE,
+            _ => podkit_core::EX_SOFTWARE,
+        }
     }
 }
 
@@ -258,36 +262,59 @@ impl Component for Elect {
         ctx.readiness.not_ready("backend", "connecting");
     }
 
-    async fn run(self, ctx: Context) -> Result<i32, ElectError> {
+    async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        let backend = match self.args.backend.clone() {
+            BackendUrl::File(dir) => Prepared::File(
+                FileBackend::open(&dir, &self.args.elections)
+                    .map_err(|e| StartError::usage(format!("cannot use the lease directory {}: {e}", dir.display())))?,
+            ),
+            BackendUrl::Etcd { endpoints, prefix } => Prepared::Etcd(
+                self.etcd_options(endpoints, prefix)
+                    .map_err(|e| StartError::usage(format!("bad etcd options: {e}")))?,
+            ),
+        };
+        let listener = podkit_core::listen(&Listen {
+            addr: self.args.listen,
+            addr_file: self.args.listen_addr_file.as_deref(),
+            what: "API listener",
+            option: "--listen",
+        })
+        .await?;
+        self.prepared = Some((backend, listener));
+        Ok(())
+    }
+
+    async fn run(mut self, ctx: Context) -> Result<i32, ElectError> {
         let reaper = Reaper::start().map_err(ElectError::Reaper)?;
         let client = podkit_core::http::client(Duration::from_secs(30)).map_err(ElectError::HttpClient)?;
         let runner = Runner::new(reaper, client);
-        match self.args.backend.clone() {
-            BackendUrl::File(dir) => match FileBackend::open(&dir, &self.args.elections) {
-                Ok(b) => self.serve(b, runner, ctx).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot use the lease directory");
-                    Ok(EX_USAGE)
-                }
-            },
-            BackendUrl::Etcd { endpoints, prefix } => {
-                let opts = match self.etcd_options(endpoints, prefix) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::error!(error = %e, "bad etcd options");
-                        return Ok(EX_USAGE);
-                    }
-                };
+        let (backend, listener) = self.prepared.take().expect("prepared before run");
+        match backend {
+            Prepared::File(b) => self.serve(b, listener, runner, ctx).await,
+            Prepared::Etcd(opts) => {
                 let described = opts.endpoints.join(",");
-                match EtcdBackend::connect(opts).await {
-                    Ok(b) => self.serve(b, runner, ctx).await,
-                    Err(e) => {
-                        tracing::error!(endpoints = %described, error = %e, "cannot reach etcd");
-                        Ok(EX_UNAVAILABLE)
-                    }
-                }
+                let b = EtcdBackend::connect(opts)
+                    .await
+                    .map_err(|e| ElectError::Unavailable(format!("cannot reach etcd at {described}: {e}")))?;
+                self.serve(b, listener, runner, ctx).await
             }
         }
+    }
+}
+
+/// What [`Component::prepare`] opened: the backend (or, for etcd, its checked options) and the
+/// API listener.
+enum Prepared {
+    File(FileBackend),
+    Etcd(EtcdOptions),
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Prepared::File(_) => "Prepared::File",
+            Prepared::Etcd(_) => "Prepared::Etcd",
+        })
     }
 }
 
@@ -309,25 +336,18 @@ impl Elect {
         Ok(EtcdOptions { endpoints, prefix, ca_pem, client_cert_pem, user, timeout: self.args.etcd_timeout.get() })
     }
 
-    async fn serve<B: Backend>(self, backend: B, runner: Runner, ctx: Context) -> Result<i32, ElectError> {
+    async fn serve<B: Backend>(
+        self,
+        backend: B,
+        listener: tokio::net::TcpListener,
+        runner: Runner,
+        ctx: Context,
+    ) -> Result<i32, ElectError> {
         let backend = Arc::new(backend);
-        let listener = match tokio::net::TcpListener::bind(self.args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %self.args.listen, error = %e, "cannot open the API listener; choose another --listen");
-                return Ok(EX_USAGE);
-            }
-        };
         let token = ctx.admin_token.clone();
         let api = api::Api { elections: self.elections.clone(), renew: self.settings.renew };
         let router = api::router(api, token);
         let bound = listener.local_addr().unwrap_or(self.args.listen);
-        if let Some(path) = &self.args.listen_addr_file
-            && let Err(e) = podkit_core::write_atomically(path, &bound.to_string())
-        {
-            tracing::error!(path = %path.display(), error = %e, "cannot write --listen-addr-file");
-            return Ok(EX_USAGE);
-        }
         tokio::spawn(async move {
             let svc = router.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, svc).await {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use podkit_core::{AdminBuilder, CommonArgs, Component, Context, EX_USAGE};
+use podkit_core::{AdminBuilder, CommonArgs, Component, Context, EX_UNAVAILABLE, EX_USAGE, StartError};
 use podkit_process::hook::Runner;
 
 use crate::store::{AnyStore, SqliteStore};
@@ -21,9 +21,6 @@ use crate::work::{Sink, Stage, Worker};
 
 /// The admin listener's default address for `podkit queue work`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9194";
-
-/// sysexits.h `EX_UNAVAILABLE`: the store cannot be used.
-const EX_UNAVAILABLE: i32 = 69;
 
 /// `podkit queue` and its subcommands.
 #[derive(Debug, Clone, Args)]
@@ -487,11 +484,13 @@ async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Se
 pub struct Pipeline {
     args: PipelineArgs,
     metrics: work::Metrics,
+    /// The store, stages and item size limit, once [`Component::prepare`] has read the file.
+    loaded: Option<(AnyStore, Vec<work::Settings>, usize)>,
 }
 
 impl Pipeline {
     pub fn new(args: PipelineArgs) -> Self {
-        Self { args, metrics: work::Metrics::default() }
+        Self { args, metrics: work::Metrics::default(), loaded: None }
     }
 }
 
@@ -499,18 +498,19 @@ impl Component for Pipeline {
     const NAME: &'static str = "queue";
     type Error = WorkError;
 
+    async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        let loaded =
+            load_pipeline(&self.args.file).await.map_err(|e| StartError::usage(format!("bad pipeline: {e}")))?;
+        self.loaded = Some(loaded);
+        Ok(())
+    }
+
     fn setup(&mut self, admin: &mut AdminBuilder, _ctx: &Context) {
         register(admin, &self.metrics);
     }
 
     async fn run(self, ctx: Context) -> Result<i32, WorkError> {
-        let (store, stages, max_item_size) = match load_pipeline(&self.args.file).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "bad pipeline");
-                return Ok(EX_USAGE);
-            }
-        };
+        let (store, stages, max_item_size) = self.loaded.expect("prepared before run");
         let reaper = podkit_process::reaper::Reaper::start().map_err(WorkError::Reaper)?;
         let client = podkit_core::http::client(Duration::from_secs(3600)).map_err(WorkError::HttpClient)?;
         let queues: Vec<String> = stages.iter().map(|s| s.queue.clone()).collect();
@@ -574,6 +574,8 @@ fn register(admin: &mut AdminBuilder, m: &work::Metrics) {
 pub struct Work {
     args: WorkArgs,
     metrics: work::Metrics,
+    /// The stage, the sink and the open store, once [`Component::prepare`] has checked them.
+    prepared: Option<(Stage, Sink, AnyStore)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -592,7 +594,7 @@ impl podkit_core::ExitStatus for WorkError {
 
 impl Work {
     pub fn new(args: WorkArgs) -> Self {
-        Self { args, metrics: work::Metrics::default() }
+        Self { args, metrics: work::Metrics::default(), prepared: None }
     }
 }
 
@@ -600,38 +602,34 @@ impl Component for Work {
     const NAME: &'static str = "queue";
     type Error = WorkError;
 
+    async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        let a = &self.args;
+        let stage = match (&a.http, work::check_template(&a.command)) {
+            (Some(url), _) => Stage::Http(url.clone()),
+            (None, Ok(t)) => Stage::Exec(t),
+            (None, Err(e)) => return Err(StartError::usage(format!("bad stage: {e}"))),
+        };
+        let sink = match (&a.to, &a.out_dir) {
+            (Some(q), _) => Sink::Next(q.clone()),
+            (None, Some(dir)) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StartError::usage(format!("cannot create --out-dir {}: {e}", dir.display())))?;
+                Sink::Dir(dir.clone())
+            }
+            (None, None) => Sink::Store,
+        };
+        let store = a.store.open().await.map_err(|e| StartError::unavailable(format!("cannot open the store: {e}")))?;
+        self.prepared = Some((stage, sink, store));
+        Ok(())
+    }
+
     fn setup(&mut self, admin: &mut AdminBuilder, _ctx: &Context) {
         register(admin, &self.metrics);
     }
 
     async fn run(self, ctx: Context) -> Result<i32, WorkError> {
         let a = self.args;
-        let stage = match (&a.http, work::check_template(&a.command)) {
-            (Some(url), _) => Stage::Http(url.clone()),
-            (None, Ok(t)) => Stage::Exec(t),
-            (None, Err(e)) => {
-                tracing::error!(error = %e, "bad stage");
-                return Ok(EX_USAGE);
-            }
-        };
-        let sink = match (&a.to, &a.out_dir) {
-            (Some(q), _) => Sink::Next(q.clone()),
-            (None, Some(dir)) => {
-                if let Err(e) = std::fs::create_dir_all(dir) {
-                    tracing::error!(dir = %dir.display(), error = %e, "cannot create --out-dir");
-                    return Ok(EX_USAGE);
-                }
-                Sink::Dir(dir.clone())
-            }
-            (None, None) => Sink::Store,
-        };
-        let store = match a.store.open().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot open the store");
-                return Ok(EX_UNAVAILABLE);
-            }
-        };
+        let (stage, sink, store) = self.prepared.expect("prepared before run");
         let reaper = podkit_process::reaper::Reaper::start().map_err(WorkError::Reaper)?;
         let client = podkit_core::http::client(a.timeout.get()).map_err(WorkError::HttpClient)?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

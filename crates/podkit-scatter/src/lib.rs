@@ -20,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use clap::Args;
-use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, EX_USAGE};
+use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, Listen, StartError};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -150,6 +150,8 @@ pub struct Scatter {
     args: ScatterArgs,
     metrics: fanout::Metrics,
     leaves: Arc<Leaves>,
+    /// Bound in [`Component::prepare`], so a busy port stops podkit before it reports ready.
+    listener: Option<tokio::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +170,7 @@ impl podkit_core::ExitStatus for ScatterError {
 
 impl Scatter {
     pub fn new(args: ScatterArgs) -> Self {
-        Self { args, metrics: fanout::Metrics::default(), leaves: Arc::new(Leaves::default()) }
+        Self { args, metrics: fanout::Metrics::default(), leaves: Arc::new(Leaves::default()), listener: None }
     }
 
     fn merger(&self) -> Merger {
@@ -239,10 +241,21 @@ impl Component for Scatter {
         ctx.readiness.not_ready("leaves", "not resolved yet");
     }
 
+    async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        let l = Listen {
+            addr: self.args.listen,
+            addr_file: self.args.listen_addr_file.as_deref(),
+            what: "client listener",
+            option: "--listen",
+        };
+        self.listener = Some(podkit_core::listen(&l).await?);
+        Ok(())
+    }
+
     async fn run(self, ctx: Context) -> Result<i32, ScatterError> {
         let client = leaf_client().map_err(ScatterError::HttpClient)?;
         let merger = self.merger();
-        let Scatter { args, metrics, leaves } = self;
+        let Scatter { args, metrics, leaves, listener } = self;
         let mut fanout = Fanout::new(
             leaves.clone(),
             client,
@@ -280,20 +293,8 @@ impl Component for Scatter {
         }
         ctx.tasks.spawn(readiness_loop(leaves.clone(), args.min_leaves, args.breaker_cooldown.get(), ctx.clone()));
 
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %args.listen, error = %e, "cannot open the client listener; choose another --listen");
-                return Ok(EX_USAGE);
-            }
-        };
+        let listener = listener.expect("prepared before run");
         let bound = listener.local_addr().unwrap_or(args.listen);
-        if let Some(path) = &args.listen_addr_file
-            && let Err(e) = podkit_core::write_atomically(path, &bound.to_string())
-        {
-            tracing::error!(path = %path.display(), error = %e, "cannot write --listen-addr-file");
-            return Ok(EX_USAGE);
-        }
         tracing::info!(listen = %bound, deadline = %args.deadline, "scatter root listening");
         let app = axum::Router::new().fallback(handle).layer(DefaultBodyLimit::max(args.max_body)).with_state(fanout);
         let shutdown = ctx.shutdown.clone();

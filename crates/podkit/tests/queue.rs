@@ -346,6 +346,33 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(code, 64);
     assert!(err.contains("'../q' for '--queue"), "{err}");
 
+    // An uncreatable --out-dir is a configuration error, reported before the admin port opens.
+    let admin_file = f.dir.path().join("admin");
+    let (code, stderr) = run_plain(
+        &[
+            "queue",
+            "work",
+            "--store",
+            &f.store,
+            "--queue",
+            "q",
+            "--out-dir",
+            "/proc/1/no-such-dir/out",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-addr-file",
+            admin_file.to_str().unwrap(),
+            "--",
+            "cp",
+            "{input}",
+            "{output}",
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("cannot create --out-dir /proc/1/no-such-dir/out"), "{stderr}");
+    assert!(!admin_file.exists(), "the admin listener opened before the error");
+
     let unreadable = "/proc/1/nonexistent-dir/q.db";
     let (code, _, err) = f.cli(&["queue", "status", "--store", &format!("sqlite://{unreadable}")]);
     assert_eq!(code, 69, "{err}");

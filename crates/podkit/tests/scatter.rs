@@ -315,3 +315,29 @@ fn bad_options_exit_64() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_busy_listen_port_exits_64_before_the_admin_port_opens() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let admin_file = dir.path().join("admin");
+    let (code, stderr) = run_plain(
+        &[
+            "scatter",
+            "--leaves",
+            "http://127.0.0.1:1",
+            "--listen",
+            &addr,
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-addr-file",
+            admin_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains(&addr) && stderr.contains("--listen"), "names the address and the option: {stderr}");
+    assert!(!admin_file.exists(), "the admin listener opened before the error");
+    assert!(!stderr.contains("admin listener listening"), "{stderr}");
+}
