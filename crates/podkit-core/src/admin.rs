@@ -156,13 +156,18 @@ async fn readyz(State(st): State<AdminState>, Query(q): Query<HashMap<String, St
     }
 }
 
-async fn metrics(State(st): State<AdminState>) -> Response {
+/// `/metrics` in the format the scraper asks for: OpenMetrics for Prometheus, the classic text
+/// format for curl and promtool (see [`crate::metrics::wants_openmetrics`]).
+async fn metrics(State(st): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
     let mut body = String::new();
     if let Err(e) = encode(&mut body, &st.inner.registry) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}"));
     }
-    let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, ct)], body).into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if crate::metrics::wants_openmetrics(accept) {
+        return ([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS)], body).into_response();
+    }
+    ([(header::CONTENT_TYPE, crate::metrics::TEXT_0_0_4)], crate::metrics::to_text_format(&body)).into_response()
 }
 
 async fn config(State(st): State<AdminState>) -> Json<Value> {

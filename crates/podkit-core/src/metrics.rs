@@ -68,3 +68,126 @@ pub fn encode_proc_stats(
     }
     Ok(())
 }
+
+// === exposition formats ===
+
+/// The content type of the OpenMetrics text format.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of Prometheus' classic text format.
+pub const TEXT_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics, as Prometheus' own Go client
+/// decides it: OpenMetrics when it is offered, the classic text format otherwise (curl, older
+/// scrapers, `promtool check metrics`).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|part| {
+            let mut params = part.split(';').map(str::trim);
+            let is_om = params.next().is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"));
+            // `q=0` means "not this one".
+            is_om && !params.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0")
+        })
+    })
+}
+
+/// Rewrites an OpenMetrics exposition as the classic text format 0.0.4: counters' and infos'
+/// `HELP`/`TYPE` name the samples' full names (`_total`, `_info`), `UNIT` lines, `_created`
+/// samples, exemplars and `# EOF` go, and types the classic format lacks become `untyped`.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // HELP precedes TYPE in an OpenMetrics family; it is held until the type says what name
+    // the classic format gives the family.
+    let mut help: Option<(&str, &str)> = None;
+    let mut family: Option<(&str, &str)> = None; // (name, type)
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            family = Some((name, kind));
+            let (full, classic) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some((hname, text)) = help.take()
+                && hname == name
+            {
+                // The classic format escapes only backslash and newline in HELP.
+                out.push_str(&format!("# HELP {full} {}\n", text.replace("\\\"", "\"")));
+            }
+            out.push_str(&format!("# TYPE {full} {classic}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line.starts_with('#') {
+            continue;
+        }
+        if let Some((name, "counter")) = family
+            && line.strip_prefix(name).is_some_and(|r| r.starts_with("_created"))
+        {
+            continue;
+        }
+        // A sample, without its exemplar (` # {…} value`), which the classic format lacks.
+        let sample = match exemplar_start(line) {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        out.push_str(sample.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Where a sample line's exemplar begins: the first ` # ` outside the label set's quotes.
+fn exemplar_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let (mut in_quotes, mut escaped) = (false, false);
+    for i in 0..bytes.len() {
+        let b = bytes[i];
+        if in_quotes {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_quotes = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_quotes = true;
+        } else if b == b' ' && bytes.get(i + 1) == Some(&b'#') && bytes.get(i + 2) == Some(&b' ') {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_as_the_go_client_does() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text; q=0")));
+    }
+
+    #[test]
+    fn rewrites_openmetrics_as_the_classic_format() {
+        let om = "# HELP podkit_x_requests Requests \\\"served\\\".\n# TYPE podkit_x_requests counter\npodkit_x_requests_total{pool=\"a # b\"} 3 # {trace=\"1\"} 1.0\npodkit_x_requests_created 17\n# HELP podkit_x_up Up.\n# TYPE podkit_x_up gauge\n# UNIT podkit_x_up seconds\npodkit_x_up 1\n# HELP podkit_build Build.\n# TYPE podkit_build info\npodkit_build_info{version=\"1\"} 1\n# EOF\n";
+        let text = to_text_format(om);
+        assert_eq!(
+            text,
+            "# HELP podkit_x_requests_total Requests \"served\".\n# TYPE podkit_x_requests_total counter\npodkit_x_requests_total{pool=\"a # b\"} 3\n# HELP podkit_x_up Up.\n# TYPE podkit_x_up gauge\npodkit_x_up 1\n# HELP podkit_build_info Build.\n# TYPE podkit_build_info gauge\npodkit_build_info{version=\"1\"} 1\n"
+        );
+    }
+}

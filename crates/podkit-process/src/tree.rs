@@ -195,6 +195,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a process outside any tree, started as anyone would
     fn a_process_without_the_marker_is_not_a_member_without_a_root() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let tree = Tree::new();

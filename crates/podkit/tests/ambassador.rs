@@ -1,6 +1,9 @@
 //! `podkit ambassador` end to end: the real binary between raw clients and real memcached,
 //! Redis and nutcracker processes on loopback.
 
+// Tests start servers and podkit itself directly, outside any podkit reaper.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};

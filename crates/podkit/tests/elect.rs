@@ -1,6 +1,9 @@
 //! `podkit elect` end to end: real podkit processes, real etcd (one node and three members) and
 //! the lease-file backend.
 
+// Tests start servers and podkit itself directly, outside any podkit reaper.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -1,5 +1,8 @@
 //! `podkit queue` end to end: real worker processes over a SQLite store, killed at random.
 
+// Tests start servers and podkit itself directly, outside any podkit reaper.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 mod support;
 
 use std::collections::BTreeMap;

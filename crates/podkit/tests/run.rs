@@ -1,6 +1,9 @@
 //! `podkit run` end to end: the real binary, as PID 1 of a new PID namespace and as a
 //! subreaper, wrapping real processes.
 
+// Tests start servers and podkit itself directly, outside any podkit reaper.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,112 @@
+//! The contract every long-running command keeps, checked the same way for each: health,
+//! readiness with reasons, metrics a real Prometheus parser accepts in both formats, logs,
+//! config, a CPU profile, a graceful SIGTERM, and a bad flag that exits 64 naming it. A new
+//! command is added to `commands()` when it lands.
+
+// Tests start servers and podkit itself directly, outside any podkit reaper.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use podkit_testkit::require_program;
+use support::{Mode, Podkit, run_plain};
+
+/// Each command with arguments that start it on embedded defaults in `dir`.
+fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
+    let d = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let pools = d("nutcracker.yml");
+    std::fs::write(&pools, "cache:\n  listen: 127.0.0.1:0\n  servers:\n    - 127.0.0.1:1:1\n").unwrap();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        ("run", s(&["run", "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"])),
+        ("elect", s(&["elect", "--backend", &format!("file://{}", d("leases")), "--listen", "127.0.0.1:0"])),
+        ("ambassador", s(&["ambassador", "-c", &pools, "-s", "0"])),
+        ("scatter", s(&["scatter", "--leaves", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"])),
+        (
+            "queue",
+            s(&[
+                "queue",
+                "work",
+                "--store",
+                &format!("sqlite://{}", d("q.db")),
+                "--queue",
+                "q",
+                "--",
+                "cp",
+                "{input}",
+                "{output}",
+            ]),
+        ),
+    ]
+}
+
+fn promtool_check(what: &str, body: &str) {
+    let promtool = require_program("promtool", "prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "{what}: promtool check metrics: {said}\n{body}");
+}
+
+#[test]
+fn every_command_keeps_the_admin_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, args) in commands(dir.path()) {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = Podkit::start(Mode::Subreaper, &argv);
+        let admin = p.admin();
+        assert!(admin.healthy(), "{name}: /healthz");
+
+        let ready = admin.get("/readyz");
+        assert!(ready.status == 200 || ready.status == 503, "{name}: /readyz {}", ready.status);
+        if ready.status == 503 {
+            let reasons = ready.json()["reasons"].as_array().cloned().unwrap_or_default();
+            assert!(!reasons.is_empty(), "{name}: a 503 /readyz says why: {}", ready.body);
+        }
+
+        // The classic text format (what curl and promtool get) and OpenMetrics (what
+        // Prometheus asks for) both pass Prometheus' own parser.
+        let text = admin.metrics();
+        assert!(text.contains("podkit_build_info{"), "{name}: {text}");
+        promtool_check(&format!("{name} text format"), &text);
+        let om = reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", admin.base()))
+            .header("accept", "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3")
+            .send()
+            .unwrap();
+        let ct = om.headers()["content-type"].to_str().unwrap().to_string();
+        let om = om.text().unwrap();
+        assert!(ct.starts_with("application/openmetrics-text"), "{name}: {ct}");
+        assert!(om.trim_end().ends_with("# EOF"), "{name}: OpenMetrics ends with # EOF");
+
+        let logs = admin.get("/logs?limit=5");
+        assert_eq!(logs.status, 200, "{name}: /logs");
+        assert!(logs.json().is_array(), "{name}: /logs is a JSON array");
+        let config = admin.config();
+        assert!(config.is_object(), "{name}: /config is a JSON object: {config}");
+
+        let profile = admin.get("/debug/pprof/profile?seconds=1");
+        assert_eq!(profile.status, 200, "{name}: profile");
+
+        p.signal(Signal::SIGTERM);
+        assert_eq!(p.wait(), 0, "{name}: SIGTERM drains and exits 0\n{}", p.stderr());
+
+        let mut bad = argv.clone();
+        let at = bad.iter().position(|a| *a == "--").unwrap_or(bad.len());
+        bad.insert(at, "--no-such-flag");
+        let (code, stderr) = run_plain(&bad, &[]);
+        assert_eq!(code, 64, "{name}: a bad flag exits 64: {stderr}");
+        assert!(stderr.contains("--no-such-flag"), "{name}: the error names the flag: {stderr}");
+    }
+}
