@@ -31,7 +31,7 @@ pub use logs::LogRing;
 pub use readiness::Readiness;
 pub use shutdown::{Every, Reload, Shutdown, StopReason};
 pub use tokio::runtime::Builder as RuntimeBuilder;
-pub use types::{Argv, Duration};
+pub use types::{Argv, Duration, HttpUrl};
 
 /// One podkit command.
 ///

@@ -144,3 +144,59 @@ mod tests {
         assert!("".parse::<Argv>().is_err());
     }
 }
+
+// === impl HttpUrl ===
+
+/// A URL that podkit calls: `http` or `https` with a host, checked when the option is parsed, so
+/// `--notify-url ftp://…` or a relative URL stops podkit at start (exit 64) rather than failing
+/// at the first call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(reqwest::Url);
+
+impl HttpUrl {
+    pub fn into_inner(self) -> reqwest::Url {
+        self.0
+    }
+}
+
+impl FromStr for HttpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "expected an http:// or https:// URL such as http://127.0.0.1:8080/path";
+        let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("{e}; {EXPECTED}"))?;
+        match url.scheme() {
+            "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(HttpUrl(url)),
+            "http" | "https" => Err(format!("{s:?} has no host; {EXPECTED}")),
+            other => Err(format!("scheme {other:?} is not supported; {EXPECTED}")),
+        }
+    }
+}
+
+impl std::ops::Deref for HttpUrl {
+    type Target = reqwest::Url;
+
+    fn deref(&self) -> &reqwest::Url {
+        &self.0
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod http_url_tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_with_a_host_are_accepted() {
+        assert_eq!("http://127.0.0.1:8080/x".parse::<HttpUrl>().unwrap().port(), Some(8080));
+        assert!("https://example.test/".parse::<HttpUrl>().is_ok());
+        assert!("ftp://h/x".parse::<HttpUrl>().unwrap_err().contains("scheme \"ftp\""));
+        assert!("/relative".parse::<HttpUrl>().unwrap_err().contains("expected an http://"));
+        assert!("localhost:8080".parse::<HttpUrl>().is_err(), "a host:port is not a URL");
+    }
+}

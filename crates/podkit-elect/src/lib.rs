@@ -81,7 +81,7 @@ pub struct ElectArgs {
 
     /// POST a JSON event to this URL on every change of this replica's leadership.
     #[arg(long, value_name = "URL", help_heading = "Hooks")]
-    pub notify_url: Option<reqwest::Url>,
+    pub notify_url: Option<podkit_core::HttpUrl>,
 
     /// How long a hook may run.
     #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Hooks")]
@@ -200,7 +200,10 @@ impl Elect {
             renew: args.renew,
             on_elected: args.on_elected.clone().map(Hook::Exec),
             on_demoted: args.on_demoted.clone().map(Hook::Exec),
-            notify: args.notify_url.clone().map(|url| Hook::Http { method: reqwest::Method::POST, url }),
+            notify: args
+                .notify_url
+                .clone()
+                .map(|url| Hook::Http { method: reqwest::Method::POST, url: url.into_inner() }),
             hook_timeout: args.hook_timeout.get(),
         });
         let metrics = Metrics::new();

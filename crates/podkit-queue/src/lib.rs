@@ -165,7 +165,7 @@ pub struct WorkArgs {
     pub exit_when_empty: bool,
     /// Instead of a command, POST each input to this URL; the answer's body is the output.
     #[arg(long, value_name = "URL", conflicts_with = "command")]
-    pub http: Option<reqwest::Url>,
+    pub http: Option<podkit_core::HttpUrl>,
     /// The stage: a command (argv, no shell) in which `{input}` and `{output}` become paths.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -528,12 +528,8 @@ impl Component for Pipeline {
         }
         // Drained: every stage has nothing pending or running at one moment. Nothing can appear
         // later, because only a running item of an earlier stage adds items to the next.
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = ctx.shutdown.triggered() => break,
-            }
+        let mut every = ctx.shutdown.every(Duration::from_millis(200));
+        while every.tick().await {
             if let Ok(all) = store.counts(None).await {
                 let busy = all.iter().filter(|c| queues.contains(&c.queue)).any(|c| c.pending + c.running > 0);
                 if !busy {
@@ -605,7 +601,7 @@ impl Component for Work {
     async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
         let a = &self.args;
         let stage = match (&a.http, work::check_template(&a.command)) {
-            (Some(url), _) => Stage::Http(url.clone()),
+            (Some(url), _) => Stage::Http(url.clone().into_inner()),
             (None, Ok(t)) => Stage::Exec(t),
             (None, Err(e)) => return Err(StartError::usage(format!("bad stage: {e}"))),
         };

@@ -393,12 +393,8 @@ impl Worker {
 
     /// Keeps the per-state gauges current for /metrics.
     async fn gauge_loop(self: Arc<Self>, ctx: Context) {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = ctx.shutdown.triggered() => return,
-            }
+        let mut every = ctx.shutdown.every(Duration::from_secs(2));
+        while every.tick().await {
             if let Ok(all) = self.store.counts(None).await {
                 for c in all {
                     for (state, n) in

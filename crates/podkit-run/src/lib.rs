@@ -17,7 +17,7 @@ use clap::{Args, ValueEnum};
 use nix::sys::signal::Signal;
 use podkit_core::backoff::BackoffPolicy;
 use podkit_core::metrics::encode_proc_stats;
-use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, StopReason};
+use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, HttpUrl, StopReason};
 use podkit_process::supervised::{self, Ended, Handle, Phase, Program, Status};
 use podkit_process::{Hook, Outcome, Restart, RestartPolicy, Runner, StopPolicy, StopRequest, parse_signal};
 use prometheus_client::collector::Collector;
@@ -48,16 +48,16 @@ pub struct RunArgs {
     pub signal_group: bool,
 
     /// Before the stop signal, POST to this URL and wait for the answer (within --grace).
-    #[arg(long, value_name = "URL", value_parser = parse_http_url, conflicts_with = "pre_stop_exec", help_heading = "Stopping")]
-    pub pre_stop_http: Option<reqwest::Url>,
+    #[arg(long, value_name = "URL", conflicts_with = "pre_stop_exec", help_heading = "Stopping")]
+    pub pre_stop_http: Option<HttpUrl>,
 
     /// Before the stop signal, run this command (argv, no shell) and wait for it (within --grace).
     #[arg(long, value_name = "CMD", help_heading = "Stopping")]
     pub pre_stop_exec: Option<Argv>,
 
     /// Ready only while GET on this URL answers 2xx.
-    #[arg(long, value_name = "URL", value_parser = parse_http_url, conflicts_with = "ready_exec", help_heading = "Readiness")]
-    pub ready_http: Option<reqwest::Url>,
+    #[arg(long, value_name = "URL", conflicts_with = "ready_exec", help_heading = "Readiness")]
+    pub ready_http: Option<HttpUrl>,
 
     /// Ready only while this command (argv, no shell) exits 0.
     #[arg(long, value_name = "CMD", help_heading = "Readiness")]
@@ -72,8 +72,8 @@ pub struct RunArgs {
     pub ready_timeout: podkit_core::Duration,
 
     /// `POST /lifecycle/save` POSTs to this URL: the app's "save your state now" hook.
-    #[arg(long, value_name = "URL", value_parser = parse_http_url, conflicts_with = "save_exec", help_heading = "Saving state")]
-    pub save_http: Option<reqwest::Url>,
+    #[arg(long, value_name = "URL", conflicts_with = "save_exec", help_heading = "Saving state")]
+    pub save_http: Option<HttpUrl>,
 
     /// `POST /lifecycle/save` runs this command (argv, no shell).
     #[arg(long, value_name = "CMD", help_heading = "Saving state")]
@@ -121,14 +121,6 @@ impl From<RestartArg> for Restart {
             RestartArg::OnFailure => Restart::OnFailure,
             RestartArg::Always => Restart::Always,
         }
-    }
-}
-
-fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{e}; expected a URL such as http://127.0.0.1:8080/ready"))?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => Err(format!("scheme {other:?} is not supported; expected http or https")),
     }
 }
 
@@ -191,7 +183,7 @@ impl State {
 
 impl Run {
     pub fn new(args: RunArgs) -> Self {
-        let save = Hook::from_options(args.save_http.as_ref(), args.save_exec.as_ref(), reqwest::Method::POST);
+        let save = Hook::from_options(args.save_http.as_deref(), args.save_exec.as_ref(), reqwest::Method::POST);
         let state = Arc::new(State {
             hook_runs: Family::default(),
             save,
@@ -214,7 +206,11 @@ impl Run {
             capture: !a.no_capture,
             terminal: true,
             stop: StopPolicy {
-                pre_stop: Hook::from_options(a.pre_stop_http.as_ref(), a.pre_stop_exec.as_ref(), reqwest::Method::POST),
+                pre_stop: Hook::from_options(
+                    a.pre_stop_http.as_deref(),
+                    a.pre_stop_exec.as_ref(),
+                    reqwest::Method::POST,
+                ),
                 signal: a.stop_signal,
                 grace,
                 group: a.signal_group,
@@ -258,7 +254,7 @@ impl Component for Run {
         let _ = self.state.status.set(handle.watch());
 
         if let Some(probe) =
-            Hook::from_options(self.args.ready_http.as_ref(), self.args.ready_exec.as_ref(), reqwest::Method::GET)
+            Hook::from_options(self.args.ready_http.as_deref(), self.args.ready_exec.as_ref(), reqwest::Method::GET)
         {
             ctx.tasks.spawn(probe_loop(probe, host.hooks.clone(), self.state.clone(), ctx.clone(), self.args.clone()));
         }
@@ -326,14 +322,9 @@ async fn save(state: Arc<State>) -> Response {
 }
 
 async fn probe_loop(probe: Hook, runner: Runner, state: Arc<State>, ctx: Context, args: RunArgs) {
-    let mut tick = tokio::time::interval(args.ready_interval.get());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = ctx.shutdown.every(args.ready_interval.get());
     let mut was_ok = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = ctx.shutdown.triggered() => return,
-        }
+    while every.tick().await {
         if state.status().and_then(|s| s.pid).is_none() {
             continue; // the program is not running: "program" already says why
         }

@@ -66,7 +66,7 @@ pub struct ScatterArgs {
     /// Merge with a co-located app instead: POST it {"responses":[{"shard","body"}],"missing":[…]}
     /// and answer with its answer.
     #[arg(long, value_name = "URL", conflicts_with = "merge_exec", help_heading = "Merging")]
-    pub merge_http: Option<reqwest::Url>,
+    pub merge_http: Option<podkit_core::HttpUrl>,
 
     /// Merge with a command instead (argv, no shell): the same document on stdin, the answer on
     /// stdout.
@@ -175,7 +175,7 @@ impl Scatter {
 
     fn merger(&self) -> Merger {
         match (&self.args.merge_http, &self.args.merge_exec) {
-            (Some(url), _) => Merger::Http(url.clone()),
+            (Some(url), _) => Merger::Http(url.clone().into_inner()),
             (None, Some(argv)) => Merger::Exec(argv.clone()),
             _ => Merger::Builtin(self.args.merge.clone()),
         }
@@ -367,14 +367,8 @@ async fn handle(
 }
 
 async fn resolve_loop(source: LeafSource, leaves: Arc<Leaves>, every: Duration, ctx: Context) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = ctx.shutdown.triggered() => return,
-        }
+    let mut every = ctx.shutdown.every_after(every);
+    while every.tick().await {
         match source.resolve().await {
             // An empty answer is far more often a file caught mid-write or a DNS hiccup than a
             // real scale-to-zero: keep the last leaves.
@@ -392,12 +386,8 @@ async fn resolve_loop(source: LeafSource, leaves: Arc<Leaves>, every: Duration, 
 
 /// Ready while enough shards have a leaf whose circuit is closed.
 async fn readiness_loop(leaves: Arc<Leaves>, min: MinLeaves, _cooldown: Duration, ctx: Context) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = ctx.shutdown.triggered() => return,
-        }
+    let mut every = ctx.shutdown.every(Duration::from_millis(500));
+    while every.tick().await {
         let t = leaves.get();
         let n = t.shards.len();
         let reachable = t.shards.iter().filter(|s| s.replicas.iter().any(|l| !l.is_open())).count();

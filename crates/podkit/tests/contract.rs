@@ -110,3 +110,19 @@ fn every_command_keeps_the_admin_contract() {
         assert!(stderr.contains("--no-such-flag"), "{name}: the error names the flag: {stderr}");
     }
 }
+
+#[test]
+fn every_url_option_rejects_a_non_http_url_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("q.db").display());
+    for args in [
+        vec!["run", "--pre-stop-http", "ftp://h/x", "--", "true"],
+        vec!["elect", "--notify-url", "ftp://h/x"],
+        vec!["scatter", "--leaves", "http://127.0.0.1:1", "--merge-http", "ftp://h/x"],
+        vec!["queue", "work", "--store", &db, "--queue", "q", "--http", "ftp://h/x"],
+    ] {
+        let (code, stderr) = run_plain(&args, &[]);
+        assert_eq!(code, 64, "{args:?}: {stderr}");
+        assert!(stderr.contains("scheme \"ftp\" is not supported"), "{args:?}: {stderr}");
+    }
+}
