@@ -4,18 +4,16 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::support::{Mode, Podkit, TestHttp, run_plain};
 use nix::sys::signal::Signal;
 use podkit_testkit::{AdminClient, EtcdCluster, assert_eventually};
 use serde_json::Value;
-use support::{Mode, Podkit, TestHttp, run_plain};
 
 const TTL: Duration = Duration::from_secs(2);
 /// Scheduling slack on a busy 2-core CI machine, added to every bound the issue states.
@@ -469,7 +467,7 @@ fn lease_file_owned_by_another_user_is_refused() {
     std::fs::set_permissions(leases.join("default.lease"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let backend = format!("file://{}", leases.display());
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", support::PODKIT, "elect"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", crate::support::PODKIT, "elect"])
         .args(["--backend", &backend, "--admin", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
         .output()
         .unwrap();

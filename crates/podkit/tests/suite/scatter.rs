@@ -1,13 +1,11 @@
 //! `podkit scatter` end to end: the real binary in front of real HTTP leaves on loopback.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Mode, Podkit, run_plain};
 use nix::sys::signal::Signal;
 use podkit_testkit::{AdminClient, TestLeaf, assert_eventually};
 use serde_json::{Value, json};
-use support::{Mode, Podkit, run_plain};
 
 /// A root and a client for it.
 struct Root {

@@ -6,14 +6,12 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::support::{Mode, Podkit, run_plain};
 use nix::sys::signal::Signal;
 use podkit_testkit::require_program;
-use support::{Mode, Podkit, run_plain};
 
 /// Each command with arguments that start it on embedded defaults in `dir`.
 fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {

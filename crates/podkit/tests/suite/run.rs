@@ -4,16 +4,14 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::{Mode, Podkit, TestHttp, alive, run_plain};
 use nix::sys::signal::Signal;
 use podkit_testkit::assert_eventually;
-use support::{Mode, Podkit, TestHttp, alive, run_plain};
 
 /// A program that records the signals it gets in `signals` and says it is ready in `ready`.
 fn trapping_script(dir: &std::path::Path, signals: &[&str], extra: &str) -> String {
@@ -589,11 +587,11 @@ fn flags_take_usual_boolean_spellings_and_beat_conflicting_file_keys() {
 fn version_and_help() {
     let (code, _) = run_plain(&["--version"], &[]);
     assert_eq!(code, 0);
-    let out = std::process::Command::new(support::PODKIT).args(["help", "run"]).output().unwrap();
+    let out = std::process::Command::new(crate::support::PODKIT).args(["help", "run"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--pre-stop-exec") && help.contains("PODKIT_GRACE"), "{help}");
-    let out = std::process::Command::new(support::PODKIT).arg("--help").output().unwrap();
+    let out = std::process::Command::new(crate::support::PODKIT).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("run"));
 }

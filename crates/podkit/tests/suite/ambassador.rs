@@ -4,17 +4,15 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::support::{Mode, Podkit, run_plain};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podkit_testkit::{Server, assert_eventually, memcached, memcached_on, nutcracker, redis};
 use serde_json::Value;
-use support::{Mode, Podkit, run_plain};
 
 /// A running ambassador and its configuration file.
 struct Ambassador {

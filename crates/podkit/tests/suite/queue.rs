@@ -3,17 +3,15 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{Mode, PODKIT, Podkit, run_plain};
 use nix::sys::signal::Signal;
 use podkit_testkit::{TestLeaf, assert_eventually};
 use serde_json::Value;
-use support::{Mode, PODKIT, Podkit, run_plain};
 
 struct Fixture {
     dir: tempfile::TempDir,

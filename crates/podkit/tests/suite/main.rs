@@ -1,0 +1,13 @@
+//! podkit's end-to-end suite: the real binary against real servers. One test binary with a
+//! module per command, so the support code is compiled and linked once.
+
+// Tests start servers and podkit itself directly, outside any podkit reaper.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod ambassador;
+mod contract;
+mod elect;
+mod queue;
+mod run;
+mod scatter;
+mod support;
