@@ -152,12 +152,40 @@ pub struct Incoming {
 #[derive(Debug)]
 enum ShardResult {
     Ok(Bytes),
-    Missing(String),
+    Missing(Missing),
+}
+
+/// Why a shard has no answer in the merge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Missing {
+    /// No answer within the shard's budget (reported as the budget).
+    TimedOut(Duration),
+    /// Every replica's breaker is open.
+    CircuitOpen,
+    /// The last answer had an error status.
+    Status(StatusCode),
+    /// No replica could be reached, or an answer could not be read.
+    Failed(String),
+    /// The merge strategy refused the leaf's answer.
+    Rejected(String),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::TimedOut(d) => write!(f, "timed out after {}", ms(*d)),
+            Missing::CircuitOpen => f.write_str("circuit open"),
+            Missing::Status(s) => write!(f, "HTTP {}", s.as_u16()),
+            Missing::Failed(e) | Missing::Rejected(e) => f.write_str(e),
+        }
+    }
 }
 
 /// One attempt's result.
 enum Attempt {
     Answer(StatusCode, Bytes),
+    /// No answer within the attempt's time.
+    TimedOut,
     ConnectError(String),
     Failed(String),
 }
@@ -233,13 +261,13 @@ impl Fanout {
         };
         let mut parts = Vec::new();
         let mut bodies: Vec<(usize, Bytes)> = Vec::new();
-        let mut missing: Vec<(usize, String)> = Vec::new();
+        let mut missing: Vec<(usize, Missing)> = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 ShardResult::Ok(body) => match strategy {
                     Some(s) => match s.accept(&body) {
                         Ok(p) => parts.push(p),
-                        Err(reason) => missing.push((i, reason)),
+                        Err(reason) => missing.push((i, Missing::Rejected(reason))),
                     },
                     None => bodies.push((i, body)),
                 },
@@ -249,12 +277,13 @@ impl Fanout {
         let answered = n - missing.len();
         let required = self.min_leaves.required(n);
         if n == 0 || answered < required {
-            let status = if missing.iter().any(|(_, r)| r.starts_with("timed out")) {
+            let status = if missing.iter().any(|(_, r)| matches!(r, Missing::TimedOut(_))) {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            let shards: Vec<Value> = missing.iter().map(|(i, r)| json!({ "shard": i, "error": r })).collect();
+            let shards: Vec<Value> =
+                missing.iter().map(|(i, r)| json!({ "shard": i, "error": r.to_string() })).collect();
             let error = if n == 0 {
                 "no leaves".to_string()
             } else {
@@ -262,6 +291,7 @@ impl Fanout {
             };
             return error_answer(status, json!({ "error": error, "missing": shards }));
         }
+        let missing: Vec<(usize, String)> = missing.into_iter().map(|(i, r)| (i, r.to_string())).collect();
         let merged = match (&self.merger, strategy) {
             (_, Some(s)) => s.merge(parts).map(|b| (b, s.content_type())),
             (Merger::Http(url), None) => self.merge_http(url, &bodies, &missing, req).await,
@@ -360,14 +390,14 @@ impl Fanout {
             None
         };
         let Some(primary) = pick(&mut next) else {
-            return ShardResult::Missing("circuit open".into());
+            return ShardResult::Missing(Missing::CircuitOpen);
         };
         let hedge_at = if self.hedge && req.idempotent() { primary.hedge_after().map(|d| started + d) } else { None };
         in_flight.push(self.attempt(primary, index, n, req.clone(), until));
         self.budget_refill();
         let mut retries_left = self.retries;
         let mut hedged = false;
-        let mut last_error = String::from("no answer");
+        let mut last_error = Missing::Failed("no answer".into());
         loop {
             let hedge_timer = async {
                 match hedge_at {
@@ -378,9 +408,9 @@ impl Fanout {
             tokio::select! {
                 done = in_flight.next() => match done {
                     Some((_, Attempt::Answer(status, body))) if status.is_success() => return ShardResult::Ok(body),
-                    Some((_, Attempt::Answer(status, _))) => last_error = format!("HTTP {}", status.as_u16()),
+                    Some((_, Attempt::Answer(status, _))) => last_error = Missing::Status(status),
                     Some((_, Attempt::ConnectError(e))) => {
-                        last_error = e;
+                        last_error = Missing::Failed(e);
                         if retries_left > 0 && Instant::now() < until
                             && let Some(leaf) = pick(&mut next)
                         {
@@ -389,7 +419,10 @@ impl Fanout {
                             in_flight.push(self.attempt(leaf, index, n, req.clone(), until));
                         }
                     }
-                    Some((_, Attempt::Failed(e))) => last_error = e,
+                    Some((_, Attempt::Failed(e))) => last_error = Missing::Failed(e),
+                    // The shard's budget, not this attempt's remainder: one number per shard in
+                    // messages.
+                    Some((_, Attempt::TimedOut)) => last_error = Missing::TimedOut(self.leaf_timeout.min(req.budget)),
                     None => return ShardResult::Missing(last_error),
                 },
                 _ = hedge_timer => {
@@ -402,7 +435,7 @@ impl Fanout {
                     }
                 }
                 _ = tokio::time::sleep_until(until) => {
-                    return ShardResult::Missing(format!("timed out after {}", ms(self.leaf_timeout.min(req.budget))));
+                    return ShardResult::Missing(Missing::TimedOut(self.leaf_timeout.min(req.budget)));
                 }
             }
         }
@@ -444,10 +477,7 @@ impl Fanout {
                     Err(e) => Attempt::Failed(e),
                 }
             }
-            // The shard's budget, not this attempt's remainder: one number per shard in messages.
-            Err(e) if e.is_timeout() => {
-                Attempt::Failed(format!("timed out after {}", ms(self.leaf_timeout.min(req.budget))))
-            }
+            Err(e) if e.is_timeout() => Attempt::TimedOut,
             Err(e) if e.is_connect() => {
                 Attempt::ConnectError(format!("cannot connect to {}: {}", leaf.base, root_cause(&e)))
             }
@@ -464,7 +494,7 @@ impl Fanout {
                 "error"
             }
             Attempt::Answer(..) => "error",
-            Attempt::Failed(e) if e.starts_with("timed out") => {
+            Attempt::TimedOut => {
                 // A timeout counts against the leaf only if it had the full leaf timeout: a
                 // caller's short deadline says nothing about the leaf's health.
                 if remaining + Duration::from_millis(1) >= self.leaf_timeout {
