@@ -152,8 +152,37 @@ impl Ambassador {
     }
 }
 
+impl podkit_core::Command for AmbassadorArgs {
+    const NAME: &'static str = "ambassador";
+
+    fn augment(cmd: clap::Command) -> clap::Command {
+        // --config is twemproxy's file here, as for nutcracker; podkit's own option file is
+        // --options.
+        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN).mut_arg("config", |a| {
+            a.long("options").help(
+                "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
+            )
+        })
+    }
+
+    fn main(self, effective: serde_json::Value) -> i32 {
+        if self.test_conf {
+            return test_config(&self.pools_file);
+        }
+        let common = self.common.clone();
+        match Ambassador::new(self) {
+            Ok(a) => podkit_core::launch(a, &common, effective),
+            Err(e) => {
+                eprintln!("error: {e}");
+                podkit_core::EX_USAGE
+            }
+        }
+    }
+}
+
 impl Component for Ambassador {
     const NAME: &'static str = "ambassador";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
     type Error = AmbassadorError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {

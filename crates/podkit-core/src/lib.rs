@@ -33,6 +33,22 @@ pub use shutdown::{Every, Reload, Shutdown, StopReason};
 pub use tokio::runtime::Builder as RuntimeBuilder;
 pub use types::{Argv, Duration, HttpUrl};
 
+/// A subcommand as the binary registers it: its options, how it adjusts its clap definition
+/// (its default admin address, say), and how it runs. The binary lists commands and nothing
+/// else.
+pub trait Command: clap::Args + clap::FromArgMatches + Sized {
+    /// The subcommand's name (`run`, `elect`, …).
+    const NAME: &'static str;
+
+    /// Adjusts the subcommand's clap definition before parsing.
+    fn augment(cmd: clap::Command) -> clap::Command {
+        cmd
+    }
+
+    /// Runs it with the effective configuration `GET /config` serves; returns the exit status.
+    fn main(self, effective: Value) -> i32;
+}
+
 /// One podkit command.
 ///
 /// Its life: built from its arguments (a constructor that rejects bad values), then
@@ -45,6 +61,17 @@ pub trait Component: Send + 'static {
 
     /// Errors that end [`Component::run`]; each knows its exit status.
     type Error: std::error::Error + ExitStatus + Send + Sync + 'static;
+
+    /// The admin listener's default address: each command has its own fixed port, so the
+    /// commands of one pod (which share localhost) do not collide.
+    const DEFAULT_ADMIN: &'static str;
+
+    /// The runtime the command runs on. Most commands are idle and latency-bound: one thread
+    /// keeps podkit's own footprint small (the blocking pool still serves file I/O and
+    /// profiles).
+    fn runtime() -> tokio::runtime::Builder {
+        tokio::runtime::Builder::new_current_thread()
+    }
 
     /// Opens what the command needs before anything is served: its listeners (see [`listen`]),
     /// files, certificates. A [`StartError`] here ends podkit with its status (64 for bad
@@ -80,14 +107,10 @@ pub struct Context {
 
 /// Runs `component` under the podkit contract and returns the process exit status.
 ///
-/// `effective` is the configuration `GET /config` serves (already redacted); `runtime` chooses
-/// the Tokio flavour (a light current-thread runtime suits an init, a proxy wants every core).
-pub fn launch<C: Component>(
-    mut component: C,
-    common: &CommonArgs,
-    effective: Value,
-    mut runtime: tokio::runtime::Builder,
-) -> i32 {
+/// `effective` is the configuration `GET /config` serves (already redacted); the runtime is
+/// the one [`Component::runtime`] asks for.
+pub fn launch<C: Component>(mut component: C, common: &CommonArgs, effective: Value) -> i32 {
+    let mut runtime = C::runtime();
     let token = match common.admin_token_file.as_deref().map(read_token).transpose() {
         Ok(t) => t,
         Err(e) => {

@@ -236,8 +236,22 @@ impl podkit_core::ExitStatus for ElectError {
     }
 }
 
+impl podkit_core::Command for ElectArgs {
+    const NAME: &'static str = "elect";
+
+    fn augment(cmd: clap::Command) -> clap::Command {
+        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN)
+    }
+
+    fn main(self, effective: serde_json::Value) -> i32 {
+        let common = self.common.clone();
+        podkit_core::launch(Elect::new(self), &common, effective)
+    }
+}
+
 impl Component for Elect {
     const NAME: &'static str = "elect";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
     type Error = ElectError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {

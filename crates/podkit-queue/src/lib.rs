@@ -208,6 +208,31 @@ pub struct PurgeArgs {
 
 /// Runs a one-shot subcommand (everything but `work`), printing its result. Returns the exit
 /// status.
+impl podkit_core::Command for QueueArgs {
+    const NAME: &'static str = "queue";
+
+    fn augment(cmd: clap::Command) -> clap::Command {
+        // Only the long-running subcommands have an admin listener.
+        cmd.mut_subcommand("work", |w| podkit_core::config::with_admin_default(w, DEFAULT_ADMIN))
+            .mut_subcommand("pipeline", |w| podkit_core::config::with_admin_default(w, DEFAULT_ADMIN))
+    }
+
+    fn main(self, effective: serde_json::Value) -> i32 {
+        match self.command {
+            QueueCommand::Work(args) => {
+                let common = args.common.clone();
+                podkit_core::launch(Work::new(args), &common, effective)
+            }
+            QueueCommand::Pipeline(args) => {
+                let common = args.common.clone();
+                podkit_core::launch(Pipeline::new(args), &common, effective)
+            }
+            other => run_oneshot(other),
+        }
+    }
+}
+
+/// The commands that do one thing and exit (push, status, dead, retry, purge).
 pub fn run_oneshot(cmd: QueueCommand) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -496,6 +521,7 @@ impl Pipeline {
 
 impl Component for Pipeline {
     const NAME: &'static str = "queue";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
     type Error = WorkError;
 
     async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
@@ -596,6 +622,7 @@ impl Work {
 
 impl Component for Work {
     const NAME: &'static str = "queue";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
     type Error = WorkError;
 
     async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {

@@ -224,8 +224,22 @@ impl Run {
     }
 }
 
+impl podkit_core::Command for RunArgs {
+    const NAME: &'static str = "run";
+
+    fn augment(cmd: clap::Command) -> clap::Command {
+        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN)
+    }
+
+    fn main(self, effective: serde_json::Value) -> i32 {
+        let common = self.common.clone();
+        podkit_core::launch(Run::new(self), &common, effective)
+    }
+}
+
 impl Component for Run {
     const NAME: &'static str = "run";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
     type Error = RunError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {

@@ -214,8 +214,22 @@ impl Collector for LeavesCollector {
     }
 }
 
+impl podkit_core::Command for ScatterArgs {
+    const NAME: &'static str = "scatter";
+
+    fn augment(cmd: clap::Command) -> clap::Command {
+        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN)
+    }
+
+    fn main(self, effective: serde_json::Value) -> i32 {
+        let common = self.common.clone();
+        podkit_core::launch(Scatter::new(self), &common, effective)
+    }
+}
+
 impl Component for Scatter {
     const NAME: &'static str = "scatter";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
     type Error = ScatterError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
@@ -239,6 +253,11 @@ impl Component for Scatter {
         reg.register("retries", "Leaf requests retried after a connection error", fanout_metrics.retries.clone());
         reg.register_collector(Box::new(LeavesCollector { leaves: self.leaves.clone() }));
         ctx.readiness.not_ready("leaves", "not resolved yet");
+    }
+
+    fn runtime() -> tokio::runtime::Builder {
+        // A root serves many clients and fans out to many leaves: every core it is given.
+        tokio::runtime::Builder::new_multi_thread()
     }
 
     async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {

@@ -1,20 +1,35 @@
-//! The `podkit` binary: command-line parsing and dispatch only. Each command lives in its own
-//! crate; this file lists them.
+//! The `podkit` binary: the list of commands, nothing else. Each command lives in its own crate
+//! and says there how it is configured and run (`podkit_core::Command`).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use podkit_core::config::{self, with_admin_default};
+use podkit_core::Command as _;
+use podkit_core::config;
 
-/// Pattern containers for distributed systems, as one small binary: run it beside any app and
-/// talk to it over localhost.
-#[derive(Debug, Parser)]
-#[command(name = "podkit", version, propagate_version = true, max_term_width = 100)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+/// Declares the commands: one line each (its help, its name, its options type).
+macro_rules! commands {
+    ($($(#[$meta:meta])* $variant:ident($args:ty),)*) => {
+        #[derive(Debug, Subcommand)]
+        enum Command {
+            $($(#[$meta])* $variant($args),)*
+        }
+
+        impl Command {
+            /// Lets each command adjust its own clap definition.
+            fn augment(mut cmd: clap::Command) -> clap::Command {
+                $(cmd = cmd.mut_subcommand(<$args as podkit_core::Command>::NAME, <$args as podkit_core::Command>::augment);)*
+                cmd
+            }
+
+            fn main(self, effective: serde_json::Value) -> i32 {
+                match self {
+                    $(Command::$variant(args) => args.main(effective),)*
+                }
+            }
+        }
+    };
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
+commands! {
     /// Run a program as PID 1 (or a subreaper) with the container lifecycle: signal forwarding,
     /// zombie reaping, pre-stop and save hooks, readiness, logs and metrics on the admin port.
     #[command(
@@ -52,28 +67,20 @@ enum Command {
     Queue(podkit_queue::QueueArgs),
 }
 
+/// Pattern containers for distributed systems, as one small binary: run it beside any app and
+/// talk to it over localhost.
+#[derive(Debug, Parser)]
+#[command(name = "podkit", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
 /// Options whose values `GET /config` never shows.
 const SECRETS: &[&str] = &[];
 
 fn main() {
-    let cmd = Cli::command()
-        .mut_subcommand("run", |c| with_admin_default(c, podkit_run::DEFAULT_ADMIN))
-        .mut_subcommand("elect", |c| with_admin_default(c, podkit_elect::DEFAULT_ADMIN))
-        .mut_subcommand("ambassador", |c| {
-            // --config is twemproxy's file here, as for nutcracker; podkit's own option file
-            // is --options.
-            with_admin_default(c, podkit_ambassador::DEFAULT_ADMIN).mut_arg("config", |a| {
-                a.long("options").help(
-                    "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
-                )
-            })
-        })
-        .mut_subcommand("scatter", |c| with_admin_default(c, podkit_scatter::DEFAULT_ADMIN))
-        .mut_subcommand("queue", |c| {
-            c.mut_subcommand("work", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN))
-                .mut_subcommand("pipeline", |w| with_admin_default(w, podkit_queue::DEFAULT_ADMIN))
-        });
-    let parsed = match config::parse(cmd, std::env::args_os().collect(), SECRETS) {
+    let parsed = match config::parse(Command::augment(Cli::command()), std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
     };
@@ -81,50 +88,5 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => std::process::exit(config::ConfigError::Cli(e).report()),
     };
-    // run and elect are mostly idle and latency-bound: one thread keeps podkit's own footprint
-    // small (the blocking pool still serves file I/O and profiles).
-    let runtime = podkit_core::RuntimeBuilder::new_current_thread();
-    let code = match cli.command {
-        Command::Run(args) => {
-            let common = args.common.clone();
-            podkit_core::launch(podkit_run::Run::new(args), &common, parsed.effective, runtime)
-        }
-        Command::Elect(args) => {
-            let common = args.common.clone();
-            podkit_core::launch(podkit_elect::Elect::new(args), &common, parsed.effective, runtime)
-        }
-        Command::Ambassador(args) => {
-            if args.test_conf {
-                std::process::exit(podkit_ambassador::test_config(&args.pools_file));
-            }
-            let common = args.common.clone();
-            // Clients are served by the ambassador's own worker threads (one per core); this
-            // runtime only accepts connections and runs the admin side.
-            match podkit_ambassador::Ambassador::new(args) {
-                Ok(a) => podkit_core::launch(a, &common, parsed.effective, runtime),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    podkit_core::EX_USAGE
-                }
-            }
-        }
-        Command::Scatter(args) => {
-            let common = args.common.clone();
-            // A root serves many clients and fans out to many leaves: every core it is given.
-            let runtime = podkit_core::RuntimeBuilder::new_multi_thread();
-            podkit_core::launch(podkit_scatter::Scatter::new(args), &common, parsed.effective, runtime)
-        }
-        Command::Queue(podkit_queue::QueueArgs { command: podkit_queue::QueueCommand::Work(args) }) => {
-            let common = args.common.clone();
-            // Items run as processes and the store works on the blocking pool: one thread
-            // schedules them all.
-            podkit_core::launch(podkit_queue::Work::new(args), &common, parsed.effective, runtime)
-        }
-        Command::Queue(podkit_queue::QueueArgs { command: podkit_queue::QueueCommand::Pipeline(args) }) => {
-            let common = args.common.clone();
-            podkit_core::launch(podkit_queue::Pipeline::new(args), &common, parsed.effective, runtime)
-        }
-        Command::Queue(podkit_queue::QueueArgs { command }) => podkit_queue::run_oneshot(command),
-    };
-    std::process::exit(code);
+    std::process::exit(cli.command.main(parsed.effective));
 }

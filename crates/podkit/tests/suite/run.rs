@@ -493,7 +493,7 @@ fn bad_configuration_exits_64_naming_the_problem() {
     let cases: Vec<Case> = vec![
         (vec!["--grace".into(), "soon".into()], vec![], "'soon' for '--grace"),
         (vec!["--stop-signal".into(), "SIGNOPE".into()], vec![], "SIGNOPE"),
-        (vec!["--pre-stop-http".into(), "ftp://x/".into()], vec![], "expected http or https"),
+        (vec!["--pre-stop-http".into(), "ftp://x/".into()], vec![], "expected an http:// or https:// URL"),
         (vec!["--restart".into(), "sometimes".into()], vec![], "sometimes"),
         (vec!["--ready-exec".into(), "echo 'oops".into()], vec![], "unbalanced quotes"),
         (vec![], vec![("PODKIT_GRACE", "lots")], "'lots' for '--grace"),
