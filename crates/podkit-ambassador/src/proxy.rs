@@ -51,7 +51,7 @@ enum Proto {
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve<R, W>(r: R, w: W, handle: Arc<PoolHandle>, id: u64, max_request: usize)
+pub(crate) async fn serve<R, W>(r: R, w: W, handle: Arc<PoolHandle>, id: u64, max_request: usize)
 where
     R: AsyncRead,
     W: AsyncWrite,

@@ -8,7 +8,7 @@ use podkit_process::exec::{self, Exec, ExecError, Keep};
 use podkit_process::reaper::Reaper;
 
 /// Runs `argv` with `input` on stdin and returns its stdout, within `timeout` and `limit` bytes.
-pub async fn pipe(
+pub(crate) async fn pipe(
     reaper: &Reaper,
     argv: &Argv,
     input: Vec<u8>,

@@ -16,32 +16,32 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podkit_testkit::{AdminClient, assert_eventually};
 
-pub const PODKIT: &str = env!("CARGO_BIN_EXE_podkit");
+pub(crate) const PODKIT: &str = env!("CARGO_BIN_EXE_podkit");
 
 /// Where `podkit run` runs: as PID 1 of a new PID namespace, or as an ordinary process (then it
 /// registers as a subreaper).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Pid1,
     Subreaper,
 }
 
 /// One podkit process with its own directory, admin address file and captured output.
-pub struct Podkit {
+pub(crate) struct Podkit {
     child: Child,
-    pub dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     mode: Mode,
     status: Option<i32>,
 }
 
 impl Podkit {
     /// Starts `podkit ARGS…` with an admin listener on a free port.
-    pub fn start(mode: Mode, args: &[&str]) -> Podkit {
+    pub(crate) fn start(mode: Mode, args: &[&str]) -> Podkit {
         Self::start_with(mode, args, |_| {})
     }
 
     /// Like [`start`], with a chance to change the command (environment, say).
-    pub fn start_with(mode: Mode, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Podkit {
+    pub(crate) fn start_with(mode: Mode, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Podkit {
         let dir = tempfile::Builder::new().prefix("podkit-test-").tempdir().unwrap();
         let addr_file = dir.path().join("admin.addr");
         let mut cmd = match mode {
@@ -69,16 +69,16 @@ impl Podkit {
     }
 
     /// A path inside this test's directory.
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    pub fn admin(&self) -> AdminClient {
+    pub(crate) fn admin(&self) -> AdminClient {
         AdminClient::from_addr_file(&self.path("admin.addr"))
     }
 
     /// podkit's pid as seen from the test (in PID-1 mode: the child of `unshare`).
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         let outer = self.child.id() as i32;
         match self.mode {
             Mode::Subreaper => outer,
@@ -91,12 +91,12 @@ impl Podkit {
         }
     }
 
-    pub fn signal(&self, sig: Signal) {
+    pub(crate) fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.pid()), sig).expect("signal podkit");
     }
 
     /// Waits for podkit to exit (at most 30 s) and returns its exit status.
-    pub fn wait(&mut self) -> i32 {
+    pub(crate) fn wait(&mut self) -> i32 {
         if let Some(s) = self.status {
             return s;
         }
@@ -116,16 +116,16 @@ impl Podkit {
         }
     }
 
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(self.path("stdout")).unwrap_or_default()
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.path("stderr")).unwrap_or_default()
     }
 
     /// podkit's own log records (JSON lines on stderr) whose message is `message`.
-    pub fn log_records(&self, message: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn log_records(&self, message: &str) -> Vec<serde_json::Value> {
         self.stderr()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -134,7 +134,7 @@ impl Podkit {
     }
 
     /// Reads a file in this test's directory (empty if it does not exist yet).
-    pub fn read(&self, name: &str) -> String {
+    pub(crate) fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 }
@@ -149,7 +149,7 @@ impl Drop for Podkit {
 }
 
 /// True while `pid` exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rfind(')').map(|i| !s[i + 1..].trim_start().starts_with(['Z', 'X'])))
@@ -157,7 +157,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Runs podkit to completion with no admin options added, returning (status, stderr).
-pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+pub(crate) fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out =
         Command::new(PODKIT).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output().expect("run podkit");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -165,7 +165,7 @@ pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 
 /// A one-route HTTP server: records each request line in `seen` (and in `log`, if given) and
 /// answers with the status in `status`.
-pub struct TestHttp {
+pub(crate) struct TestHttp {
     pub addr: std::net::SocketAddr,
     pub status: Arc<AtomicU16>,
     pub seen: Arc<Mutex<Vec<String>>>,
@@ -174,7 +174,7 @@ pub struct TestHttp {
 }
 
 impl TestHttp {
-    pub fn start(log: Option<std::path::PathBuf>) -> TestHttp {
+    pub(crate) fn start(log: Option<std::path::PathBuf>) -> TestHttp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));
@@ -215,7 +215,7 @@ impl TestHttp {
         TestHttp { addr, status, seen, bodies }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 }
