@@ -13,6 +13,12 @@ pub const KEY_MAX: usize = 250;
 /// Longest command line. memcached allows 2048 bytes except for multi-key gets; a get of many
 /// long keys is legitimately longer, so the proxy allows that much for every line.
 pub const LINE_MAX: usize = 64 * 1024;
+/// Largest value a server's answer may hold: memcached refuses an item size (`-I`) above 1 GiB,
+/// so a longer claim is a broken server, not a value to wait for.
+pub const ANSWER_VALUE_MAX: usize = 1024 * 1024 * 1024;
+/// Largest data block a client may announce, as memcached checks it (longer is a bad command
+/// line, not a value to swallow).
+const DATA_MAX: i64 = i32::MAX as i64 - 2;
 
 /// How a server's answer to one request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +190,7 @@ impl Parser {
             buf.advance(next);
             return Step::Done(Request::Answer(BAD_FORMAT));
         };
-        if len < 0 || len > i64::from(i32::MAX - 2) {
+        if !(0..=DATA_MAX).contains(&len) {
             buf.advance(next);
             return Step::Done(Request::Answer(BAD_FORMAT));
         }
@@ -198,7 +204,7 @@ impl Parser {
     /// `ms <key> <datalen> <flags>*`, then the data block.
     fn meta_set(&mut self, buf: &mut BytesMut, line_end: usize, next: usize) -> Step {
         let t: Vec<&[u8]> = Tokens::new(&buf[..line_end]).collect();
-        let len = t.get(2).and_then(|l| parse_num::<u32>(l));
+        let len = t.get(2).and_then(|l| parse_num::<i64>(l)).filter(|l| (0..=DATA_MAX).contains(l));
         let (Some(len), true) = (len, t.len() >= 3 && t[1].len() <= KEY_MAX * 2) else {
             buf.advance(next);
             return Step::Done(Request::Answer(BAD_FORMAT));
@@ -402,24 +408,32 @@ pub fn frame(framing: Framing, buf: &[u8]) -> Result<Option<usize>, String> {
             }
             return Ok(None);
         };
+        // The same limit whether or not the line's end arrived in the same read.
+        if nl > LINE_MAX {
+            return Err("an answer line longer than 64 KiB".into());
+        }
         let line = &buf[at..at + nl];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let after = at + nl + 1;
         let data = if line.starts_with(b"VALUE ") {
-            let len = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(3);
-            Some(len.and_then(parse_num::<usize>).ok_or("a VALUE line without a length")?)
+            Some(value_len(Tokens::new(line).nth(3)).ok_or("a VALUE line without a valid length")?)
         } else if line.starts_with(b"VA ") {
-            let len = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(1);
-            Some(len.and_then(parse_num::<usize>).ok_or("a VA line without a length")?)
+            Some(value_len(Tokens::new(line).nth(1)).ok_or("a VA line without a valid length")?)
         } else {
             None
         };
         at = after;
         if let Some(len) = data {
-            if buf.len() < at + len + 2 {
+            // `len` is bounded, so this cannot overflow.
+            let end = at + len + 2;
+            if buf.len() < end {
                 return Ok(None);
             }
-            at += len + 2;
+            // A server out of step with its own framing would otherwise be followed blindly.
+            if &buf[end - 2..end] != b"\r\n" {
+                return Err("a value not terminated by CRLF".into());
+            }
+            at = end;
         }
         let error = line == b"ERROR" || line.starts_with(b"CLIENT_ERROR") || line.starts_with(b"SERVER_ERROR");
         match framing {
@@ -446,6 +460,11 @@ pub fn frame(framing: Framing, buf: &[u8]) -> Result<Option<usize>, String> {
     }
 }
 
+/// A value's length token, when it is a number within [`ANSWER_VALUE_MAX`].
+fn value_len(token: Option<&[u8]>) -> Option<usize> {
+    token.and_then(parse_num::<usize>).filter(|&n| n <= ANSWER_VALUE_MAX)
+}
+
 /// A `VALUE` block of a get's answer: its key, and the whole block with its line.
 type Value<'a> = (&'a [u8], &'a [u8]);
 
@@ -466,9 +485,9 @@ fn values(answer: &[u8]) -> Result<Vec<Value<'_>>, &[u8]> {
         let mut t = Tokens::new(line);
         t.next();
         let key = t.next().ok_or(answer)?;
-        let len = Tokens::new(line).nth(3).and_then(parse_num::<usize>).ok_or(answer)?;
+        let len = value_len(Tokens::new(line).nth(3)).ok_or(answer)?;
         let end = nl + 1 + len + 2;
-        out.push((key, &answer[at..end]));
+        out.push((key, answer.get(at..end).ok_or(answer)?));
         at = end;
     }
     Err(answer)
@@ -635,6 +654,50 @@ mod tests {
         assert_eq!(frame(Framing::UntilEnd, b"SERVER_ERROR x\r\n"), Ok(Some(16)));
         assert_eq!(frame(Framing::UntilNoop, b"EN\r\nMN\r\n"), Ok(Some(8)));
         assert!(frame(Framing::UntilEnd, b"HELLO\r\n").is_err());
+    }
+
+    #[test]
+    fn answer_value_lengths_beyond_the_bound_are_errors_not_waits() {
+        let max = ANSWER_VALUE_MAX;
+        assert_eq!(frame(Framing::UntilEnd, format!("VALUE k 0 {max}\r\n").as_bytes()), Ok(None));
+        assert_eq!(frame(Framing::Single, format!("VA {max}\r\n").as_bytes()), Ok(None));
+        for len in [(max + 1).to_string(), usize::MAX.to_string(), "-1".into()] {
+            assert!(frame(Framing::UntilEnd, format!("VALUE k 0 {len}\r\n").as_bytes()).is_err(), "{len}");
+            assert!(frame(Framing::Single, format!("VA {len} v\r\n").as_bytes()).is_err(), "{len}");
+            assert!(frame(Framing::UntilNoop, format!("VA {len}\r\n").as_bytes()).is_err(), "{len}");
+        }
+    }
+
+    #[test]
+    fn a_value_must_end_where_its_length_says() {
+        assert!(frame(Framing::UntilEnd, b"VALUE a 0 2\r\nENXYEND\r\n").is_err());
+        assert!(frame(Framing::Single, b"VA 1\r\nab\r\n").is_err());
+    }
+
+    #[test]
+    fn an_overlong_answer_line_is_an_error_even_when_its_end_has_arrived() {
+        let mut line = vec![b'a'; LINE_MAX + 1];
+        line.extend_from_slice(b"\r\n");
+        assert!(frame(Framing::UntilNoop, &line).is_err());
+    }
+
+    #[test]
+    fn a_truncated_value_in_a_merged_get_is_passed_on_not_sliced() {
+        let keys = [Bytes::from_static(b"a")];
+        let cut = Bytes::from_static(b"VALUE a 0 5\r\nab");
+        assert_eq!(merge_get(&keys, &[0], std::slice::from_ref(&cut)), cut);
+        let huge = Bytes::from(format!("VALUE a 0 {}\r\n", usize::MAX));
+        assert_eq!(merge_get(&keys, &[0], std::slice::from_ref(&huge)), huge);
+    }
+
+    #[test]
+    fn a_data_length_beyond_memcacheds_limit_is_a_bad_command_line() {
+        for line in [&b"set k 0 0 2147483646\r\n"[..], b"ms k 2147483646\r\n", b"ms k 4294967295 T0\r\n"] {
+            assert!(matches!(parse_all(line)[..], [Request::Answer(BAD_FORMAT)]), "{}", String::from_utf8_lossy(line));
+        }
+        let mut p = Parser::new(4);
+        let mut buf = BytesMut::from(&b"ms k 2147483645\r\n"[..]);
+        assert!(matches!(p.next(&mut buf), Some(Request::Answer(TOO_LARGE))));
     }
 
     #[test]

@@ -15,6 +15,13 @@ use bytes::{Bytes, BytesMut};
 const MAX_ARGS: usize = 1024 * 1024;
 /// Longest inline command line.
 const INLINE_MAX: usize = 64 * 1024;
+/// Longest bulk string a server's answer may hold: Redis' default `proto-max-bulk-len`, which
+/// also bounds what a server stores in one string. The whole answer is buffered before it is
+/// passed on, so a larger claim is treated as a broken server, not waited for.
+pub const ANSWER_BULK_MAX: usize = 512 * 1024 * 1024;
+/// Most elements an aggregate answer may claim: twice the 2^32 members a Redis collection can
+/// hold, since RESP2 sends a hash's fields and values as one flat array.
+pub const ANSWER_ELEMENTS_MAX: i64 = 1 << 33;
 
 /// One client command: the bytes as received and its arguments (the name first).
 #[derive(Debug, Clone)]
@@ -66,6 +73,10 @@ pub fn parse(buf: &mut BytesMut, max_request: usize) -> Result<Option<Command>, 
                 }
                 return Ok(None);
             };
+            // The same limit whether or not the line's end arrived in the same read.
+            if nl > INLINE_MAX {
+                return Err(ProtocolError("too big inline request".into()));
+            }
             let line = buf.split_to(nl + 1).freeze();
             let text = line[..nl].strip_suffix(b"\r").unwrap_or(&line[..nl]);
             let args: Vec<Bytes> =
@@ -94,17 +105,15 @@ pub fn parse(buf: &mut BytesMut, max_request: usize) -> Result<Option<Command>, 
                 return Err(ProtocolError(format!("expected '$', got '{}'", buf[at].escape_ascii())));
             }
             let Some((len, data)) = header(buf, at, b'$')? else { return Ok(None) };
-            if len < 0 || len as usize > max_request {
-                return Err(ProtocolError(if len < 0 {
-                    "invalid bulk length".into()
-                } else {
-                    format!("argument of {len} bytes is larger than the proxy's limit of {max_request}")
-                }));
+            let Ok(len) = usize::try_from(len) else { return Err(ProtocolError("invalid bulk length".into())) };
+            if len > max_request {
+                return Err(ProtocolError(format!(
+                    "argument of {len} bytes is larger than the proxy's limit of {max_request}"
+                )));
             }
-            let end = data + len as usize;
-            if end > max_request {
+            let Some(end) = data.checked_add(len).filter(|&end| end <= max_request) else {
                 return Err(ProtocolError(format!("request larger than the proxy's limit of {max_request} bytes")));
-            }
+            };
             if buf.len() < end + 2 {
                 buf.reserve(end + 2 - buf.len());
                 return Ok(None);
@@ -283,10 +292,10 @@ fn numkeys(cmd: &Command, at: usize, first: usize, name: &str) -> Result<Vec<usi
         .get(at)
         .and_then(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok())
         .ok_or_else(|| format!("wrong number of arguments for '{}' command", name.to_lowercase()))?;
-    if first + n > cmd.args.len() {
+    let Some(end) = first.checked_add(n).filter(|&end| end <= cmd.args.len()) else {
         return Err("Number of keys can't be greater than number of args".into());
-    }
-    Ok((first..first + n).collect())
+    };
+    Ok((first..end).collect())
 }
 
 /// Commands whose one key is the first argument (sorted, for binary search).
@@ -494,17 +503,36 @@ fn frame_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, String
         b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(Some(line_end)),
         b'$' | b'=' | b'!' => {
             let n = number()?;
-            if n < 0 {
+            // -1 is RESP2's null; no other negative length means anything.
+            if n == -1 {
                 return Ok(Some(line_end));
             }
-            let end = line_end + n as usize + 2;
-            Ok((buf.len() >= end).then_some(end))
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= ANSWER_BULK_MAX)
+                .ok_or_else(|| format!("a bulk length of {n} (at most {ANSWER_BULK_MAX} is accepted)"))?;
+            let end = line_end.checked_add(n).and_then(|e| e.checked_add(2)).ok_or("a bulk length out of range")?;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            // A server out of step with its own framing would otherwise be followed blindly.
+            if &buf[end - 2..end] != b"\r\n" {
+                return Err("a bulk string not terminated by CRLF".into());
+            }
+            Ok(Some(end))
         }
         b'*' | b'~' | b'>' | b'%' | b'|' => {
             let n = number()?;
-            let n = if matches!(kind, b'%' | b'|') { n * 2 } else { n };
+            if n == -1 {
+                return Ok(Some(line_end));
+            }
+            let per = if matches!(kind, b'%' | b'|') { 2 } else { 1 };
+            let elements = n
+                .checked_mul(per)
+                .filter(|e| (0..=ANSWER_ELEMENTS_MAX).contains(e))
+                .ok_or_else(|| format!("an aggregate of {n} (at most {ANSWER_ELEMENTS_MAX} elements are accepted)"))?;
             let mut at = line_end;
-            for _ in 0..n.max(0) {
+            for _ in 0..elements {
                 match frame_at(buf, at, depth + 1)? {
                     Some(end) => at = end,
                     None => return Ok(None),
@@ -527,8 +555,10 @@ pub fn merge(kind: Split, groups: &[u32], answers: &[Bytes]) -> Bytes {
             let mut sum = 0i64;
             for a in answers {
                 let t = a.strip_prefix(b":").and_then(|t| t.strip_suffix(b"\r\n"));
-                match t.and_then(|t| std::str::from_utf8(t).ok()?.parse::<i64>().ok()) {
-                    Some(n) => sum += n,
+                let n = t.and_then(|t| std::str::from_utf8(t).ok()?.parse::<i64>().ok());
+                // A sum past i64 is as wrong an answer as a count that does not parse.
+                match n.and_then(|n| sum.checked_add(n)) {
+                    Some(total) => sum = total,
                     None => return Bytes::from_static(b"-ERR podkit: a server sent an unexpected answer\r\n"),
                 }
             }
@@ -563,7 +593,8 @@ fn array_elements(a: &[u8]) -> Option<Vec<&[u8]>> {
     let nl = crate::memcache::memchr(b'\n', a)?;
     let n: usize = std::str::from_utf8(a[1..nl].strip_suffix(b"\r")?).ok()?.parse().ok()?;
     let mut at = nl + 1;
-    let mut out = Vec::with_capacity(n);
+    // Every element takes at least three bytes, whatever the header claims.
+    let mut out = Vec::with_capacity(n.min(a.len() / 3));
     for _ in 0..n {
         let end = frame_at(a, at, 1).ok()??;
         out.push(&a[at..end]);
@@ -660,5 +691,49 @@ mod tests {
         assert_eq!(frame(b"*2\r\n$1\r\na\r\n$-1\r\n:1\r\n"), Ok(Some(16)));
         assert_eq!(frame(b"*2\r\n$1\r\na\r\n"), Ok(None));
         assert!(frame(b"hello\r\n").is_err());
+    }
+
+    #[test]
+    fn answer_lengths_beyond_the_bounds_are_errors_not_waits() {
+        let max = ANSWER_BULK_MAX;
+        assert_eq!(frame(format!("${max}\r\n").as_bytes()), Ok(None));
+        for bad in [format!("${}\r\n", max + 1), format!("${}\r\n", i64::MAX), "$-2\r\n".into()] {
+            assert!(frame(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        let max = ANSWER_ELEMENTS_MAX;
+        assert_eq!(frame(format!("*{max}\r\n").as_bytes()), Ok(None));
+        assert_eq!(frame(format!("%{}\r\n", max / 2).as_bytes()), Ok(None));
+        for bad in [format!("*{}\r\n", max + 1), format!("%{}\r\n", max / 2 + 1), format!("|{}\r\n", i64::MAX)] {
+            assert!(frame(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert_eq!(frame(b"*-1\r\n"), Ok(Some(5)));
+        assert!(frame(b"*-2\r\n").is_err());
+    }
+
+    #[test]
+    fn a_bulk_answer_must_end_where_its_length_says() {
+        assert!(frame(b"$3\r\nabcXY").is_err());
+        assert!(frame(b"*1\r\n$1\r\nab\r\n").is_err());
+    }
+
+    #[test]
+    fn merged_counts_that_overflow_are_an_error() {
+        let answers = [Bytes::from_static(b":9223372036854775807\r\n"), Bytes::from_static(b":1\r\n")];
+        assert!(merge(Split::Count, &[0, 1], &answers).starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn a_numkeys_that_overflows_is_refused() {
+        let huge = u64::MAX.to_string();
+        for args in [&["eval", "s", &huge, "a"][..], &["zunionstore", "d", &huge, "a"], &["zinter", &huge, "a"]] {
+            assert!(route(&cmd(args)).unwrap_err().contains("Number of keys"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn an_overlong_inline_line_is_refused_even_when_its_end_has_arrived() {
+        let mut line = vec![b'a'; INLINE_MAX + 1];
+        line.extend_from_slice(b"\r\n");
+        assert!(parse(&mut BytesMut::from(&line[..]), 1 << 20).is_err());
     }
 }
