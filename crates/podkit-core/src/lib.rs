@@ -40,9 +40,16 @@ pub trait Command: clap::Args + clap::FromArgMatches + Sized {
     /// The subcommand's name (`run`, `elect`, …).
     const NAME: &'static str;
 
-    /// Adjusts the subcommand's clap definition before parsing.
+    /// The admin listener's default address, for a command that has one.
+    const DEFAULT_ADMIN: Option<&'static str> = None;
+
+    /// Adjusts the subcommand's clap definition before parsing: by default, sets the default
+    /// admin address.
     fn augment(cmd: clap::Command) -> clap::Command {
-        cmd
+        match Self::DEFAULT_ADMIN {
+            Some(addr) => config::with_admin_default(cmd, addr),
+            None => cmd,
+        }
     }
 
     /// Runs it with the effective configuration `GET /config` serves; returns the exit status.

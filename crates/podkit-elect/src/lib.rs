@@ -238,10 +238,7 @@ impl podkit_core::ExitStatus for ElectError {
 
 impl podkit_core::Command for ElectArgs {
     const NAME: &'static str = "elect";
-
-    fn augment(cmd: clap::Command) -> clap::Command {
-        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN)
-    }
+    const DEFAULT_ADMIN: Option<&'static str> = Some(DEFAULT_ADMIN);
 
     fn main(self, effective: serde_json::Value) -> i32 {
         let common = self.common.clone();

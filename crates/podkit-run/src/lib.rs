@@ -226,10 +226,7 @@ impl Run {
 
 impl podkit_core::Command for RunArgs {
     const NAME: &'static str = "run";
-
-    fn augment(cmd: clap::Command) -> clap::Command {
-        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN)
-    }
+    const DEFAULT_ADMIN: Option<&'static str> = Some(DEFAULT_ADMIN);
 
     fn main(self, effective: serde_json::Value) -> i32 {
         let common = self.common.clone();

@@ -216,10 +216,7 @@ impl Collector for LeavesCollector {
 
 impl podkit_core::Command for ScatterArgs {
     const NAME: &'static str = "scatter";
-
-    fn augment(cmd: clap::Command) -> clap::Command {
-        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN)
-    }
+    const DEFAULT_ADMIN: Option<&'static str> = Some(DEFAULT_ADMIN);
 
     fn main(self, effective: serde_json::Value) -> i32 {
         let common = self.common.clone();
