@@ -85,7 +85,7 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
             let mut params = part.split(';').map(str::trim);
             let is_om = params.next().is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"));
             // `q=0` means "not this one".
-            is_om && !params.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0")
+            is_om && !params.any(|p| p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>() == Ok(0.0)))
         })
     })
 }

@@ -69,6 +69,12 @@ pub fn signal(pid: i32, sig: Signal, group: bool) {
     }
 }
 
+/// The status a shell gives a command it could not start: 127 when there is no such program,
+/// 126 when it cannot be executed.
+pub fn spawn_failure_status(e: &std::io::Error) -> i32 {
+    if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
+}
+
 /// Parses a signal name or number: `SIGTERM`, `TERM`, `term` or `15`.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let upper = s.trim().to_ascii_uppercase();

@@ -136,8 +136,7 @@ impl ExecError {
     /// missing program, 126 otherwise).
     pub fn shell_status(&self) -> Option<i32> {
         match self {
-            ExecError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Some(127),
-            ExecError::Spawn { .. } => Some(126),
+            ExecError::Spawn { source, .. } => Some(command::spawn_failure_status(source)),
             _ => None,
         }
     }

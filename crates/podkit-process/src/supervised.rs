@@ -121,8 +121,6 @@ pub struct Status {
     pub pid: Option<i32>,
     pub restarts: u64,
     pub last_exit: Option<Exit>,
-    /// Outcomes of the pre-stop hook runs.
-    pub pre_stop: Vec<bool>,
 }
 
 /// How supervision ended.
@@ -181,13 +179,7 @@ pub struct Handle {
 pub fn spawn(program: Program, host: Host) -> Handle {
     let tree = Tree::new();
     let (control, rx) = mpsc::unbounded_channel();
-    let (tx, status) = watch::channel(Status {
-        phase: Phase::Starting,
-        pid: None,
-        restarts: 0,
-        last_exit: None,
-        pre_stop: Vec::new(),
-    });
+    let (tx, status) = watch::channel(Status { phase: Phase::Starting, pid: None, restarts: 0, last_exit: None });
     host.readiness.not_ready(program.name.clone(), "not started");
     let name = program.name.clone();
     let sup = Supervisor { program, host, tree: tree.clone(), control: rx, status: tx };
@@ -335,9 +327,7 @@ impl Supervisor {
         let mut spawned = match self.host.reaper().spawn(&mut cmd) {
             Ok(s) => s,
             Err(e) => {
-                // The shell's conventions: 127 when there is no such program, 126 when it
-                // cannot be executed.
-                let status = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+                let status = command::spawn_failure_status(&e);
                 tracing::error!(program = %exe, error = %e, status, "cannot start the program");
                 self.host.readiness.not_ready(p.name.clone(), format!("cannot start {exe}: {e}"));
                 return Err(status);
@@ -457,7 +447,6 @@ impl Supervisor {
         } else {
             tracing::warn!(detail = %outcome.detail, output = %outcome.output, "pre-stop hook failed; stopping anyway");
         }
-        self.status.send_modify(|s| s.pre_stop.push(outcome.ok));
     }
 
     /// Stops what the program left behind: the stop signal, then SIGKILL after the grace (or at

@@ -52,10 +52,7 @@ impl Tree {
     pub fn members(&self, root: Option<i32>) -> Vec<i32> {
         let procs = snapshot();
         let me = std::process::id() as i32;
-        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (&pid, p) in &procs {
-            children.entry(p.ppid).or_default().push(pid);
-        }
+        let children = children(&procs);
         // Only podkit's descendants can belong to one of its trees (podkit is their reaper).
         let candidates = walk(&children, me);
         let mut seeds: Vec<i32> = Vec::new();
@@ -125,11 +122,7 @@ pub fn kill_everything() {
     let me = std::process::id() as i32;
     for _ in 0..200 {
         let procs = snapshot();
-        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (&pid, p) in &procs {
-            children.entry(p.ppid).or_default().push(pid);
-        }
-        let live: Vec<i32> = walk(&children, me).into_iter().filter(|pid| !procs[pid].zombie).collect();
+        let live: Vec<i32> = walk(&children(&procs), me).into_iter().filter(|pid| !procs[pid].zombie).collect();
         let mut n = 0;
         for pid in live {
             if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
@@ -159,6 +152,15 @@ fn snapshot() -> HashMap<i32, Proc> {
         .filter_map(|p| p.stat().ok())
         .map(|s| (s.pid, Proc { ppid: s.ppid, pgrp: s.pgrp, zombie: matches!(s.state, 'Z' | 'X') }))
         .collect()
+}
+
+/// Each pid's children, from a snapshot.
+fn children(procs: &HashMap<i32, Proc>) -> HashMap<i32, Vec<i32>> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (&pid, p) in procs {
+        children.entry(p.ppid).or_default().push(pid);
+    }
+    children
 }
 
 fn walk(children: &HashMap<i32, Vec<i32>>, root: i32) -> Vec<i32> {

@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use podkit_core::backoff::BackoffPolicy;
 use podkit_core::metrics::encode_proc_stats;
 use podkit_core::{AdminBuilder, Argv, CommonArgs, Component, Context, HttpUrl, StopReason};
-use podkit_process::supervised::{self, Ended, Handle, Phase, Program, Status};
+use podkit_process::supervised::{self, Handle, Phase, Program, Status};
 use podkit_process::{Hook, Outcome, Restart, RestartPolicy, Runner, StopPolicy, StopRequest, parse_signal};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -305,9 +305,6 @@ async fn supervise(handle: &mut Handle, ctx: &Context, forward: &mut Forwarder, 
     // The program is done for good (or could not start): let every other task (probes) end.
     if !ctx.shutdown.is_triggered() {
         ctx.shutdown.trigger(StopReason::Completed);
-    }
-    if let Ended::NotStarted { status } = ended {
-        return status;
     }
     ended.status()
 }
