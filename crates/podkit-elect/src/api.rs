@@ -18,13 +18,13 @@ use crate::election::{Election, RenewMode};
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
-pub struct Api {
+pub(crate) struct Api {
     pub elections: Arc<BTreeMap<String, Arc<Election>>>,
     pub renew: RenewMode,
 }
 
 /// The routes; the state-changing ones are guarded like the admin port's.
-pub fn router(api: Api, token: Option<String>) -> Router {
+pub(crate) fn router(api: Api, token: Option<String>) -> Router {
     let reads = Router::new()
         .route("/", get(compat))
         .route("/v1/elections", get(list))

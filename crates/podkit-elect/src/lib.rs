@@ -4,9 +4,9 @@
 //! `becomeLeader` / `renewLeadership` API with fencing tokens: a lease file for replicas on one
 //! host, etcd v3 for a cluster. See `docs/elect.md`.
 
-pub mod api;
-pub mod backend;
-pub mod election;
+mod api;
+mod backend;
+mod election;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -486,3 +486,81 @@ pub fn host(logs: LogRing, readiness: Readiness) -> std::io::Result<Host> {
     let client = podkit_core::http::client(Duration::from_secs(30)).map_err(std::io::Error::other)?;
     Ok(Host { hooks: Runner::new(reaper, client), logs, readiness })
 }
+
+/// The restart policy under paused time: the delays between runs are exactly the backoff's,
+/// whatever the machine's speed.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crashing(argv: &[&str], reset_after: Duration) -> Program {
+        Program {
+            name: "app".into(),
+            source: "app".into(),
+            argv: argv.iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: None,
+            capture: false,
+            terminal: false,
+            stop: StopPolicy { pre_stop: None, signal: Signal::SIGTERM, grace: Duration::from_secs(5), group: false },
+            restart: RestartPolicy {
+                when: Restart::OnFailure,
+                backoff: BackoffPolicy::exact(Duration::from_secs(1), Duration::from_secs(8)),
+                reset_after,
+            },
+        }
+    }
+
+    fn test_host() -> Host {
+        host(LogRing::new(100), Readiness::new()).expect("host")
+    }
+
+    /// Waits for the next start of the program and says when it came (virtual time).
+    async fn next_start(status: &mut watch::Receiver<Status>, after: u64) -> Instant {
+        status.wait_for(|s| s.phase == Phase::Running && s.restarts >= after).await.expect("supervisor alive");
+        Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loop_backs_off_doubling_to_the_cap() {
+        let mut h = spawn(crashing(&["sh", "-c", "exit 3"], Duration::from_secs(60)), test_host());
+        let mut status = h.watch();
+        let mut starts = Vec::new();
+        for n in 0..6 {
+            starts.push(next_start(&mut status, n).await);
+        }
+        let gaps: Vec<u64> = starts.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        assert_eq!(gaps, [1, 2, 4, 8, 8]);
+        // A stop while it waits to restart ends supervision at once, with the last exit.
+        status.wait_for(|s| s.phase == Phase::BackingOff).await.unwrap();
+        h.stop(StopRequest::default());
+        assert_eq!(h.wait().await, Ended::Stopped(Exit::Code(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_run_resets_the_backoff_and_a_restart_request_skips_it() {
+        let mut h = spawn(crashing(&["sleep", "1000"], Duration::from_secs(60)), test_host());
+        let mut status = h.watch();
+        let mut kill_and_time_restart = async |n: u64, h: &Handle| {
+            next_start(&mut status, n).await;
+            let killed = Instant::now();
+            h.signal(Signal::SIGKILL);
+            (next_start(&mut status, n + 1).await - killed).as_secs()
+        };
+        assert_eq!(kill_and_time_restart(0, &h).await, 1);
+        assert_eq!(kill_and_time_restart(1, &h).await, 2);
+        assert_eq!(kill_and_time_restart(2, &h).await, 4);
+        // This run lasts past reset_after: the next delay is the first one again.
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(kill_and_time_restart(3, &h).await, 1);
+        assert_eq!(kill_and_time_restart(4, &h).await, 2);
+        // A restart request during the backoff starts it at once.
+        h.signal(Signal::SIGKILL);
+        status.wait_for(|s| s.phase == Phase::BackingOff).await.unwrap();
+        let asked = Instant::now();
+        h.restart();
+        assert_eq!(next_start(&mut status, 6).await, asked);
+        h.kill();
+        h.wait().await;
+    }
+}

@@ -19,10 +19,10 @@ use tokio::time::Instant;
 use crate::leaves::{Leaf, Leaves, Shard};
 use crate::merge::Strategy;
 
-pub const SHARD_HEADER: &str = "x-podkit-shard";
-pub const DEADLINE_HEADER: &str = "x-podkit-deadline-ms";
-pub const PARTIAL_HEADER: &str = "x-podkit-partial";
-pub const MISSING_HEADER: &str = "x-podkit-missing";
+pub(crate) const SHARD_HEADER: &str = "x-podkit-shard";
+pub(crate) const DEADLINE_HEADER: &str = "x-podkit-deadline-ms";
+pub(crate) const PARTIAL_HEADER: &str = "x-podkit-partial";
+pub(crate) const MISSING_HEADER: &str = "x-podkit-missing";
 
 /// How many shards must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl MinLeaves {
 
 /// How answers are merged: a built-in strategy, or the user's merge container.
 #[derive(Debug, Clone)]
-pub enum Merger {
+pub(crate) enum Merger {
     Builtin(Strategy),
     Http(reqwest::Url),
     Exec(podkit_core::Argv),
@@ -64,7 +64,7 @@ pub enum Merger {
 
 /// Everything a round needs; shared by all requests.
 #[derive(Debug)]
-pub struct Fanout {
+pub(crate) struct Fanout {
     pub leaves: Arc<Leaves>,
     pub client: reqwest::Client,
     pub merger: Merger,
@@ -85,23 +85,23 @@ pub struct Fanout {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LeafLabels {
+pub(crate) struct LeafLabels {
     pub leaf: String,
     pub result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LeafLabel {
+pub(crate) struct LeafLabel {
     pub leaf: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub(crate) struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub requests: Family<OutcomeLabel, Counter>,
     pub duration: Histogram,
     pub leaf_requests: Family<LeafLabels, Counter>,
@@ -136,7 +136,7 @@ impl Incoming {
 
 /// The client's request, as every leaf gets it.
 #[derive(Debug, Clone)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     pub method: Method,
     /// Path and query, as the client sent them.
     pub target: String,
@@ -192,7 +192,7 @@ enum Attempt {
 
 /// The merged answer.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -201,7 +201,7 @@ pub struct Answer {
 
 impl Fanout {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         leaves: Arc<Leaves>,
         client: reqwest::Client,
         merger: Merger,
@@ -232,7 +232,7 @@ impl Fanout {
     }
 
     /// Scatters `req` to every shard and gathers the answers.
-    pub async fn run(&self, req: Incoming) -> Answer {
+    pub(crate) async fn run(&self, req: Incoming) -> Answer {
         let started = Instant::now();
         let topology = self.leaves.get();
         let n = topology.shards.len();

@@ -105,7 +105,7 @@ impl LeafSource {
 
 /// One leaf server and what podkit knows about it.
 #[derive(Debug)]
-pub struct Leaf {
+pub(crate) struct Leaf {
     /// `http://host:port[/prefix]`, no trailing slash.
     pub base: String,
     latencies: Mutex<VecDeque<u64>>,
@@ -129,7 +129,7 @@ impl Leaf {
     }
 
     /// Records a successful answer: closes the breaker and feeds the p95.
-    pub fn success(&self, latency: Duration) {
+    pub(crate) fn success(&self, latency: Duration) {
         self.failures.store(0, Ordering::Relaxed);
         *self.open_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +148,7 @@ impl Leaf {
     }
 
     /// Records a failure; opens the breaker after `threshold` in a row.
-    pub fn failure(&self, threshold: u32, cooldown: Duration) -> bool {
+    pub(crate) fn failure(&self, threshold: u32, cooldown: Duration) -> bool {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= threshold {
             *self.open_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + cooldown);
@@ -159,7 +159,7 @@ impl Leaf {
 
     /// Whether the breaker lets a request through now. After the cooldown one request goes
     /// through (half open); its outcome closes or reopens the breaker.
-    pub fn available(&self, cooldown: Duration) -> bool {
+    pub(crate) fn available(&self, cooldown: Duration) -> bool {
         let mut open = self.open_until.lock().unwrap_or_else(|e| e.into_inner());
         match *open {
             Some(until) if Instant::now() < until => false,
@@ -172,12 +172,12 @@ impl Leaf {
         }
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|u| Instant::now() < u)
     }
 
     /// The latency after which a hedge goes out, once enough answers were seen.
-    pub fn hedge_after(&self) -> Option<Duration> {
+    pub(crate) fn hedge_after(&self) -> Option<Duration> {
         match self.p95_us.load(Ordering::Relaxed) {
             0 => None,
             us => Some(Duration::from_micros(us)),
@@ -187,14 +187,14 @@ impl Leaf {
 
 /// One shard: its replicas, used round-robin.
 #[derive(Debug)]
-pub struct Shard {
+pub(crate) struct Shard {
     pub replicas: Vec<Arc<Leaf>>,
     next: AtomicUsize,
 }
 
 impl Shard {
     /// The replicas in the order to try them this time (round-robin start).
-    pub fn order(&self) -> Vec<Arc<Leaf>> {
+    pub(crate) fn order(&self) -> Vec<Arc<Leaf>> {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
         (0..n).map(|i| self.replicas[(start + i) % n].clone()).collect()
@@ -203,25 +203,25 @@ impl Shard {
 
 /// The current shards. Swapped whole when the source changes.
 #[derive(Debug, Default)]
-pub struct Topology {
+pub(crate) struct Topology {
     pub shards: Vec<Shard>,
 }
 
 /// The live topology and the leaves' state, kept across re-resolutions.
 #[derive(Debug, Default)]
-pub struct Leaves {
+pub(crate) struct Leaves {
     current: RwLock<Arc<Topology>>,
     known: Mutex<HashMap<String, Arc<Leaf>>>,
 }
 
 impl Leaves {
-    pub fn get(&self) -> Arc<Topology> {
+    pub(crate) fn get(&self) -> Arc<Topology> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Installs `shards`; returns whether anything changed. A leaf that stays keeps its
     /// latency history and breaker.
-    pub fn set(&self, shards: Vec<Vec<String>>) -> bool {
+    pub(crate) fn set(&self, shards: Vec<Vec<String>>) -> bool {
         let now: Vec<Vec<String>> =
             self.get().shards.iter().map(|s| s.replicas.iter().map(|l| l.base.clone()).collect()).collect();
         if now == shards {

@@ -6,9 +6,9 @@
 //! See `docs/scatter.md`.
 
 mod exec;
-pub mod fanout;
-pub mod leaves;
-pub mod merge;
+mod fanout;
+mod leaves;
+mod merge;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

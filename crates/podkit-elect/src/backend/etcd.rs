@@ -16,7 +16,7 @@ use super::{Acquired, Backend, BackendError, Lease, Observed};
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
-pub struct EtcdOptions {
+pub(crate) struct EtcdOptions {
     /// `host:port` of each member.
     pub endpoints: Vec<String>,
     /// Key prefix, without a trailing slash.
@@ -29,7 +29,7 @@ pub struct EtcdOptions {
 }
 
 #[derive(Clone)]
-pub struct EtcdBackend {
+pub(crate) struct EtcdBackend {
     client: Client,
     prefix: String,
     endpoints: Vec<String>,
@@ -43,7 +43,7 @@ impl std::fmt::Debug for EtcdBackend {
 
 impl EtcdBackend {
     /// Connects and checks that etcd answers.
-    pub async fn connect(opts: EtcdOptions) -> Result<EtcdBackend, BackendError> {
+    pub(crate) async fn connect(opts: EtcdOptions) -> Result<EtcdBackend, BackendError> {
         let tls = opts.ca_pem.is_some() || opts.client_cert_pem.is_some();
         let scheme = if tls { "https" } else { "http" };
         let urls: Vec<String> = opts.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();

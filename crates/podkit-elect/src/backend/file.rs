@@ -25,7 +25,7 @@ use super::{Acquired, Backend, BackendError, Lease, Observed};
 const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
-pub struct FileBackend {
+pub(crate) struct FileBackend {
     dir: PathBuf,
 }
 
@@ -52,7 +52,7 @@ fn boottime_ms() -> u64 {
 impl FileBackend {
     /// Opens (creating if needed) the lease directory and checks that podkit can write every
     /// file it will need for `elections`.
-    pub fn open(dir: &Path, elections: &[String]) -> Result<FileBackend, String> {
+    pub(crate) fn open(dir: &Path, elections: &[String]) -> Result<FileBackend, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create lease directory {}: {e}", dir.display()))?;
         nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
             .map_err(|e| format!("lease directory {} is not writable by this user: {e}", dir.display()))?;

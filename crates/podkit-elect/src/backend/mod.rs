@@ -6,12 +6,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-pub mod etcd;
-pub mod file;
+pub(crate) mod etcd;
+pub(crate) mod file;
+#[cfg(test)]
+pub(crate) mod memory;
 
 /// Leadership held by this sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
+pub(crate) struct Lease {
     pub election: String,
     /// The fencing token: strictly increasing per election, across all leaders, ever.
     pub token: u64,
@@ -21,7 +23,7 @@ pub struct Lease {
 
 /// What the backend says about an election.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub leader: Option<String>,
     /// The current (or, with no leader, the last) fencing token; 0 before the first leader.
     pub token: u64,
@@ -33,13 +35,13 @@ pub struct Observed {
 }
 
 #[derive(Debug)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     Won(Lease),
     Lost(Observed),
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("lease file {path}: {source}")]
@@ -55,7 +57,7 @@ pub enum BackendError {
 }
 
 /// A store of leases.
-pub trait Backend: Send + Sync + 'static {
+pub(crate) trait Backend: Send + Sync + 'static {
     /// For logs and errors: `etcd 127.0.0.1:2379`, `file /run/podkit`.
     fn describe(&self) -> String;
 
