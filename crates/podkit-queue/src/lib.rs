@@ -2,9 +2,8 @@
 //! input file into an output file; podkit does the rest: storage, leases, retries, dead
 //! letters, pipelines, status. See `docs/queue.md`.
 
-pub mod redis_store;
-pub mod store;
-pub mod work;
+mod store;
+mod work;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -16,23 +15,23 @@ use clap::{Args, Subcommand};
 use podkit_core::{AdminBuilder, CommonArgs, Component, Context, EX_UNAVAILABLE, EX_USAGE, StartError};
 use podkit_process::hook::Runner;
 
-use crate::store::{AnyStore, SqliteStore};
+use crate::store::{NewItem, RedisStore, SqliteStore, Store};
 use crate::work::{Sink, Stage, Worker};
 
 /// The admin listener's default address for `podkit queue work`.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9194";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9194";
 
 /// `podkit queue` and its subcommands.
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
     #[command(subcommand)]
-    pub command: QueueCommand,
+    command: QueueCommand,
 }
 
 // Parsed once per process; the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
-pub enum QueueCommand {
+enum QueueCommand {
     /// Add items: files, the files of a directory, or one item per line of stdin (`-`).
     Push(PushArgs),
     /// Take items and run a stage on each until stopped (or until the queue is drained).
@@ -52,7 +51,7 @@ pub enum QueueCommand {
 
 /// Where the queue lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
+enum StoreUrl {
     Sqlite(PathBuf),
     /// `redis://HOST:PORT/DB` (or `rediss://` for TLS), passed to the Redis client as is.
     Redis(String),
@@ -88,120 +87,128 @@ fn parse_name(s: &str) -> Result<String, String> {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct StoreArgs {
+struct StoreArgs {
     /// The store: sqlite:///PATH (one file shared by every worker on a host) or
     /// redis://HOST:PORT/DB (workers on many hosts).
     #[arg(long, value_name = "URL", value_parser = parse_store)]
-    pub store: StoreUrl,
+    store: StoreUrl,
 
     /// Largest item (input or output), in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
-    pub max_item_size: usize,
+    max_item_size: usize,
 }
 
 impl StoreArgs {
-    async fn open(&self) -> Result<AnyStore, String> {
+    async fn open(&self) -> Result<OpenStore, String> {
         open_store(&self.store, self.max_item_size).await
     }
 }
 
-async fn open_store(url: &StoreUrl, max_item_size: usize) -> Result<AnyStore, String> {
+/// An open store of either kind. Each command matches on it once, at start, and from there on
+/// runs code generic over [`Store`].
+#[derive(Debug)]
+enum OpenStore {
+    Sqlite(SqliteStore),
+    Redis(RedisStore),
+}
+
+async fn open_store(url: &StoreUrl, max_item_size: usize) -> Result<OpenStore, String> {
     match url {
         StoreUrl::Sqlite(path) => {
-            SqliteStore::open(path, max_item_size).map(AnyStore::Sqlite).map_err(|e| e.to_string())
+            SqliteStore::open(path, max_item_size).map(OpenStore::Sqlite).map_err(|e| e.to_string())
         }
         StoreUrl::Redis(url) => {
-            redis_store::RedisStore::open(url, max_item_size).await.map(AnyStore::Redis).map_err(|e| e.to_string())
+            RedisStore::open(url, max_item_size).await.map(OpenStore::Redis).map_err(|e| e.to_string())
         }
     }
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct PushArgs {
+struct PushArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    store: StoreArgs,
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub queue: String,
+    queue: String,
     /// The item's id (one item only): pushing the same id again adds nothing.
     #[arg(long, value_name = "ID", value_parser = parse_name, conflicts_with = "id_from_name")]
-    pub id: Option<String>,
+    id: Option<String>,
     /// Use each file's name as its id, so pushing a directory again adds only new files.
     #[arg(long)]
-    pub id_from_name: bool,
+    id_from_name: bool,
     /// Files, directories (their files), or `-` for one item per line of stdin.
     #[arg(required = true, value_name = "FILE")]
-    pub inputs: Vec<PathBuf>,
+    inputs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct WorkArgs {
+struct WorkArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    common: CommonArgs,
     #[command(flatten)]
-    pub store: StoreArgs,
+    store: StoreArgs,
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub queue: String,
+    queue: String,
     /// Items run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub concurrency: Option<u32>,
+    concurrency: Option<u32>,
     /// Longest run of one attempt; then it is killed and counts as a failure.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = podkit_core::Duration::parse_positive)]
-    pub timeout: podkit_core::Duration,
+    timeout: podkit_core::Duration,
     /// Attempts before an item is dead-lettered.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
+    max_attempts: u32,
     /// Lease on a running item, renewed every third of it; a worker that dies loses its items
     /// after this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
-    pub lease: podkit_core::Duration,
+    lease: podkit_core::Duration,
     /// Make each output an item of this queue (the next stage).
     #[arg(long, value_name = "NAME", value_parser = parse_name, conflicts_with = "out_dir")]
-    pub to: Option<String>,
+    to: Option<String>,
     /// Write each output to DIR/<item id>.
     #[arg(long, value_name = "DIR")]
-    pub out_dir: Option<PathBuf>,
+    out_dir: Option<PathBuf>,
     /// Exit 0 once the queue has nothing pending or running.
     #[arg(long)]
-    pub exit_when_empty: bool,
+    exit_when_empty: bool,
     /// Instead of a command, POST each input to this URL; the answer's body is the output.
     #[arg(long, value_name = "URL", conflicts_with = "command")]
-    pub http: Option<podkit_core::HttpUrl>,
+    http: Option<podkit_core::HttpUrl>,
     /// The stage: a command (argv, no shell) in which `{input}` and `{output}` become paths.
     #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<OsString>,
+    command: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct StatusArgs {
+struct StatusArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    store: StoreArgs,
     /// One queue (default: all).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub queue: Option<String>,
+    queue: Option<String>,
     /// JSON instead of a table.
     #[arg(long)]
-    pub json: bool,
+    json: bool,
     /// Show it again every second (with a progress bar on a terminal) until interrupted.
     #[arg(long, conflicts_with = "json")]
-    pub watch: bool,
+    watch: bool,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct RetryArgs {
+struct RetryArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    store: StoreArgs,
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub queue: String,
+    queue: String,
     /// Only these items (default: every dead item of the queue).
-    pub ids: Vec<String>,
+    ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct PurgeArgs {
+struct PurgeArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    store: StoreArgs,
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
-    pub queue: String,
+    queue: String,
 }
 
 // === one-shot commands ===
@@ -233,7 +240,7 @@ impl podkit_core::Command for QueueArgs {
 }
 
 /// The commands that do one thing and exit (push, status, dead, retry, purge).
-pub fn run_oneshot(cmd: QueueCommand) -> i32 {
+fn run_oneshot(cmd: QueueCommand) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -242,15 +249,7 @@ pub fn run_oneshot(cmd: QueueCommand) -> i32 {
         }
     };
     rt.block_on(async move {
-        let result = match cmd {
-            QueueCommand::Push(a) => push(a).await,
-            QueueCommand::Status(a) => status(a).await,
-            QueueCommand::Dead(a) => dead(a).await,
-            QueueCommand::Retry(a) => retry(a).await,
-            QueueCommand::Purge(a) => purge(a).await,
-            QueueCommand::Work(_) | QueueCommand::Pipeline(_) => unreachable!("long-running commands are launched"),
-        };
-        match result {
+        match oneshot(cmd).await {
             Ok(()) => 0,
             Err((code, msg)) => {
                 eprintln!("error: {msg}");
@@ -262,8 +261,51 @@ pub fn run_oneshot(cmd: QueueCommand) -> i32 {
 
 type CmdResult = Result<(), (i32, String)>;
 
-async fn open(store: &StoreArgs) -> Result<AnyStore, (i32, String)> {
-    store.open().await.map_err(|e| (EX_UNAVAILABLE, e))
+/// A one-shot command with everything it needs but the store.
+enum OneShot {
+    Push(PushArgs, Vec<NewItem>),
+    Status(StatusArgs),
+    Dead(StatusArgs),
+    Retry(RetryArgs),
+    Purge(PurgeArgs),
+}
+
+async fn oneshot(cmd: QueueCommand) -> CmdResult {
+    let cmd = match cmd {
+        // push reads its inputs before it opens the store: a bad input is reported as such
+        // (status 64) and opens nothing, whatever state the store is in.
+        QueueCommand::Push(a) => {
+            let batch = push_batch(&a)?;
+            OneShot::Push(a, batch)
+        }
+        QueueCommand::Status(a) => OneShot::Status(a),
+        QueueCommand::Dead(a) => OneShot::Dead(a),
+        QueueCommand::Retry(a) => OneShot::Retry(a),
+        QueueCommand::Purge(a) => OneShot::Purge(a),
+        QueueCommand::Work(_) | QueueCommand::Pipeline(_) => unreachable!("long-running commands are launched"),
+    };
+    let store_args = match &cmd {
+        OneShot::Push(a, _) => &a.store,
+        OneShot::Status(a) | OneShot::Dead(a) => &a.store,
+        OneShot::Retry(a) => &a.store,
+        OneShot::Purge(a) => &a.store,
+    };
+    match store_args.open().await.map_err(|e| (EX_UNAVAILABLE, e))? {
+        OpenStore::Sqlite(s) => cmd.run(&s).await,
+        OpenStore::Redis(s) => cmd.run(&s).await,
+    }
+}
+
+impl OneShot {
+    async fn run<S: Store>(self, store: &S) -> CmdResult {
+        match self {
+            OneShot::Push(a, batch) => push(store, a, batch).await,
+            OneShot::Status(a) => status(store, a).await,
+            OneShot::Dead(a) => dead(store, a).await,
+            OneShot::Retry(a) => retry(store, a).await,
+            OneShot::Purge(a) => purge(store, a).await,
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)] // these commands' results are their output
@@ -281,7 +323,8 @@ fn random_id() -> String {
     format!("{t:x}-{}", u64::from_le_bytes(r) & 0xffff_ffff_ffff)
 }
 
-async fn push(a: PushArgs) -> CmdResult {
+/// The items `push` was given, each with its id.
+fn push_batch(a: &PushArgs) -> Result<Vec<NewItem>, (i32, String)> {
     let mut items = Vec::new();
     for input in &a.inputs {
         if input.as_os_str() == "-" {
@@ -320,15 +363,17 @@ async fn push(a: PushArgs) -> CmdResult {
             (id, name, data)
         })
         .collect();
+    Ok(batch)
+}
+
+async fn push<S: Store>(store: &S, a: PushArgs, batch: Vec<NewItem>) -> CmdResult {
     let total = batch.len();
-    let store = open(&a.store).await?;
     let added = store.push(&a.queue, batch).await.map_err(|e| (EX_USAGE, e.to_string()))?;
     say(&format!("pushed {added} new item(s) to {} ({} already there)", a.queue, total - added));
     Ok(())
 }
 
-async fn status(a: StatusArgs) -> CmdResult {
-    let store = open(&a.store).await?;
+async fn status<S: Store>(store: &S, a: StatusArgs) -> CmdResult {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let counts = store.counts(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
@@ -373,8 +418,7 @@ async fn status(a: StatusArgs) -> CmdResult {
     }
 }
 
-async fn dead(a: StatusArgs) -> CmdResult {
-    let store = open(&a.store).await?;
+async fn dead<S: Store>(store: &S, a: StatusArgs) -> CmdResult {
     let items = store.dead(a.queue.as_deref()).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     if a.json {
         say(&serde_json::to_string(&items).unwrap_or_default());
@@ -398,15 +442,13 @@ async fn dead(a: StatusArgs) -> CmdResult {
     Ok(())
 }
 
-async fn retry(a: RetryArgs) -> CmdResult {
-    let store = open(&a.store).await?;
+async fn retry<S: Store>(store: &S, a: RetryArgs) -> CmdResult {
     let n = store.retry(&a.queue, a.ids).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     say(&format!("{n} item(s) of {} back to pending", a.queue));
     Ok(())
 }
 
-async fn purge(a: PurgeArgs) -> CmdResult {
-    let store = open(&a.store).await?;
+async fn purge<S: Store>(store: &S, a: PurgeArgs) -> CmdResult {
     let n = store.purge(&a.queue).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     say(&format!("removed queue {} ({n} item(s))", a.queue));
     Ok(())
@@ -415,14 +457,14 @@ async fn purge(a: PurgeArgs) -> CmdResult {
 // === pipelines ===
 
 #[derive(Debug, Clone, Args)]
-pub struct PipelineArgs {
+struct PipelineArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    common: CommonArgs,
     /// The pipeline (YAML): `store`, and `stages`, each with `queue`, `command` (a list, with
     /// `{input}`/`{output}`) or `http`, and `to` (the next stage's queue) or `out_dir`, plus
     /// optional `concurrency`, `timeout`, `lease`, `max_attempts`.
     #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    file: PathBuf,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -454,7 +496,7 @@ struct StageFile {
 }
 
 /// A pipeline file, checked: every error names the stage and the field.
-async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Settings>, usize), String> {
+async fn load_pipeline(path: &std::path::Path) -> Result<(OpenStore, Vec<work::Settings>, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let file: PipelineFile = serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if file.stages.is_empty() {
@@ -506,15 +548,15 @@ async fn load_pipeline(path: &std::path::Path) -> Result<(AnyStore, Vec<work::Se
 
 /// The `podkit queue pipeline` component.
 #[derive(Debug)]
-pub struct Pipeline {
+struct Pipeline {
     args: PipelineArgs,
     metrics: work::Metrics,
     /// The store, stages and item size limit, once [`Component::prepare`] has read the file.
-    loaded: Option<(AnyStore, Vec<work::Settings>, usize)>,
+    loaded: Option<(OpenStore, Vec<work::Settings>, usize)>,
 }
 
 impl Pipeline {
-    pub fn new(args: PipelineArgs) -> Self {
+    fn new(args: PipelineArgs) -> Self {
         Self { args, metrics: work::Metrics::default(), loaded: None }
     }
 }
@@ -535,8 +577,24 @@ impl Component for Pipeline {
         register(admin, &self.metrics);
     }
 
-    async fn run(self, ctx: Context) -> Result<i32, WorkError> {
-        let (store, stages, max_item_size) = self.loaded.expect("prepared before run");
+    async fn run(mut self, ctx: Context) -> Result<i32, WorkError> {
+        let (store, stages, max_item_size) = self.loaded.take().expect("prepared before run");
+        match store {
+            OpenStore::Sqlite(s) => self.serve(s, stages, max_item_size, ctx).await,
+            OpenStore::Redis(s) => self.serve(s, stages, max_item_size, ctx).await,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Runs every stage on `store` until the pipeline is drained or a stop.
+    async fn serve<S: Store>(
+        self,
+        store: S,
+        stages: Vec<work::Settings>,
+        max_item_size: usize,
+        ctx: Context,
+    ) -> Result<i32, WorkError> {
         let reaper = podkit_process::reaper::Reaper::start().map_err(WorkError::Reaper)?;
         let client = podkit_core::http::client(Duration::from_secs(3600)).map_err(WorkError::HttpClient)?;
         let queues: Vec<String> = stages.iter().map(|s| s.queue.clone()).collect();
@@ -593,15 +651,15 @@ fn register(admin: &mut AdminBuilder, m: &work::Metrics) {
 
 /// The `podkit queue work` component.
 #[derive(Debug)]
-pub struct Work {
+struct Work {
     args: WorkArgs,
     metrics: work::Metrics,
     /// The stage, the sink and the open store, once [`Component::prepare`] has checked them.
-    prepared: Option<(Stage, Sink, AnyStore)>,
+    prepared: Option<(Stage, Sink, OpenStore)>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WorkError {
+enum WorkError {
     #[error("cannot start reaping item processes: {0}")]
     Reaper(#[source] std::io::Error),
     #[error("cannot build the HTTP client: {0}")]
@@ -615,7 +673,7 @@ impl podkit_core::ExitStatus for WorkError {
 }
 
 impl Work {
-    pub fn new(args: WorkArgs) -> Self {
+    fn new(args: WorkArgs) -> Self {
         Self { args, metrics: work::Metrics::default(), prepared: None }
     }
 }
@@ -650,9 +708,19 @@ impl Component for Work {
         register(admin, &self.metrics);
     }
 
-    async fn run(self, ctx: Context) -> Result<i32, WorkError> {
+    async fn run(mut self, ctx: Context) -> Result<i32, WorkError> {
+        let (stage, sink, store) = self.prepared.take().expect("prepared before run");
+        match store {
+            OpenStore::Sqlite(s) => self.serve(s, stage, sink, ctx).await,
+            OpenStore::Redis(s) => self.serve(s, stage, sink, ctx).await,
+        }
+    }
+}
+
+impl Work {
+    /// Runs the worker pool on `store` until a stop (or, with --exit-when-empty, a drained queue).
+    async fn serve<S: Store>(self, store: S, stage: Stage, sink: Sink, ctx: Context) -> Result<i32, WorkError> {
         let a = self.args;
-        let (stage, sink, store) = self.prepared.expect("prepared before run");
         let reaper = podkit_process::reaper::Reaper::start().map_err(WorkError::Reaper)?;
         let client = podkit_core::http::client(a.timeout.get()).map_err(WorkError::HttpClient)?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);

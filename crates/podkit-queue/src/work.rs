@@ -14,14 +14,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 
-use crate::store::{AnyStore, Claimed, Output};
+use crate::store::{Claimed, Output, Store};
 
 /// How long an idle worker waits before looking for items again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// What a worker does with each item.
 #[derive(Debug, Clone)]
-pub enum Stage {
+pub(crate) enum Stage {
     /// run(): a command with `{input}` and `{output}` in its arguments.
     Exec(Vec<String>),
     /// The sidecar form: POST the input to a co-located app; its answer is the output.
@@ -30,44 +30,44 @@ pub enum Stage {
 
 /// Where outputs go.
 #[derive(Debug, Clone)]
-pub enum Sink {
+pub(crate) enum Sink {
     Store,
     Next(String),
     Dir(PathBuf),
 }
 
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub queue: String,
-    pub stage: Stage,
-    pub sink: Sink,
-    pub concurrency: usize,
-    pub timeout: Duration,
-    pub lease: Duration,
-    pub max_attempts: u32,
-    pub exit_when_empty: bool,
-    pub owner: String,
+pub(crate) struct Settings {
+    pub(crate) queue: String,
+    pub(crate) stage: Stage,
+    pub(crate) sink: Sink,
+    pub(crate) concurrency: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) exit_when_empty: bool,
+    pub(crate) owner: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
+pub(crate) struct ResultLabel {
+    pub(crate) result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub queue: String,
-    pub state: &'static str,
+pub(crate) struct StateLabel {
+    pub(crate) queue: String,
+    pub(crate) state: &'static str,
 }
 
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Attempts by result: done, retry, dead, lost (lease lost), released (stopped).
-    pub attempts: Family<ResultLabel, Counter>,
-    pub run_seconds: Histogram,
-    pub lease_renewals: Counter,
-    pub in_flight: Gauge,
-    pub items: Family<StateLabel, Gauge>,
+    pub(crate) attempts: Family<ResultLabel, Counter>,
+    pub(crate) run_seconds: Histogram,
+    pub(crate) lease_renewals: Counter,
+    pub(crate) in_flight: Gauge,
+    pub(crate) items: Family<StateLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -84,21 +84,21 @@ impl Default for Metrics {
 
 /// The worker pool of one process.
 #[derive(Debug)]
-pub struct Worker {
-    pub store: AnyStore,
-    pub settings: Arc<Settings>,
-    pub runner: Runner,
-    pub client: reqwest::Client,
-    pub metrics: Metrics,
+pub(crate) struct Worker<S> {
+    pub(crate) store: S,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) runner: Runner,
+    pub(crate) client: reqwest::Client,
+    pub(crate) metrics: Metrics,
     /// Largest output accepted (the store's item limit).
-    pub max_item_size: usize,
+    pub(crate) max_item_size: usize,
 }
 
-impl Worker {
+impl<S: Store> Worker<S> {
     /// Runs `concurrency` slots until a stop (or, with --exit-when-empty, until the queue has
     /// nothing pending or running). In-flight items finish within the grace period or are
     /// released for another worker.
-    pub async fn run(self: Arc<Self>, ctx: Context) -> i32 {
+    pub(crate) async fn run(self: Arc<Self>, ctx: Context) -> i32 {
         tracing::info!(
             store = %self.store.describe(), queue = %self.settings.queue, concurrency = self.settings.concurrency,
             "worker started"
@@ -429,7 +429,7 @@ impl Failure {
 }
 
 /// A file name that stays inside its directory: the last path component, without leading dots.
-pub fn safe_name(name: &str) -> String {
+pub(crate) fn safe_name(name: &str) -> String {
     let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let trimmed = base.trim_start_matches('.');
     if trimmed.is_empty() { "item".to_string() } else { trimmed.to_string() }
@@ -449,7 +449,7 @@ fn rename_synced(tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<()> {
 }
 
 /// The command's argv with its `{input}`/`{output}` placeholders, checked.
-pub fn check_template(cmd: &[OsString]) -> Result<Vec<String>, String> {
+pub(crate) fn check_template(cmd: &[OsString]) -> Result<Vec<String>, String> {
     let args: Vec<String> = cmd
         .iter()
         .map(|a| a.to_str().map(str::to_string).ok_or("the command must be valid UTF-8"))

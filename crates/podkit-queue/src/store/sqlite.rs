@@ -1,94 +1,21 @@
-//! Where items live: the SQLite store (one file, shared by every worker process on a host).
+//! The SQLite store: one file, shared by every worker process on a host.
 //!
-//! An item moves `pending → running → done`, or back to `pending` when an attempt fails or its
-//! lease runs out, or to `dead` after `max_attempts`. Every move is one transaction guarded by
-//! the lease (owner and attempt number), so a worker that lost its lease can never complete,
-//! fail or renew an item another worker now holds: the first completion wins and a redelivered
-//! item never commits a second output.
+//! An item is a row of `items`. Every move is one transaction guarded by the lease (owner and
+//! attempt number), so a worker that lost its lease can never complete, fail or renew an item
+//! another worker now holds: the first completion wins and a redelivered item never commits a
+//! second output.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("queue store {path}: {source}")]
-    Sqlite {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("item {id} is {size} bytes; the limit is {limit} (--max-item-size)")]
-    TooLarge { id: String, size: usize, limit: usize },
-    #[error("queue store {url}: {source}")]
-    Redis {
-        url: String,
-        #[source]
-        source: redis::RedisError,
-    },
-    #[error("queue store {0}: no answer within 5s")]
-    Unreachable(String),
-}
-
-/// An item handed to a worker.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub queue: String,
-    pub id: String,
-    pub name: Option<String>,
-    pub input: Vec<u8>,
-    /// 1 for the first attempt.
-    pub attempt: u32,
-    /// The store's own handle on this lease (Redis: the stream entry).
-    pub handle: Option<String>,
-}
-
-/// A dead item, as `podkit queue dead` lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadItem {
-    pub queue: String,
-    pub id: String,
-    pub attempts: u32,
-    pub exit_status: Option<i32>,
-    pub error: Option<String>,
-    pub stderr_tail: Option<String>,
-}
-
-/// Per-queue counts, as `podkit queue status` shows them.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Counts {
-    pub queue: String,
-    pub pending: u64,
-    pub running: u64,
-    pub done: u64,
-    pub dead: u64,
-    /// Failed attempts so far (items that were retried or died).
-    pub failed_attempts: u64,
-    /// Items completed in the last minute.
-    pub done_last_minute: u64,
-}
-
-/// Where a completed item's output goes, in the same transaction as its completion.
-#[derive(Debug, Clone)]
-pub enum Output {
-    /// Kept in the store (`podkit queue` without --to or --out-dir).
-    Stored(Vec<u8>),
-    /// Becomes item `id` of queue `next` (a pipeline stage).
-    Next { queue: String, data: Vec<u8> },
-    /// Already written to a file keyed by the item id (--out-dir).
-    External,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use super::{Claimed, Counts, DeadItem, NewItem, Output, Store, StoreError, now_ms};
 
 /// The SQLite store. Cloning shares the connection.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
     max_item_size: usize,
@@ -118,7 +45,7 @@ CREATE INDEX IF NOT EXISTS items_claim ON items (queue, state, created_ms);
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
-    pub fn open(path: &Path, max_item_size: usize) -> Result<SqliteStore, StoreError> {
+    pub(crate) fn open(path: &Path, max_item_size: usize) -> Result<SqliteStore, StoreError> {
         let err = |source| StoreError::Sqlite { path: path.display().to_string(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
@@ -131,10 +58,6 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(SqliteStore { path: path.to_path_buf(), conn: Arc::new(Mutex::new(conn)), max_item_size })
-    }
-
-    pub fn describe(&self) -> String {
-        format!("sqlite {}", self.path.display())
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -155,10 +78,14 @@ impl SqliteStore {
         .expect("store task panicked");
         r.map_err(|e| self.err(e))
     }
+}
 
-    /// Adds items; an id that already exists in the queue is left as it is (idempotent push).
-    /// Returns how many were new.
-    pub async fn push(&self, queue: &str, items: Vec<(String, Option<String>, Vec<u8>)>) -> Result<usize, StoreError> {
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
+
+    async fn push(&self, queue: &str, items: Vec<NewItem>) -> Result<usize, StoreError> {
         for (id, _, data) in &items {
             if data.len() > self.max_item_size {
                 return Err(StoreError::TooLarge { id: id.clone(), size: data.len(), limit: self.max_item_size });
@@ -183,10 +110,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Hands the oldest claimable item to `owner` for `lease`: a pending one, or a running one
-    /// whose lease ran out (its worker died). An expired item that already used
-    /// `max_attempts` is dead-lettered instead.
-    pub async fn claim(
+    async fn claim(
         &self,
         queue: &str,
         owner: &str,
@@ -239,8 +163,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Extends the lease; `false` when the item is no longer this worker's.
-    pub async fn renew(&self, item: &Claimed, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+    async fn renew(&self, item: &Claimed, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         let (queue, id, owner, attempt) = (item.queue.clone(), item.id.clone(), owner.to_string(), item.attempt);
         self.with(move |c| {
             let n = c.execute(
@@ -252,9 +175,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Marks the item done and commits its output, atomically. `false`: the lease was lost
-    /// (another worker holds the item or already completed it) and nothing was written.
-    pub async fn complete(&self, item: &Claimed, owner: &str, output: Output) -> Result<bool, StoreError> {
+    async fn complete(&self, item: &Claimed, owner: &str, output: Output) -> Result<bool, StoreError> {
         if let Output::Stored(d) | Output::Next { data: d, .. } = &output
             && d.len() > self.max_item_size
         {
@@ -288,8 +209,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Records a failed attempt: back to pending, or dead after `max_attempts`.
-    pub async fn fail(
+    async fn fail(
         &self,
         item: &Claimed,
         owner: &str,
@@ -313,9 +233,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Gives an item back untouched (a graceful stop interrupted it): pending again, and the
-    /// interrupted attempt does not count.
-    pub async fn release(&self, item: &Claimed, owner: &str) -> Result<bool, StoreError> {
+    async fn release(&self, item: &Claimed, owner: &str) -> Result<bool, StoreError> {
         let (queue, id, owner, attempt) = (item.queue.clone(), item.id.clone(), owner.to_string(), item.attempt);
         self.with(move |c| {
             let n = c.execute(
@@ -328,8 +246,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Counts per queue (all queues, or one).
-    pub async fn counts(&self, queue: Option<&str>) -> Result<Vec<Counts>, StoreError> {
+    async fn counts(&self, queue: Option<&str>) -> Result<Vec<Counts>, StoreError> {
         let queue = queue.map(str::to_string);
         self.with(move |c| {
             let minute_ago = now_ms() - 60_000;
@@ -355,7 +272,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn dead(&self, queue: Option<&str>) -> Result<Vec<DeadItem>, StoreError> {
+    async fn dead(&self, queue: Option<&str>) -> Result<Vec<DeadItem>, StoreError> {
         let queue = queue.map(str::to_string);
         self.with(move |c| {
             let mut stmt = c.prepare(
@@ -377,8 +294,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Puts dead items back to pending with a fresh attempt count.
-    pub async fn retry(&self, queue: &str, ids: Vec<String>) -> Result<usize, StoreError> {
+    async fn retry(&self, queue: &str, ids: Vec<String>) -> Result<usize, StoreError> {
         let queue = queue.to_string();
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -399,14 +315,12 @@ impl SqliteStore {
         .await
     }
 
-    /// Removes a queue and everything in it.
-    pub async fn purge(&self, queue: &str) -> Result<usize, StoreError> {
+    async fn purge(&self, queue: &str) -> Result<usize, StoreError> {
         let queue = queue.to_string();
         self.with(move |c| c.execute("DELETE FROM items WHERE queue = ?1", params![queue])).await
     }
 
-    /// A done item's stored output (when the worker had neither --to nor --out-dir).
-    pub async fn output(&self, queue: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn output(&self, queue: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let (queue, id) = (queue.to_string(), id.to_string());
         self.with(move |c| {
             c.query_row(
@@ -418,74 +332,6 @@ impl SqliteStore {
             .map(Option::flatten)
         })
         .await
-    }
-}
-
-// === impl AnyStore ===
-
-/// The store a command was given: the same operations whatever is behind them.
-#[derive(Debug, Clone)]
-pub enum AnyStore {
-    Sqlite(SqliteStore),
-    Redis(crate::redis_store::RedisStore),
-}
-
-macro_rules! delegate {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            AnyStore::Sqlite($s) => $call,
-            AnyStore::Redis($s) => $call,
-        }
-    };
-}
-
-impl AnyStore {
-    pub fn describe(&self) -> String {
-        delegate!(self, s => s.describe())
-    }
-    pub async fn push(&self, queue: &str, items: Vec<(String, Option<String>, Vec<u8>)>) -> Result<usize, StoreError> {
-        delegate!(self, s => s.push(queue, items).await)
-    }
-    pub async fn claim(
-        &self,
-        queue: &str,
-        owner: &str,
-        lease: Duration,
-        max_attempts: u32,
-    ) -> Result<Option<Claimed>, StoreError> {
-        delegate!(self, s => s.claim(queue, owner, lease, max_attempts).await)
-    }
-    pub async fn renew(&self, item: &Claimed, owner: &str, lease: Duration) -> Result<bool, StoreError> {
-        delegate!(self, s => s.renew(item, owner, lease).await)
-    }
-    pub async fn complete(&self, item: &Claimed, owner: &str, output: Output) -> Result<bool, StoreError> {
-        delegate!(self, s => s.complete(item, owner, output).await)
-    }
-    pub async fn fail(
-        &self,
-        item: &Claimed,
-        owner: &str,
-        max_attempts: u32,
-        exit_status: Option<i32>,
-        error: &str,
-        stderr_tail: &str,
-    ) -> Result<bool, StoreError> {
-        delegate!(self, s => s.fail(item, owner, max_attempts, exit_status, error, stderr_tail).await)
-    }
-    pub async fn release(&self, item: &Claimed, owner: &str) -> Result<bool, StoreError> {
-        delegate!(self, s => s.release(item, owner).await)
-    }
-    pub async fn counts(&self, queue: Option<&str>) -> Result<Vec<Counts>, StoreError> {
-        delegate!(self, s => s.counts(queue).await)
-    }
-    pub async fn dead(&self, queue: Option<&str>) -> Result<Vec<DeadItem>, StoreError> {
-        delegate!(self, s => s.dead(queue).await)
-    }
-    pub async fn retry(&self, queue: &str, ids: Vec<String>) -> Result<usize, StoreError> {
-        delegate!(self, s => s.retry(queue, ids).await)
-    }
-    pub async fn purge(&self, queue: &str) -> Result<usize, StoreError> {
-        delegate!(self, s => s.purge(queue).await)
     }
 }
 
@@ -531,6 +377,17 @@ mod tests {
         assert_eq!(counts[0].done, 1);
         assert_eq!(counts[1].queue, "q2");
         assert_eq!(counts[1].pending, 1, "exactly one output at the next stage");
+    }
+
+    #[tokio::test]
+    async fn stored_outputs_are_read_back_once_done() {
+        let (_d, s) = store().await;
+        s.push("q", vec![item("a")]).await.unwrap();
+        let a = s.claim("q", "w", Duration::from_secs(60), 3).await.unwrap().unwrap();
+        assert_eq!(s.output("q", "a").await.unwrap(), None, "not done yet");
+        assert!(s.complete(&a, "w", Output::Stored(b"out".to_vec())).await.unwrap());
+        assert_eq!(s.output("q", "a").await.unwrap().as_deref(), Some(&b"out"[..]));
+        assert_eq!(s.output("q", "nope").await.unwrap(), None);
     }
 
     #[tokio::test]

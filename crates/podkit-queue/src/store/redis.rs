@@ -11,18 +11,14 @@
 //! acknowledgement. The `{Q}` hash tag keeps one queue's keys together; a pipeline's `--to`
 //! touches two queues in one script, so use one Redis (with replicas), not Redis Cluster.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use crate::store::{Claimed, Counts, DeadItem, Output, StoreError};
+use super::{Claimed, Counts, DeadItem, NewItem, Output, Store, StoreError, now_ms};
 
 const GROUP: &str = "podkit";
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 fn stream(q: &str) -> String {
     format!("podkit:q:{{{q}}}:s")
@@ -187,7 +183,7 @@ return 1
 
 /// The Redis store. Cloning shares the (reconnecting) connection.
 #[derive(Clone)]
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     url: String,
     conn: ConnectionManager,
     max_item_size: usize,
@@ -205,7 +201,7 @@ fn sid_of(item: &Claimed) -> &str {
 }
 
 impl RedisStore {
-    pub async fn open(url: &str, max_item_size: usize) -> Result<RedisStore, StoreError> {
+    pub(crate) async fn open(url: &str, max_item_size: usize) -> Result<RedisStore, StoreError> {
         let err = |e: redis::RedisError| StoreError::Redis { url: url.to_string(), source: e };
         let client = redis::Client::open(url).map_err(err)?;
         let mut conn = tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client))
@@ -214,10 +210,6 @@ impl RedisStore {
             .map_err(err)?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(err)?;
         Ok(RedisStore { url: url.to_string(), conn, max_item_size })
-    }
-
-    pub fn describe(&self) -> String {
-        format!("redis {}", self.url)
     }
 
     fn err(&self, source: redis::RedisError) -> StoreError {
@@ -244,8 +236,14 @@ impl RedisStore {
     fn script(body: &str) -> redis::Script {
         redis::Script::new(&format!("{CHECK}\n{body}"))
     }
+}
 
-    pub async fn push(&self, queue: &str, items: Vec<(String, Option<String>, Vec<u8>)>) -> Result<usize, StoreError> {
+impl Store for RedisStore {
+    fn describe(&self) -> String {
+        format!("redis {}", self.url)
+    }
+
+    async fn push(&self, queue: &str, items: Vec<NewItem>) -> Result<usize, StoreError> {
         for (id, _, data) in &items {
             if data.len() > self.max_item_size {
                 return Err(StoreError::TooLarge { id: id.clone(), size: data.len(), limit: self.max_item_size });
@@ -273,7 +271,7 @@ impl RedisStore {
         Ok(added)
     }
 
-    pub async fn claim(
+    async fn claim(
         &self,
         queue: &str,
         owner: &str,
@@ -318,7 +316,7 @@ impl RedisStore {
         }
     }
 
-    pub async fn renew(&self, item: &Claimed, owner: &str, _lease: Duration) -> Result<bool, StoreError> {
+    async fn renew(&self, item: &Claimed, owner: &str, _lease: Duration) -> Result<bool, StoreError> {
         let mut c = self.conn.clone();
         let n: i64 = Self::script(RENEW)
             .key(stream(&item.queue))
@@ -332,7 +330,7 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    pub async fn complete(&self, item: &Claimed, owner: &str, output: Output) -> Result<bool, StoreError> {
+    async fn complete(&self, item: &Claimed, owner: &str, output: Output) -> Result<bool, StoreError> {
         let q = &item.queue;
         let script = Self::script(COMPLETE);
         let mut inv = script.prepare_invoke();
@@ -363,7 +361,7 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    pub async fn fail(
+    async fn fail(
         &self,
         item: &Claimed,
         owner: &str,
@@ -393,7 +391,7 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    pub async fn release(&self, item: &Claimed, owner: &str) -> Result<bool, StoreError> {
+    async fn release(&self, item: &Claimed, owner: &str) -> Result<bool, StoreError> {
         let q = &item.queue;
         let mut c = self.conn.clone();
         let n: i64 = Self::script(RELEASE)
@@ -410,7 +408,7 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    pub async fn counts(&self, queue: Option<&str>) -> Result<Vec<Counts>, StoreError> {
+    async fn counts(&self, queue: Option<&str>) -> Result<Vec<Counts>, StoreError> {
         let mut c = self.conn.clone();
         let mut queues: Vec<String> = match queue {
             Some(q) => vec![q.to_string()],
@@ -456,7 +454,7 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub async fn dead(&self, queue: Option<&str>) -> Result<Vec<DeadItem>, StoreError> {
+    async fn dead(&self, queue: Option<&str>) -> Result<Vec<DeadItem>, StoreError> {
         let mut out = Vec::new();
         let mut c = self.conn.clone();
         for counts in self.counts(queue).await? {
@@ -479,7 +477,7 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub async fn retry(&self, queue: &str, ids: Vec<String>) -> Result<usize, StoreError> {
+    async fn retry(&self, queue: &str, ids: Vec<String>) -> Result<usize, StoreError> {
         let mut c = self.conn.clone();
         let ids = if ids.is_empty() { c.smembers(dead_set(queue)).await.map_err(|e| self.err(e))? } else { ids };
         let script = Self::script(RETRY);
@@ -499,7 +497,7 @@ impl RedisStore {
         Ok(n)
     }
 
-    pub async fn purge(&self, queue: &str) -> Result<usize, StoreError> {
+    async fn purge(&self, queue: &str) -> Result<usize, StoreError> {
         let mut c = self.conn.clone();
         let items: Vec<String> = {
             let mut iter: redis::AsyncIter<String> =
@@ -519,5 +517,17 @@ impl RedisStore {
             .map_err(|e| self.err(e))?;
         let _: () = c.srem(QUEUES, queue).await.map_err(|e| self.err(e))?;
         Ok(items.len())
+    }
+
+    async fn output(&self, queue: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.conn.clone();
+        let (state, output): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(item_key(queue, id))
+            .arg("state")
+            .arg("output")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(output.filter(|_| state.as_deref() == Some("done")))
     }
 }
