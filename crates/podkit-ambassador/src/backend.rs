@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::config::Addr;
 use crate::memcache;
 use crate::stats::ServerStats;
+use crate::workers::{self, Workers};
 
 /// Requests queued for one connection before clients wait (backpressure).
 const QUEUE: usize = 4096;
@@ -31,14 +32,14 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 /// Which protocol a server speaks, and so how its answers are framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Memcache(memcache::Framing),
     Resp,
 }
 
 /// Why a request got no answer from its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     Connect(String),
     Timeout,
     Closed,
@@ -51,7 +52,7 @@ pub enum Failure {
 
 impl Failure {
     /// The text clients see after `SERVER_ERROR ` or `-ERR `.
-    pub fn describe(&self, server: &str) -> String {
+    pub(crate) fn describe(&self, server: &str) -> String {
         match self {
             Failure::Connect(e) => format!("podkit: cannot connect to {server}: {e}"),
             Failure::Timeout => format!("podkit: {server} did not answer in time"),
@@ -64,76 +65,68 @@ impl Failure {
 }
 
 /// The answer to one request: its bytes, or why there are none (with the server's name).
-pub type Answer = Result<Bytes, (Failure, Arc<str>)>;
+pub(crate) type Answer = Result<Bytes, (Failure, Arc<str>)>;
 
 /// One request for a server.
 #[derive(Debug)]
-pub struct Op {
-    pub bytes: Bytes,
-    pub framing: Framing,
+pub(crate) struct Op {
+    pub(crate) bytes: Bytes,
+    pub(crate) framing: Framing,
     /// `None`: the client expects no answer (memcache `noreply`); it is read and dropped.
-    pub reply: Option<oneshot::Sender<Answer>>,
+    pub(crate) reply: Option<oneshot::Sender<Answer>>,
 }
 
 /// What a server's connections need to know, fixed for its life. A reload that changes any of
 /// it makes a new server (new connections).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    pub addr: Addr,
-    pub label: String,
-    pub connections: u32,
-    pub timeout: Duration,
-    pub redis_auth: Option<String>,
-    pub redis_db: u32,
-    pub redis: bool,
-    pub tcpkeepalive: bool,
-    pub preconnect: bool,
-    pub eject: Option<EjectPolicy>,
+pub(crate) struct Settings {
+    pub(crate) addr: Addr,
+    pub(crate) label: String,
+    pub(crate) connections: u32,
+    pub(crate) timeout: Duration,
+    pub(crate) redis_auth: Option<String>,
+    pub(crate) redis_db: u32,
+    pub(crate) redis: bool,
+    pub(crate) tcpkeepalive: bool,
+    pub(crate) preconnect: bool,
+    pub(crate) eject: Option<EjectPolicy>,
 }
 
 /// `auto_eject_hosts`: after `failure_limit` failures in a row, the server is out for
 /// `retry_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EjectPolicy {
-    pub failure_limit: u32,
-    pub retry_timeout: Duration,
+pub(crate) struct EjectPolicy {
+    pub(crate) failure_limit: u32,
+    pub(crate) retry_timeout: Duration,
 }
 
 /// A backend server: the senders of its connection tasks (`server_connections` on every
 /// worker thread) and its shared state.
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     conns: Vec<Vec<mpsc::Sender<Op>>>,
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// State shared by a server's connections, its pool and the stats.
 #[derive(Debug)]
-pub struct Shared {
-    pub settings: Settings,
-    pub stats: ServerStats,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) stats: ServerStats,
     failures: AtomicU32,
     ejected: AtomicBool,
     /// When the server was ejected, in µs since the epoch (twemproxy's `server_ejected_at`).
-    pub ejected_at_us: AtomicU64,
+    pub(crate) ejected_at_us: AtomicU64,
     ejected_until: std::sync::Mutex<Option<Instant>>,
     /// Bumped on every ejection and return; pools rebuild their distribution on it.
-    pub changes: watch::Sender<u64>,
+    pub(crate) changes: watch::Sender<u64>,
 }
 
 impl Server {
     /// Starts the server's connection tasks on every worker (idle until a request comes,
     /// unless `preconnect`).
-    pub fn start(settings: Settings, workers: &Workers) -> Arc<Server> {
-        let shared = Arc::new(Shared {
-            stats: ServerStats::default(),
-            failures: AtomicU32::new(0),
-            ejected: AtomicBool::new(false),
-            ejected_at_us: AtomicU64::new(0),
-            ejected_until: std::sync::Mutex::new(None),
-            changes: watch::channel(0).0,
-            settings,
-        });
+    pub(crate) fn start(settings: Settings, workers: &Workers) -> Arc<Server> {
+        let shared = Arc::new(Shared::new(settings));
         let conns = workers
             .handles
             .iter()
@@ -153,8 +146,8 @@ impl Server {
     /// Queues `op` on the connection for client `client` on the calling worker thread (so a
     /// request never changes threads). Fails at once (through the reply) when the connection
     /// task is gone.
-    pub async fn send(&self, client: u64, op: Op) {
-        let conns = &self.conns[WORKER.get() % self.conns.len()];
+    pub(crate) async fn send(&self, client: u64, op: Op) {
+        let conns = &self.conns[workers::current() % self.conns.len()];
         let conn = &conns[(client % conns.len() as u64) as usize];
         if let Err(mpsc::error::SendError(op)) = conn.send(op).await
             && let Some(reply) = op.reply
@@ -163,29 +156,42 @@ impl Server {
         }
     }
 
-    pub fn label(&self) -> Arc<str> {
+    pub(crate) fn label(&self) -> Arc<str> {
         Arc::from(self.shared.settings.label.as_str())
     }
 
     /// Requests waiting to be written, over all connections.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.conns.iter().flatten().map(|c| c.max_capacity() - c.capacity()).sum()
     }
 }
 
 impl Shared {
-    pub fn is_ejected(&self) -> bool {
+    /// A server in the pool (not ejected), with no failures and no numbers yet.
+    fn new(settings: Settings) -> Shared {
+        Shared {
+            stats: ServerStats::default(),
+            failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejected_at_us: AtomicU64::new(0),
+            ejected_until: std::sync::Mutex::new(None),
+            changes: watch::channel(0).0,
+            settings,
+        }
+    }
+
+    pub(crate) fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Acquire)
     }
 
     /// When an ejected server may be tried again.
-    pub fn retry_at(&self) -> Option<Instant> {
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
         *self.ejected_until.lock().expect("not poisoned")
     }
 
     /// Counts a failure (a refused connection, a timeout, a lost connection with requests in
     /// flight) and ejects the server when the policy says so.
-    pub fn failed(&self, why: &Failure) {
+    pub(crate) fn failed(&self, why: &Failure) {
         match why {
             Failure::Timeout => self.stats.timeouts.inc(),
             Failure::Closed => self.stats.eof.inc(),
@@ -217,53 +223,13 @@ impl Shared {
     }
 
     /// Puts an ejected server back (its retry time came, or a health check answered).
-    pub fn restore(&self, why: &str) {
+    pub(crate) fn restore(&self, why: &str) {
         if self.ejected.swap(false, Ordering::AcqRel) {
             *self.ejected_until.lock().expect("not poisoned") = None;
             self.failures.store(0, Ordering::Release);
             tracing::info!(server = %self.settings.label, "server back in the pool ({why})");
             self.changes.send_modify(|v| *v += 1);
         }
-    }
-}
-
-// === workers ===
-
-thread_local! {
-    /// The index of the worker thread this is (0 elsewhere).
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// The threads that serve clients: each runs its own single-threaded runtime, and a client
-/// connection with the server connections it uses lives on one of them. Nothing on the request
-/// path crosses threads (no cross-thread wake-ups), and each thread batches the requests of its
-/// clients into one write per server per turn, as an event loop does.
-#[derive(Debug)]
-pub struct Workers {
-    pub handles: Vec<tokio::runtime::Handle>,
-}
-
-impl Workers {
-    /// Starts `n` worker threads. They run until the process exits.
-    pub fn start(n: usize) -> std::io::Result<Workers> {
-        let mut handles = Vec::with_capacity(n);
-        for i in 0..n {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new().name(format!("ambassador-{i}")).spawn(move || {
-                WORKER.set(i);
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => {
-                        let _ = tx.send(Ok(rt.handle().clone()));
-                        rt.block_on(std::future::pending::<()>());
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            })?;
-            handles.push(rx.recv().map_err(std::io::Error::other)??);
-        }
-        Ok(Workers { handles })
     }
 }
 
@@ -546,7 +512,7 @@ fn deliver(shared: &Shared, input: &mut BytesMut, inflight: &mut VecDeque<InFlig
 }
 
 /// One health probe: connect, ask (`version` / `PING`), read one answer, within `timeout`.
-pub async fn probe(settings: &Settings) -> Result<(), Failure> {
+pub(crate) async fn probe(settings: &Settings) -> Result<(), Failure> {
     let attempt = async {
         let mut stream = connect(settings).await?;
         let (req, framing): (&[u8], _) = if settings.redis {
@@ -566,5 +532,136 @@ pub async fn probe(settings: &Settings) -> Result<(), Failure> {
     match tokio::time::timeout(settings.timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(Failure::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY: Duration = Duration::from_secs(30);
+
+    fn server(eject: Option<EjectPolicy>) -> Shared {
+        Shared::new(Settings {
+            addr: Addr::Tcp { host: "127.0.0.1".into(), port: 11211 },
+            label: "127.0.0.1:11211:1".into(),
+            connections: 1,
+            timeout: Duration::from_secs(1),
+            redis_auth: None,
+            redis_db: 0,
+            redis: false,
+            tcpkeepalive: false,
+            preconnect: false,
+            eject,
+        })
+    }
+
+    /// A server that `auto_eject_hosts` takes out for [`RETRY`] after `failure_limit` failures
+    /// in a row.
+    fn ejecting(failure_limit: u32) -> Shared {
+        server(Some(EjectPolicy { failure_limit, retry_timeout: RETRY }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_after_failure_limit_failures_in_a_row() {
+        let s = ejecting(3);
+        let changes = s.changes.subscribe();
+        s.failed(&Failure::Timeout);
+        s.failed(&Failure::Closed);
+        assert!(!s.is_ejected(), "ejected after 2 failures of 3");
+        assert_eq!(s.retry_at(), None);
+        assert_eq!(s.stats.ejections.get(), 0);
+        assert!(!changes.has_changed().unwrap(), "the pool was told of a change that did not happen");
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let ejected_at = Instant::now();
+        s.failed(&Failure::Connect("refused".into()));
+        assert!(s.is_ejected(), "not ejected after 3 failures of 3");
+        assert_eq!(s.retry_at(), Some(ejected_at + RETRY), "retry_timeout counts from the ejection");
+        assert_eq!(s.stats.ejections.get(), 1);
+        assert_ne!(s.ejected_at_us.load(Ordering::Relaxed), 0, "server_ejected_at not set");
+        assert!(changes.has_changed().unwrap(), "the pool was not told of the ejection");
+        assert_eq!(*s.changes.borrow(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_starts_the_count_again() {
+        let s = ejecting(3);
+        s.failed(&Failure::Timeout);
+        s.failed(&Failure::Timeout);
+        s.succeeded();
+        s.failed(&Failure::Timeout);
+        s.failed(&Failure::Timeout);
+        assert!(!s.is_ejected(), "failures before a success counted towards the limit");
+        s.failed(&Failure::Timeout);
+        assert!(s.is_ejected(), "3 failures in a row after a success did not eject");
+        assert_eq!(s.stats.ejections.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_ejected_neither_eject_again_nor_move_the_retry() {
+        let s = ejecting(2);
+        s.failed(&Failure::Timeout);
+        s.failed(&Failure::Timeout);
+        let retry_at = s.retry_at().expect("ejected");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..5 {
+            s.failed(&Failure::Closed);
+        }
+        assert!(s.is_ejected());
+        assert_eq!(s.retry_at(), Some(retry_at), "a failure while out postponed the retry");
+        assert_eq!(s.stats.ejections.get(), 1, "a server already out was ejected again");
+        assert_eq!(*s.changes.borrow(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restore_puts_the_server_back_with_a_fresh_count() {
+        let s = ejecting(2);
+        s.failed(&Failure::Timeout);
+        s.failed(&Failure::Timeout);
+        s.failed(&Failure::Timeout); // while out
+        tokio::time::advance(RETRY).await;
+        s.restore("retry_timeout passed");
+        assert!(!s.is_ejected());
+        assert_eq!(s.retry_at(), None);
+        assert_eq!(*s.changes.borrow(), 2, "the pool was not told of the return");
+
+        s.failed(&Failure::Timeout);
+        assert!(!s.is_ejected(), "failures from before the return counted");
+        let ejected_at = Instant::now();
+        s.failed(&Failure::Timeout);
+        assert!(s.is_ejected());
+        assert_eq!(s.retry_at(), Some(ejected_at + RETRY));
+        assert_eq!(s.stats.ejections.get(), 2);
+        assert_eq!(*s.changes.borrow(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restoring_a_server_that_is_in_changes_nothing() {
+        let s = ejecting(2);
+        let changes = s.changes.subscribe();
+        s.failed(&Failure::Timeout);
+        s.restore("health check answered");
+        assert!(!s.is_ejected());
+        assert!(!changes.has_changed().unwrap(), "the pool would rebuild its distribution for nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_auto_eject_hosts_failures_are_only_counted() {
+        let s = server(None);
+        let changes = s.changes.subscribe();
+        for _ in 0..10 {
+            s.failed(&Failure::Timeout);
+            s.failed(&Failure::Closed);
+            s.failed(&Failure::Connect("refused".into()));
+            s.failed(&Failure::Protocol("garbage".into()));
+        }
+        assert!(!s.is_ejected());
+        assert_eq!(s.retry_at(), None);
+        assert_eq!(s.stats.ejections.get(), 0);
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(s.stats.timeouts.get(), 10);
+        assert_eq!(s.stats.eof.get(), 10, "lost connections are server_eof");
+        assert_eq!(s.stats.errors.get(), 20, "refused connections and invalid answers are server_err");
     }
 }

@@ -16,7 +16,7 @@ use crate::hashkit::{Distribution, Hash, ServerSpec};
 
 /// The answer timeout when a pool sets none. twemproxy waits forever; a stopped (not dead)
 /// backend would then hang its clients, so podkit bounds the wait. Set `timeout` to choose.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest `server_connections`: each is a socket to the backend per pool.
 const MAX_SERVER_CONNECTIONS: u32 = 64;
@@ -24,15 +24,15 @@ const MAX_SERVER_CONNECTIONS: u32 = 64;
 /// A configuration error, naming the file, the pool and the key.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub reason: String,
+pub(crate) struct ConfigError {
+    pub(crate) path: PathBuf,
+    pub(crate) reason: String,
 }
 
 /// What happens to keys of a server that `auto_eject_hosts` took out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EjectMode {
+pub(crate) enum EjectMode {
     /// twemproxy's behaviour: rebuild the distribution without the server, so its keys move
     /// to the others (and come back when it returns).
     Rehash,
@@ -43,7 +43,7 @@ pub enum EjectMode {
 
 /// Where a pool listens or a server is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Addr {
+pub(crate) enum Addr {
     Tcp { host: String, port: u16 },
     Unix(PathBuf),
 }
@@ -60,30 +60,30 @@ impl fmt::Display for Addr {
 
 /// A pool's `listen`: an address, or a Unix socket path with optional permissions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
-    pub addr: Addr,
+pub(crate) struct Listen {
+    pub(crate) addr: Addr,
     /// Permissions of a Unix socket (`/run/mc.sock 0666`).
-    pub mode: Option<u32>,
+    pub(crate) mode: Option<u32>,
 }
 
 /// One backend server: `host:port:weight [name]` or `/path/to.sock:weight [name]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Server {
-    pub addr: Addr,
-    pub weight: u32,
-    pub name: Option<String>,
+pub(crate) struct Server {
+    pub(crate) addr: Addr,
+    pub(crate) weight: u32,
+    pub(crate) name: Option<String>,
 }
 
 impl Server {
     /// The name this server goes by in stats: its name, else its address (as twemproxy).
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         self.name.clone().unwrap_or_else(|| match &self.addr {
             Addr::Tcp { host, port } => format!("{host}:{port}"),
             Addr::Unix(p) => p.display().to_string(),
         })
     }
 
-    pub fn spec(&self) -> ServerSpec {
+    pub(crate) fn spec(&self) -> ServerSpec {
         let (host, port) = match &self.addr {
             Addr::Tcp { host, port } => (host.clone(), *port),
             Addr::Unix(p) => (p.display().to_string(), 0),
@@ -94,35 +94,35 @@ impl Server {
 
 /// One pool, checked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pool {
-    pub name: String,
-    pub listen: Listen,
-    pub hash: Hash,
-    pub hash_tag: Option<[u8; 2]>,
-    pub distribution: Distribution,
-    pub timeout: Duration,
-    pub backlog: u32,
-    pub client_connections: u32,
-    pub redis: bool,
-    pub redis_auth: Option<String>,
-    pub redis_db: u32,
-    pub preconnect: bool,
-    pub tcpkeepalive: bool,
-    pub reuseport: bool,
-    pub server_connections: u32,
-    pub auto_eject_hosts: bool,
-    pub server_retry_timeout: Duration,
-    pub server_failure_limit: u32,
-    pub eject_mode: EjectMode,
+pub(crate) struct Pool {
+    pub(crate) name: String,
+    pub(crate) listen: Listen,
+    pub(crate) hash: Hash,
+    pub(crate) hash_tag: Option<[u8; 2]>,
+    pub(crate) distribution: Distribution,
+    pub(crate) timeout: Duration,
+    pub(crate) backlog: u32,
+    pub(crate) client_connections: u32,
+    pub(crate) redis: bool,
+    pub(crate) redis_auth: Option<String>,
+    pub(crate) redis_db: u32,
+    pub(crate) preconnect: bool,
+    pub(crate) tcpkeepalive: bool,
+    pub(crate) reuseport: bool,
+    pub(crate) server_connections: u32,
+    pub(crate) auto_eject_hosts: bool,
+    pub(crate) server_retry_timeout: Duration,
+    pub(crate) server_failure_limit: u32,
+    pub(crate) eject_mode: EjectMode,
     /// Probe every server this often (memcache `version`, Redis `PING`); `None`: no probes.
-    pub health_check_interval: Option<Duration>,
-    pub servers: Vec<Server>,
+    pub(crate) health_check_interval: Option<Duration>,
+    pub(crate) servers: Vec<Server>,
 }
 
 /// The whole file: pools in name order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub pools: Vec<Pool>,
+pub(crate) struct Config {
+    pub(crate) pools: Vec<Pool>,
 }
 
 // === the file as written ===
@@ -171,14 +171,14 @@ impl Millis {
 }
 
 /// Reads and checks a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError { path: path.into(), reason: format!("cannot read it: {e}") })?;
     parse(&text).map_err(|reason| ConfigError { path: path.into(), reason })
 }
 
 /// Parses and checks the text of a configuration file.
-pub fn parse(text: &str) -> Result<Config, String> {
+pub(crate) fn parse(text: &str) -> Result<Config, String> {
     let raw: BTreeMap<String, RawPool> = serde_saphyr::from_str(text).map_err(|e| format!("invalid: {e}"))?;
     if raw.is_empty() {
         return Err(

@@ -2,24 +2,31 @@
 //! configuration and places keys exactly where twemproxy (nutcracker) places them, so a
 //! migration does not empty the cache.
 //!
-//! - [`config`]: `nutcracker.yml`, as it is, plus podkit's pool keys.
+//! - `config`: `nutcracker.yml`, as it is, plus podkit's pool keys.
 //! - [`hashkit`]: the hashes and distributions, bit for bit twemproxy's.
-//! - [`memcache`], [`redis`]: the protocols: parsing, routing, framing, merging.
-//! - [`backend`]: connections to servers; [`pool`]: pools, ejection, health checks, reload.
-//! - [`proxy`]: client connections; [`stats`]: Prometheus metrics and twemproxy's stats JSON.
+//! - `memcache`, `redis`: the protocols: parsing, routing, framing, merging.
+//! - `backend`: connections to servers; `pool`: pools, ejection, health checks, reload.
+//! - `workers`: the threads that serve clients and the server connections they use.
+//! - `proxy`: client connections.
+//! - `stats`: the counters; `export`: Prometheus metrics and twemproxy's stats JSON from them.
+//!
+//! Only what other crates use is public: the command ([`AmbassadorArgs`]), [`hashkit`] (the
+//! placement tests) and `fuzzing` (the fuzz targets).
 //!
 //! See `docs/ambassador.md`.
 
-pub mod backend;
-pub mod config;
+mod backend;
+mod config;
+mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hashkit;
-pub mod memcache;
-pub mod pool;
+mod memcache;
+mod pool;
 mod proxy;
-pub mod redis;
-pub mod stats;
+mod redis;
+mod stats;
+mod workers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -32,13 +39,13 @@ use podkit_core::{AdminBuilder, CommonArgs, Component, Context, ExitStatus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Workers;
 use crate::config::{Addr, Config};
 use crate::pool::{PoolHandle, PoolState, Pools};
 use crate::stats::Counter;
+use crate::workers::Workers;
 
 /// The admin listener's default address for `podkit ambassador`.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9192";
+pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:9192";
 
 /// Options of `podkit ambassador`. Their doc comments are the `--help` text. The short options
 /// are nutcracker's, so a command line carries over.
@@ -85,7 +92,7 @@ pub struct AmbassadorArgs {
 }
 
 /// Prints the outcome of `-t` and returns the exit status, as `nutcracker -t` does.
-pub fn test_config(path: &std::path::Path) -> i32 {
+pub(crate) fn test_config(path: &std::path::Path) -> i32 {
     match config::load(path) {
         Ok(_) => {
             eprintln!("podkit ambassador: configuration file '{}' syntax is ok", path.display());
@@ -100,7 +107,7 @@ pub fn test_config(path: &std::path::Path) -> i32 {
 
 /// `podkit ambassador`.
 #[derive(Debug)]
-pub struct Ambassador {
+pub(crate) struct Ambassador {
     args: AmbassadorArgs,
     config: Config,
     pools: Arc<Pools>,
@@ -115,7 +122,7 @@ pub struct Ambassador {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AmbassadorError {
+pub(crate) enum AmbassadorError {
     #[error("cannot listen on {addr} for pool `{pool}`: {source}")]
     Listen { pool: String, addr: String, source: std::io::Error },
     #[error("cannot open the stats listener on {addr}: {source}")]
@@ -135,7 +142,7 @@ impl podkit_core::ExitStatus for AmbassadorError {
 
 impl Ambassador {
     /// Reads the configuration file; its errors name the file, the pool and the key.
-    pub fn new(args: AmbassadorArgs) -> Result<Self, config::ConfigError> {
+    pub(crate) fn new(args: AmbassadorArgs) -> Result<Self, config::ConfigError> {
         let config = config::load(&args.pools_file)?;
         let (reload_tx, reload_rx) = mpsc::channel(8);
         Ok(Ambassador {
@@ -186,7 +193,7 @@ impl Component for Ambassador {
     type Error = AmbassadorError;
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
-        admin.metrics().register_collector(Box::new(stats::Metrics {
+        admin.metrics().register_collector(Box::new(export::Metrics {
             pools: self.pools.clone(),
             reloads_ok: self.reloads_ok.clone(),
             reloads_failed: self.reloads_failed.clone(),
@@ -244,7 +251,7 @@ impl Component for Ambassador {
         let (stats_listener, listeners) = self.bound.take().expect("prepared before run");
         let bound = stats_listener.local_addr().unwrap_or(stats_addr);
         let _ = self.stats_bound.set(bound);
-        tokio::spawn(stats::serve_stats(stats_listener, self.pools.clone(), started));
+        tokio::spawn(export::serve_stats(stats_listener, self.pools.clone(), started));
 
         let threads = match self.args.threads {
             Some(n) => n.into(),

@@ -9,20 +9,20 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest key memcached accepts.
-pub const KEY_MAX: usize = 250;
+pub(crate) const KEY_MAX: usize = 250;
 /// Longest command line. memcached allows 2048 bytes except for multi-key gets; a get of many
 /// long keys is legitimately longer, so the proxy allows that much for every line.
-pub const LINE_MAX: usize = 64 * 1024;
+pub(crate) const LINE_MAX: usize = 64 * 1024;
 /// Largest value a server's answer may hold: memcached refuses an item size (`-I`) above 1 GiB,
 /// so a longer claim is a broken server, not a value to wait for.
-pub const ANSWER_VALUE_MAX: usize = 1024 * 1024 * 1024;
+pub(crate) const ANSWER_VALUE_MAX: usize = 1024 * 1024 * 1024;
 /// Largest data block a client may announce, as memcached checks it (longer is a bad command
 /// line, not a value to swallow).
 const DATA_MAX: i64 = i32::MAX as i64 - 2;
 
 /// How a server's answer to one request ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// One line, or a `VA <n>` line and its data (meta commands).
     Single,
     /// `VALUE`/`STAT` lines (with data for `VALUE`) up to `END`, or one error line.
@@ -33,7 +33,7 @@ pub enum Framing {
 
 /// One parsed client request.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     /// A single-key command, sent to the key's server as `bytes`. `quiet`: the client expects
     /// no answer (`noreply`, already removed from `bytes`).
     Keyed {
@@ -64,15 +64,15 @@ pub enum Request {
     Answer(&'static [u8]),
 }
 
-pub const ERROR: &[u8] = b"ERROR\r\n";
-pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
-pub const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
-pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
-pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+pub(crate) const ERROR: &[u8] = b"ERROR\r\n";
+pub(crate) const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
+pub(crate) const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
+pub(crate) const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
+pub(crate) const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
 
 /// The state one client connection's parser keeps between reads.
 #[derive(Debug)]
-pub struct Parser {
+pub(crate) struct Parser {
     max_value: usize,
     /// Bytes of a refused data block still to be thrown away.
     swallow: usize,
@@ -81,12 +81,12 @@ pub struct Parser {
 }
 
 impl Parser {
-    pub fn new(max_value: usize) -> Self {
+    pub(crate) fn new(max_value: usize) -> Self {
         Parser { max_value, swallow: 0, skip_line: false }
     }
 
     /// The next complete request in `buf` (consumed from it), or `None` for more bytes.
-    pub fn next(&mut self, buf: &mut BytesMut) -> Option<Request> {
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Option<Request> {
         if self.swallow > 0 {
             let n = self.swallow.min(buf.len());
             buf.advance(n);
@@ -399,7 +399,7 @@ fn without_last_token(line: &Bytes, line_end: usize, data: &Bytes) -> Bytes {
 
 /// Bytes of the first complete answer in `buf`, `Ok(None)` when more are needed, or an error
 /// when the server sent something that is not memcache.
-pub fn frame(framing: Framing, buf: &[u8]) -> Result<Option<usize>, String> {
+pub(crate) fn frame(framing: Framing, buf: &[u8]) -> Result<Option<usize>, String> {
     let mut at = 0;
     loop {
         let Some(nl) = memchr(b'\n', &buf[at..]) else {
@@ -496,7 +496,7 @@ fn values(answer: &[u8]) -> Result<Vec<Value<'_>>, &[u8]> {
 /// Merges the answers of a get split over servers: `groups[i]` is the answer index of the i-th
 /// requested key, and the values come out in the order the keys were asked for (memcached's
 /// order), then `END`. An answer that is an error is returned as it is.
-pub fn merge_get(keys: &[Bytes], groups: &[u32], answers: &[Bytes]) -> Bytes {
+pub(crate) fn merge_get(keys: &[Bytes], groups: &[u32], answers: &[Bytes]) -> Bytes {
     let mut parsed = Vec::with_capacity(answers.len());
     for a in answers {
         match values(a) {
@@ -519,7 +519,7 @@ pub fn merge_get(keys: &[Bytes], groups: &[u32], answers: &[Bytes]) -> Bytes {
 
 /// The merged answer of a command sent to every server (flush_all, verbosity): `OK` when all
 /// said so, else the first other answer.
-pub fn merge_all_ok(answers: &[Bytes]) -> Bytes {
+pub(crate) fn merge_all_ok(answers: &[Bytes]) -> Bytes {
     answers.iter().find(|a| a.as_ref() != b"OK\r\n").cloned().unwrap_or_else(|| Bytes::from_static(b"OK\r\n"))
 }
 

@@ -13,10 +13,11 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, EjectPolicy, Failure, Server, Settings, Workers};
+use crate::backend::{self, EjectPolicy, Failure, Server, Settings};
 use crate::config::{self, EjectMode};
 use crate::hashkit::{Continuum, Distribution};
 use crate::stats::PoolStats;
+use crate::workers::Workers;
 
 /// The distribution over the servers that take keys now.
 #[derive(Debug)]
@@ -28,11 +29,11 @@ struct Ring {
 
 /// One generation of a pool.
 #[derive(Debug)]
-pub struct PoolState {
-    pub name: String,
-    pub cfg: config::Pool,
-    pub servers: Vec<Arc<Server>>,
-    pub stats: Arc<PoolStats>,
+pub(crate) struct PoolState {
+    pub(crate) name: String,
+    pub(crate) cfg: config::Pool,
+    pub(crate) servers: Vec<Arc<Server>>,
+    pub(crate) stats: Arc<PoolStats>,
     ring: ArcSwap<Option<Ring>>,
     stop: CancellationToken,
 }
@@ -40,7 +41,7 @@ pub struct PoolState {
 impl PoolState {
     /// Builds a generation from `cfg`, reusing the servers of `previous` whose settings are the
     /// same, and starts its maintenance task.
-    pub fn start(cfg: config::Pool, previous: Option<&PoolState>, workers: &Workers) -> Arc<PoolState> {
+    pub(crate) fn start(cfg: config::Pool, previous: Option<&PoolState>, workers: &Workers) -> Arc<PoolState> {
         let servers = cfg
             .servers
             .iter()
@@ -67,12 +68,12 @@ impl PoolState {
     }
 
     /// Stops this generation's maintenance task (its servers live on while anyone holds them).
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.stop.cancel();
     }
 
     /// The server `key` goes to.
-    pub fn route(&self, key: &[u8]) -> Result<usize, Failure> {
+    pub(crate) fn route(&self, key: &[u8]) -> Result<usize, Failure> {
         let ring = self.ring.load();
         let Some(ring) = ring.as_ref() else { return Err(Failure::NoServers) };
         let i = ring.servers[ring.continuum.pick(key, random())];
@@ -83,7 +84,7 @@ impl PoolState {
     }
 
     /// Servers that take requests now (for commands sent to every server).
-    pub fn live(&self) -> impl Iterator<Item = (usize, &Arc<Server>)> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = (usize, &Arc<Server>)> {
         self.servers.iter().enumerate().filter(|(_, s)| !s.shared.is_ejected())
     }
 
@@ -208,29 +209,29 @@ fn random() -> u32 {
 
 /// A pool as clients see it: its listener and its current generation.
 #[derive(Debug)]
-pub struct PoolHandle {
-    pub name: String,
+pub(crate) struct PoolHandle {
+    pub(crate) name: String,
     /// The address the listener is bound to (with port 0 resolved).
-    pub bound: String,
-    pub state: ArcSwap<PoolState>,
+    pub(crate) bound: String,
+    pub(crate) state: ArcSwap<PoolState>,
     /// Stops the listener.
-    pub stop_listening: CancellationToken,
+    pub(crate) stop_listening: CancellationToken,
 }
 
 /// Every pool of the running configuration.
 #[derive(Debug, Default)]
-pub struct Pools {
-    pub handles: ArcSwap<Vec<Arc<PoolHandle>>>,
+pub(crate) struct Pools {
+    pub(crate) handles: ArcSwap<Vec<Arc<PoolHandle>>>,
 }
 
 impl Pools {
     /// The current generation of every pool.
-    pub fn snapshot(&self) -> Vec<Arc<PoolState>> {
+    pub(crate) fn snapshot(&self) -> Vec<Arc<PoolState>> {
         self.handles.load().iter().map(|h| h.state.load_full()).collect()
     }
 
     /// `GET /pools`: pools, listeners and servers with their health.
-    pub fn describe(&self) -> serde_json::Value {
+    pub(crate) fn describe(&self) -> serde_json::Value {
         let pools: Vec<_> = self
             .handles
             .load()
@@ -268,5 +269,96 @@ impl Pools {
             })
             .collect();
         serde_json::Value::Array(pools)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const RETRY: Duration = Duration::from_secs(30);
+
+    /// A pool of two servers, `a` and `b`, out for [`RETRY`] after 2 failures in a row. Its
+    /// servers' connection tasks run on the test's runtime, idle: nothing connects.
+    fn pool(eject_mode: &str) -> Arc<PoolState> {
+        let yaml = format!(
+            "p:\n  listen: 127.0.0.1:0\n  hash: fnv1a_64\n  distribution: ketama\n  auto_eject_hosts: true\n  server_failure_limit: 2\n  server_retry_timeout: {}\n  eject_mode: {eject_mode}\n  servers:\n   - 127.0.0.1:1:1 a\n   - 127.0.0.1:2:1 b\n",
+            RETRY.as_millis()
+        );
+        let cfg = config::parse(&yaml).unwrap().pools.remove(0);
+        PoolState::start(cfg, None, &Workers::on_current_runtime())
+    }
+
+    /// A key the pool sends to `server` while every server is in.
+    fn key_of(pool: &PoolState, server: usize) -> Vec<u8> {
+        (0..).map(|i| format!("key{i}").into_bytes()).find(|k| pool.route(k) == Ok(server)).unwrap()
+    }
+
+    fn eject(pool: &PoolState, server: usize) {
+        let shared = &pool.servers[server].shared;
+        shared.failed(&Failure::Timeout);
+        shared.failed(&Failure::Timeout);
+        assert!(shared.is_ejected());
+    }
+
+    /// Lets the maintenance task run. Only yields: the paused clock does not move.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_ejected_server_returns_at_its_own_retry_time() {
+        let pool = pool("rehash");
+        let (key_a, key_b) = (key_of(&pool, 0), key_of(&pool, 1));
+        let (a, b) = (&pool.servers[0].shared, &pool.servers[1].shared);
+
+        eject(&pool, 0);
+        settle().await;
+        assert_eq!(pool.route(&key_a), Ok(1), "the keys of an ejected server go to the others");
+        assert_eq!(pool.live().count(), 1);
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        eject(&pool, 1);
+        settle().await;
+        assert_eq!(pool.route(&key_b), Err(Failure::NoServers));
+
+        tokio::time::advance(RETRY - Duration::from_secs(10) - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(a.is_ejected(), "back before server_retry_timeout");
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert!(!a.is_ejected(), "not back when server_retry_timeout passed");
+        assert_eq!(a.retry_at(), None);
+        assert!(b.is_ejected(), "back with the other server, before its own retry time");
+        assert_eq!(pool.route(&key_a), Ok(0));
+        assert_eq!(pool.route(&key_b), Ok(0));
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        settle().await;
+        assert!(!b.is_ejected(), "not back when its server_retry_timeout passed");
+        assert_eq!(pool.route(&key_a), Ok(0), "the keys did not come back");
+        assert_eq!(pool.route(&key_b), Ok(1), "the keys did not come back");
+        assert_eq!(a.stats.ejections.get() + b.stats.ejections.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_keeps_the_keys_in_place_until_the_retry_time() {
+        let pool = pool("fail_fast");
+        let (key_a, key_b) = (key_of(&pool, 0), key_of(&pool, 1));
+
+        eject(&pool, 0);
+        settle().await;
+        assert_eq!(pool.route(&key_a), Err(Failure::Ejected), "the ejected server's keys do not fail fast");
+        assert_eq!(pool.route(&key_b), Ok(1), "the other server's keys moved");
+
+        tokio::time::advance(RETRY).await;
+        settle().await;
+        assert!(!pool.servers[0].shared.is_ejected(), "not back when server_retry_timeout passed");
+        assert_eq!(pool.route(&key_a), Ok(0));
     }
 }

@@ -18,31 +18,31 @@ const INLINE_MAX: usize = 64 * 1024;
 /// Longest bulk string a server's answer may hold: Redis' default `proto-max-bulk-len`, which
 /// also bounds what a server stores in one string. The whole answer is buffered before it is
 /// passed on, so a larger claim is treated as a broken server, not waited for.
-pub const ANSWER_BULK_MAX: usize = 512 * 1024 * 1024;
+pub(crate) const ANSWER_BULK_MAX: usize = 512 * 1024 * 1024;
 /// Most elements an aggregate answer may claim: twice the 2^32 members a Redis collection can
 /// hold, since RESP2 sends a hash's fields and values as one flat array.
-pub const ANSWER_ELEMENTS_MAX: i64 = 1 << 33;
+pub(crate) const ANSWER_ELEMENTS_MAX: i64 = 1 << 33;
 
 /// One client command: the bytes as received and its arguments (the name first).
 #[derive(Debug, Clone)]
-pub struct Command {
-    pub raw: Bytes,
-    pub args: Vec<Bytes>,
+pub(crate) struct Command {
+    pub(crate) raw: Bytes,
+    pub(crate) args: Vec<Bytes>,
 }
 
 impl Command {
     /// The command in RESP, whatever form it came in (inline commands are re-encoded).
-    pub fn wire(&self) -> Bytes {
+    pub(crate) fn wire(&self) -> Bytes {
         if self.raw.first() == Some(&b'*') { self.raw.clone() } else { encode(&self.args) }
     }
 
-    pub fn name_upper(&self) -> String {
+    pub(crate) fn name_upper(&self) -> String {
         String::from_utf8_lossy(&self.args[0]).to_ascii_uppercase()
     }
 }
 
 /// Encodes arguments as a RESP array of bulk strings.
-pub fn encode<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
+pub(crate) fn encode<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
     let len: usize = args.iter().map(|a| a.as_ref().len() + 16).sum();
     let mut b = BytesMut::with_capacity(len + 16);
     b.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -57,11 +57,11 @@ pub fn encode<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
 
 /// A protocol error: the message to send before closing the connection.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ProtocolError(pub String);
+pub(crate) struct ProtocolError(pub(crate) String);
 
 /// The next complete command in `buf` (consumed from it), or `None` for more bytes. Empty
 /// inline lines are skipped, as Redis skips them.
-pub fn parse(buf: &mut BytesMut, max_request: usize) -> Result<Option<Command>, ProtocolError> {
+pub(crate) fn parse(buf: &mut BytesMut, max_request: usize) -> Result<Option<Command>, ProtocolError> {
     loop {
         if buf.is_empty() {
             return Ok(None);
@@ -151,7 +151,7 @@ fn header(buf: &[u8], at: usize, kind: u8) -> Result<Option<(i64, usize)>, Proto
 
 /// How a command is served.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Answered by the proxy.
     Local(Local),
     /// Sent as it is to the server of the argument at this index.
@@ -164,7 +164,7 @@ pub enum Route {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Local {
+pub(crate) enum Local {
     Ping,
     Echo,
     Quit,
@@ -173,7 +173,7 @@ pub enum Local {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
+pub(crate) enum Split {
     /// MGET: values in key order.
     Mget,
     /// MSET: +OK when every part is.
@@ -183,7 +183,7 @@ pub enum Split {
 }
 
 /// Routes `cmd`, or says why it cannot go through the proxy (the `-ERR` text).
-pub fn route(cmd: &Command) -> Result<Route, String> {
+pub(crate) fn route(cmd: &Command) -> Result<Route, String> {
     let name = cmd.name_upper();
     let argc = cmd.args.len();
     let arity = |min: usize| -> Result<(), String> {
@@ -457,7 +457,7 @@ const BLOCKING: &[&str] = &[
 /// The parts of a split command: for each server (by index), the command for its keys; and
 /// for each key of the original, which part it went to. `servers[i]` is the server of the
 /// i-th key.
-pub fn split(cmd: &Command, kind: Split, servers: &[usize]) -> (Vec<(usize, Bytes)>, Vec<u32>) {
+pub(crate) fn split(cmd: &Command, kind: Split, servers: &[usize]) -> (Vec<(usize, Bytes)>, Vec<u32>) {
     let step = if kind == Split::Mset { 2 } else { 1 };
     let mut parts: Vec<(usize, Vec<&Bytes>)> = Vec::new();
     let mut groups = Vec::with_capacity(servers.len());
@@ -483,7 +483,7 @@ pub fn split(cmd: &Command, kind: Split, servers: &[usize]) -> (Vec<(usize, Byte
 
 /// Bytes of the first complete RESP value in `buf`, `Ok(None)` when more are needed, or an
 /// error when it is not RESP.
-pub fn frame(buf: &[u8]) -> Result<Option<usize>, String> {
+pub(crate) fn frame(buf: &[u8]) -> Result<Option<usize>, String> {
     frame_at(buf, 0, 0)
 }
 
@@ -545,7 +545,7 @@ fn frame_at(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, String
 }
 
 /// Merges the answers of a split command (`groups[i]`: the answer index of the i-th key).
-pub fn merge(kind: Split, groups: &[u32], answers: &[Bytes]) -> Bytes {
+pub(crate) fn merge(kind: Split, groups: &[u32], answers: &[Bytes]) -> Bytes {
     if let Some(err) = answers.iter().find(|a| a.first() == Some(&b'-')) {
         return err.clone();
     }
@@ -604,7 +604,7 @@ fn array_elements(a: &[u8]) -> Option<Vec<&[u8]>> {
 }
 
 /// A bulk string answer.
-pub fn bulk(data: &[u8]) -> Bytes {
+pub(crate) fn bulk(data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(data.len() + 16);
     b.extend_from_slice(format!("${}\r\n", data.len()).as_bytes());
     b.extend_from_slice(data);
@@ -613,7 +613,7 @@ pub fn bulk(data: &[u8]) -> Bytes {
 }
 
 /// An error answer: `-ERR <message>` (or the message as it is when it has its own code).
-pub fn error(message: &str) -> Bytes {
+pub(crate) fn error(message: &str) -> Bytes {
     let message = message.replace(['\r', '\n'], " ");
     Bytes::from(format!("-ERR {message}\r\n"))
 }
