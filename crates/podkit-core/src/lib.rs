@@ -285,3 +285,21 @@ pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
 }
+
+/// Replaces `path` with `contents` so that after a crash or power loss it holds either the old
+/// contents or the new, whole: the new file is fsynced before the rename, and the directory
+/// after it. For state that must survive (checkpoints); [`write_atomically`] is enough for
+/// files another process only reads while podkit runs.
+pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+

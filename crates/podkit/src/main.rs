@@ -65,6 +65,14 @@ commands! {
         after_help = "Example:\n  podkit queue push --store sqlite:///tmp/q.db --queue resize images/\n  podkit queue work --store sqlite:///tmp/q.db --queue resize --out-dir out/ --exit-when-empty -- convert {input} -resize 50% {output}\n  podkit queue status --store sqlite:///tmp/q.db"
     )]
     Queue(podkit_queue::QueueArgs),
+
+    /// Log-saver sidecar: follows log files through every kind of rotation and ships their
+    /// lines to stdout or files, checkpointing only what the sink acknowledged, so nothing is
+    /// lost or doubled across a crash or an outage.
+    #[command(
+        after_help = "Example:\n  podkit logs --path '/var/log/app/*.log' --sink file:///var/log/saved/app.ndjson --state-dir /var/lib/podkit/logs\n  podkit logs --format cri --path '/var/log/pods/*/*/*.log' --label cluster=prod"
+    )]
+    Logs(podkit_logs::LogsArgs),
 }
 
 /// Pattern containers for distributed systems, as one small binary: run it beside any app and

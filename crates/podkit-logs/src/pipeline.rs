@@ -1,0 +1,285 @@
+//! One sink's pipeline: scan, read a batch, deliver it (retrying until the sink takes it),
+//! then move the offsets and write the checkpoint. One batch is in flight at a time, so memory
+//! is bounded by `--batch-bytes` whatever the sink does, and a dead sink simply stops the
+//! reading.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use podkit_core::Context;
+use podkit_core::backoff::BackoffPolicy;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::{Deserialize, Serialize};
+
+use crate::sink::{SendError, Sink};
+use crate::tail::{Batch, FileView, Saved, Tailer};
+
+/// The checkpoint file's content.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    pub(crate) version: u32,
+    pub(crate) sink: String,
+    pub(crate) files: Vec<Saved>,
+}
+
+/// Reads a checkpoint; a missing one is an empty start.
+pub(crate) fn load_checkpoint(path: &std::path::Path) -> Result<Vec<Saved>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<Checkpoint>(&bytes).map(|c| c.files).map_err(|e| {
+            format!(
+                "checkpoint {}: {e}; it is written atomically, so something else changed it (remove it to read every file from its start)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("checkpoint {}: {e}", path.display())),
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SinkLabel {
+    pub(crate) sink: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FileLabels {
+    pub(crate) sink: String,
+    pub(crate) path: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PathLabel {
+    pub(crate) path: String,
+}
+
+/// The counters of every pipeline, as families.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) lines_read: Family<FileLabels, Counter>,
+    pub(crate) bytes_read: Family<FileLabels, Counter>,
+    pub(crate) delivered: Family<SinkLabel, Counter>,
+    pub(crate) delivered_bytes: Family<SinkLabel, Counter>,
+    pub(crate) duplicates: Family<SinkLabel, Counter>,
+    pub(crate) retries: Family<SinkLabel, Counter>,
+    pub(crate) lost_bytes: Family<PathLabel, Counter>,
+    pub(crate) truncations: Family<SinkLabel, Counter>,
+    pub(crate) opened: Family<SinkLabel, Counter>,
+    pub(crate) closed: Family<SinkLabel, Counter>,
+    pub(crate) skipped_bytes: Family<SinkLabel, Counter>,
+    pub(crate) bad_lines: Family<SinkLabel, Counter>,
+}
+
+/// What `/files` and the gauges show, per sink.
+pub(crate) type Views = Arc<Mutex<HashMap<String, SinkView>>>;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct SinkView {
+    pub(crate) up: bool,
+    pub(crate) last_error: Option<String>,
+    pub(crate) files: Vec<FileView>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Timing {
+    pub(crate) poll: Duration,
+    pub(crate) scan: Duration,
+    pub(crate) batch_bytes: usize,
+    pub(crate) batch_records: usize,
+    pub(crate) backoff: BackoffPolicy,
+}
+
+pub(crate) struct Pipeline<S> {
+    pub(crate) name: String,
+    pub(crate) sink: S,
+    pub(crate) tailer: Tailer,
+    pub(crate) checkpoint: PathBuf,
+    pub(crate) metrics: Metrics,
+    pub(crate) views: Views,
+    pub(crate) timing: Timing,
+}
+
+/// Runs `f` on the tailer on the blocking pool (file reads and fsyncs must not stall the
+/// runtime that serves the admin endpoints).
+async fn blocking<T: Send + 'static>(
+    tailer: &mut Option<Tailer>,
+    f: impl FnOnce(&mut Tailer) -> T + Send + 'static,
+) -> T {
+    let mut t = tailer.take().expect("the tailer is home between calls");
+    let (t, out) = tokio::task::spawn_blocking(move || {
+        let out = f(&mut t);
+        (t, out)
+    })
+    .await
+    .expect("tailer work does not panic");
+    *tailer = Some(t);
+    out
+}
+
+impl<S: Sink> Pipeline<S> {
+    pub(crate) async fn run(self, ctx: Context) -> Result<(), String> {
+        let Pipeline { name, mut sink, tailer, checkpoint, metrics, views, timing } = self;
+        let label = SinkLabel { sink: name.clone() };
+        let mut tailer = Some(tailer);
+        let mut last_scan: Option<Instant> = None;
+        let readiness_key = format!("sink:{name}");
+        ctx.readiness.ready(&readiness_key);
+        loop {
+            if ctx.shutdown.is_triggered() {
+                break;
+            }
+            if last_scan.is_none_or(|t| t.elapsed() >= timing.scan) {
+                let events = blocking(&mut tailer, |t| {
+                    t.scan();
+                    t.take_events()
+                })
+                .await;
+                count_events(&metrics, &label, events);
+                last_scan = Some(Instant::now());
+                publish(&views, &name, tailer.as_ref().expect("home"));
+            }
+            let (bb, br) = (timing.batch_bytes, timing.batch_records);
+            let (batch, events) = blocking(&mut tailer, move |t| {
+                let b = t.read_batch(bb, br);
+                (b, t.take_events())
+            })
+            .await;
+            count_events(&metrics, &label, events);
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = ctx.shutdown.triggered() => {}
+                    _ = tokio::time::sleep(timing.poll) => {}
+                }
+                continue;
+            }
+            let full = batch.bytes >= timing.batch_bytes || batch.records.len() >= timing.batch_records;
+            match deliver(&mut sink, &batch, &ctx, &metrics, &label, &timing, &views, &name, &readiness_key).await {
+                Delivery::Done => {
+                    for (path, lines, bytes) in &batch.lines {
+                        let l = FileLabels { sink: name.clone(), path: path.to_string() };
+                        metrics.lines_read.get_or_create(&l).inc_by(*lines);
+                        metrics.bytes_read.get_or_create(&l).inc_by(*bytes);
+                    }
+                    let cp = checkpoint.clone();
+                    let sink_name = name.clone();
+                    let saved = blocking(&mut tailer, move |t| {
+                        t.commit(&batch);
+                        save(&cp, &sink_name, t.saved())
+                    })
+                    .await;
+                    if let Err(e) = saved {
+                        // The records are delivered; only their checkpoint is not. A restart
+                        // would send them again (and a deduplicating sink drops them).
+                        tracing::error!(sink = %name, error = %e, "cannot write the checkpoint");
+                    }
+                    publish(&views, &name, tailer.as_ref().expect("home"));
+                }
+                Delivery::GaveUp => {
+                    tailer.as_mut().expect("home").rewind();
+                    break;
+                }
+            }
+            if !full {
+                // Caught up: give writers a moment rather than spinning on small reads.
+                tokio::select! {
+                    _ = ctx.shutdown.triggered() => {}
+                    _ = tokio::time::sleep(timing.poll) => {}
+                }
+            }
+        }
+        let t = tailer.take().expect("home");
+        let files = t.saved();
+        save(&checkpoint, &name, files).map_err(|e| format!("checkpoint {}: {e}", checkpoint.display()))?;
+        tracing::info!(sink = %name, "checkpoint written at stop");
+        Ok(())
+    }
+}
+
+enum Delivery {
+    Done,
+    /// The stop's grace ran out with the batch undelivered: it is read again at the next start.
+    GaveUp,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deliver<S: Sink>(
+    sink: &mut S,
+    batch: &Batch,
+    ctx: &Context,
+    metrics: &Metrics,
+    label: &SinkLabel,
+    timing: &Timing,
+    views: &Views,
+    name: &str,
+    readiness_key: &str,
+) -> Delivery {
+    let mut backoff = timing.backoff.start();
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        match sink.send(batch.records.clone()).await {
+            Ok(d) => {
+                metrics.delivered.get_or_create(label).inc_by(d.records);
+                metrics.delivered_bytes.get_or_create(label).inc_by(d.bytes);
+                metrics.duplicates.get_or_create(label).inc_by(d.duplicates);
+                ctx.readiness.ready(readiness_key);
+                set_up(views, name, true, None);
+                return Delivery::Done;
+            }
+            Err(SendError::Retry(why)) => {
+                metrics.retries.get_or_create(label).inc();
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = %name, error = %why, retry_in = ?delay, "delivery failed; the batch is kept and sent again");
+                ctx.readiness.not_ready(readiness_key.to_string(), format!("sink {name} failing: {why}"));
+                set_up(views, name, false, Some(why));
+                if ctx.shutdown.is_triggered() {
+                    let deadline = *stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.grace);
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        tracing::warn!(sink = %name, records = batch.records.len(), "stopping with a batch undelivered; it is sent again at the next start");
+                        return Delivery::GaveUp;
+                    }
+                    tokio::time::sleep(delay).await;
+                } else {
+                    // A stop during the wait still gets its grace for one more try.
+                    tokio::select! {
+                        _ = ctx.shutdown.triggered() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn count_events(metrics: &Metrics, label: &SinkLabel, e: crate::tail::Events) {
+    metrics.opened.get_or_create(label).inc_by(e.opened);
+    metrics.closed.get_or_create(label).inc_by(e.closed);
+    metrics.truncations.get_or_create(label).inc_by(e.truncated);
+    metrics.skipped_bytes.get_or_create(label).inc_by(e.skipped_bytes);
+    metrics.bad_lines.get_or_create(label).inc_by(e.bad_lines);
+    for (path, bytes) in e.lost {
+        tracing::warn!(sink = %label.sink, path = %path, bytes, "bytes lost: the file was truncated or deleted before they were read");
+        metrics.lost_bytes.get_or_create(&PathLabel { path }).inc_by(bytes);
+    }
+}
+
+fn publish(views: &Views, name: &str, tailer: &Tailer) {
+    let mut v = views.lock().unwrap_or_else(|p| p.into_inner());
+    v.entry(name.to_string()).or_insert_with(|| SinkView { up: true, ..SinkView::default() }).files = tailer.views();
+}
+
+fn set_up(views: &Views, name: &str, up: bool, error: Option<String>) {
+    let mut v = views.lock().unwrap_or_else(|p| p.into_inner());
+    let e = v.entry(name.to_string()).or_default();
+    e.up = up;
+    if error.is_some() || up {
+        e.last_error = error;
+    }
+}
+
+fn save(path: &std::path::Path, sink: &str, files: Vec<Saved>) -> std::io::Result<()> {
+    let c = Checkpoint { version: 1, sink: sink.to_string(), files };
+    podkit_core::write_durably(path, &serde_json::to_vec(&c).expect("a checkpoint serializes"))
+}

@@ -1,0 +1,679 @@
+//! Following a set of files through every kind of rotation, and reading them into batches.
+//!
+//! A file is followed through its open descriptor, not its name: a rename (logrotate's
+//! default) leaves the descriptor on the old file, which is read to its end, however long that
+//! takes, and closed only once it has been idle for `--rotate-wait` with everything read
+//! acknowledged. The path is looked at again on every scan: a different inode there is a new
+//! file, read from its start. Truncation (copytruncate, `> file`) is seen as a size below the
+//! read position or a changed head, and starts a new generation from offset 0. When the copy
+//! that copytruncate made shows up under the glob, its head matches the old generation's, so
+//! it is read from where the old generation was acknowledged, not again from the start.
+//!
+//! Reading and acknowledging are apart: a batch moves `read_to`; only [`Tailer::commit`],
+//! called once the sink has acknowledged the batch, moves `offset`, and only `offset` is
+//! checkpointed. A crash between the two sends the batch again, never skips it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{FileId, Inode};
+use crate::record::{self, Body, Format, Record};
+
+/// What a longer line than `--max-record-size` becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Overlong {
+    /// Pieces of at most the maximum size, each a record marked `"split": true`.
+    Split,
+    /// The first piece, marked `"split": true`; the rest of the line is skipped (and counted).
+    Truncate,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) patterns: Vec<glob::Pattern>,
+    pub(crate) format: Format,
+    pub(crate) max_record: usize,
+    pub(crate) overlong: Overlong,
+    pub(crate) rotate_wait: Duration,
+    pub(crate) labels: Vec<(String, String)>,
+}
+
+/// One file as the checkpoint keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Saved {
+    pub(crate) id: FileId,
+    pub(crate) path: PathBuf,
+    /// Everything before this offset was acknowledged by the sink.
+    pub(crate) offset: u64,
+    /// The file's size when last looked at: what a file deleted while podkit was stopped had.
+    pub(crate) size: u64,
+    /// The generation before the last truncation, and how far it was acknowledged: a copy of
+    /// it (copytruncate's `.1`) continues from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) previous: Option<(FileId, u64)>,
+}
+
+/// What happened to the files, for metrics and logs. Each field counts since the last call of
+/// [`Tailer::take_events`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Events {
+    pub(crate) opened: u64,
+    pub(crate) closed: u64,
+    pub(crate) truncated: u64,
+    /// Bytes that were never read and can no longer be: (path, bytes).
+    pub(crate) lost: Vec<(String, u64)>,
+    /// Bytes of overlong lines skipped under `--overlong truncate`.
+    pub(crate) skipped_bytes: u64,
+    pub(crate) bad_lines: u64,
+}
+
+/// One followed file.
+#[derive(Debug)]
+struct Tracked {
+    id: FileId,
+    key: Arc<str>,
+    path: PathBuf,
+    path_str: Arc<str>,
+    file: File,
+    offset: u64,
+    read_to: u64,
+    size: u64,
+    /// When its path stopped naming it (renamed away or deleted).
+    rotated_at: Option<Instant>,
+    /// When it last grew or was read.
+    active_at: Instant,
+    /// Inside an overlong line being skipped (`--overlong truncate`).
+    skipping: bool,
+    previous: Option<(FileId, u64)>,
+    labels: Arc<Vec<(String, String)>>,
+}
+
+/// A file as `/files` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FileView {
+    pub(crate) path: String,
+    pub(crate) key: String,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) generation: u32,
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+    /// Bytes written to the file and not yet acknowledged by the sink.
+    pub(crate) lag: u64,
+    pub(crate) rotated: bool,
+}
+
+/// Records read but not yet acknowledged, and how far each file was read for them.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) records: Vec<Record>,
+    pub(crate) bytes: usize,
+    /// (file key, read position after the batch).
+    ends: Vec<(Arc<str>, u64)>,
+    /// Lines read, per file path (for metrics).
+    pub(crate) lines: Vec<(Arc<str>, u64, u64)>,
+}
+
+impl Batch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Tailer {
+    settings: Arc<Settings>,
+    files: Vec<Tracked>,
+    /// Checkpointed files not found again yet (only before the first scan after a start).
+    restore: Vec<Saved>,
+    events: Events,
+    /// Where the next batch starts reading, so that every file gets its turn.
+    next: usize,
+    warned_empty: bool,
+}
+
+impl Tailer {
+    pub(crate) fn new(settings: Arc<Settings>, restore: Vec<Saved>) -> Tailer {
+        Tailer { settings, files: Vec::new(), restore, events: Events::default(), next: 0, warned_empty: false }
+    }
+
+    pub(crate) fn take_events(&mut self) -> Events {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The checkpoint: every followed file and how far it was acknowledged.
+    pub(crate) fn saved(&self) -> Vec<Saved> {
+        let mut out: Vec<Saved> = self
+            .files
+            .iter()
+            .map(|t| Saved { id: t.id, path: t.path.clone(), offset: t.offset, size: t.size, previous: t.previous })
+            .collect();
+        // Files not found again since the start stay in the checkpoint until a scan settles them.
+        out.extend(self.restore.iter().cloned());
+        out
+    }
+
+    pub(crate) fn views(&self) -> Vec<FileView> {
+        self.files
+            .iter()
+            .map(|t| FileView {
+                path: t.path_str.to_string(),
+                key: t.key.to_string(),
+                dev: t.id.dev,
+                ino: t.id.ino,
+                generation: t.id.generation,
+                offset: t.offset,
+                size: t.size,
+                lag: t.size.saturating_sub(t.offset),
+                rotated: t.rotated_at.is_some(),
+            })
+            .collect()
+    }
+
+    fn labels_for(&self, path: &str) -> Arc<Vec<(String, String)>> {
+        let mut labels = self.settings.labels.clone();
+        if self.settings.format == Format::Cri {
+            for (k, v) in record::cri_path_labels(path) {
+                if !labels.iter().any(|(l, _)| *l == k) {
+                    labels.push((k, v));
+                }
+            }
+        }
+        Arc::new(labels)
+    }
+
+    fn track(&mut self, path: PathBuf, file: File, id: FileId, offset: u64, previous: Option<(FileId, u64)>) {
+        let path_str: Arc<str> = Arc::from(path.to_string_lossy().as_ref());
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        tracing::info!(path = %path_str, offset, "following file");
+        self.events.opened += 1;
+        let labels = self.labels_for(&path_str);
+        self.files.push(Tracked {
+            key: Arc::from(id.key().as_str()),
+            id,
+            path,
+            path_str,
+            file,
+            offset,
+            read_to: offset,
+            size,
+            rotated_at: None,
+            active_at: Instant::now(),
+            skipping: false,
+            previous,
+            labels,
+        });
+    }
+
+    /// Looks at the globs and at every followed file: new files, rotations, truncations, and
+    /// files that are done. Call it only with no batch in flight.
+    pub(crate) fn scan(&mut self) {
+        let now = Instant::now();
+        let mut seen: HashMap<Inode, PathBuf> = HashMap::new();
+        for pattern in &self.settings.patterns {
+            let Ok(paths) = glob::glob_with(pattern.as_str(), glob::MatchOptions::new()) else { continue };
+            for path in paths.flatten() {
+                if let Ok(meta) = std::fs::metadata(&path)
+                    && meta.is_file()
+                {
+                    seen.entry(Inode::of(&meta)).or_insert(path);
+                }
+            }
+        }
+        if seen.is_empty() && self.files.is_empty() && !self.warned_empty {
+            let globs: Vec<&str> = self.settings.patterns.iter().map(|p| p.as_str()).collect();
+            tracing::warn!(?globs, "no file matches the paths yet; looking again on every scan");
+            self.warned_empty = true;
+        }
+
+        // Followed files: renamed, rotated away, truncated, grown.
+        for t in &mut self.files {
+            match seen.remove(&t.id.inode()) {
+                Some(path) => {
+                    if path != t.path {
+                        t.path_str = Arc::from(path.to_string_lossy().as_ref());
+                        t.path = path;
+                    }
+                    t.rotated_at = None;
+                }
+                None if t.rotated_at.is_none() => {
+                    tracing::debug!(path = %t.path_str, "the path no longer names this file: reading it to its end");
+                    t.rotated_at = Some(now);
+                }
+                None => {}
+            }
+            let Ok(meta) = t.file.metadata() else { continue };
+            let size = meta.len();
+            let rewritten = size < t.read_to || !t.id.same_head(&t.file).unwrap_or(true);
+            if rewritten {
+                let unread = t.size.saturating_sub(t.offset);
+                tracing::info!(path = %t.path_str, offset = t.offset, size, "file truncated: reading it again from its start");
+                if unread > 0 {
+                    self.events.lost.push((t.path_str.to_string(), unread));
+                }
+                self.events.truncated += 1;
+                t.previous = Some((t.id, t.offset));
+                if let Ok(next) = t.id.next_generation(&t.file) {
+                    t.id = next;
+                }
+                t.key = Arc::from(t.id.key().as_str());
+                t.offset = 0;
+                t.read_to = 0;
+                t.skipping = false;
+                t.active_at = now;
+            } else {
+                if size != t.size {
+                    t.active_at = now;
+                }
+                let _ = t.id.grow(&t.file, size);
+            }
+            t.size = size;
+        }
+
+        // Files done: rotated away, read and acknowledged to the end, idle for rotate_wait.
+        let wait = self.settings.rotate_wait;
+        let before = self.files.len();
+        self.files.retain(|t| {
+            let done = t.rotated_at.is_some()
+                && t.offset == t.size
+                && t.read_to == t.size
+                && now.duration_since(t.active_at) >= wait
+                && t.rotated_at.is_some_and(|r| now.duration_since(r) >= wait);
+            if done {
+                tracing::info!(path = %t.path_str, offset = t.offset, "closed a rotated file, read to its end");
+            }
+            !done
+        });
+        self.events.closed += (before - self.files.len()) as u64;
+
+        // New paths (and, after a start, checkpointed files found again).
+        let mut new: Vec<(Inode, PathBuf)> = seen.into_iter().collect();
+        new.sort_by(|a, b| a.1.cmp(&b.1));
+        for (inode, path) in new {
+            let Ok(file) = File::open(&path) else { continue };
+            let Ok(id) = FileId::read(&file) else { continue };
+            if id.inode() != inode {
+                continue; // replaced between the glob and the open: the next scan sees it
+            }
+            if let Some(i) = self.restore.iter().position(|s| s.id.inode() == inode) {
+                let saved = self.restore.swap_remove(i);
+                self.resume(path, file, saved);
+                continue;
+            }
+            // The copy copytruncate made of a file we follow: continue where its old
+            // generation was acknowledged.
+            let copy_of = self
+                .files
+                .iter()
+                .find_map(|t| t.previous.filter(|(old, _)| old.fp_len > 0 && same_head_as(&file, old)));
+            match copy_of {
+                Some((old, offset)) => {
+                    tracing::info!(path = %path.display(), offset, "a copy of a truncated file: reading it from where it was acknowledged");
+                    let id = FileId { dev: id.dev, ino: id.ino, born: id.born, ..old };
+                    self.track_as(path, file, id, old.key(), offset);
+                }
+                None => self.track(path, file, id, 0, None),
+            }
+        }
+
+        // Checkpointed files that no glob matches any more: rotated (renamed out of the glob)
+        // or deleted while podkit was stopped. A renamed one is still in its directory.
+        for saved in std::mem::take(&mut self.restore) {
+            match find_in_dir(&saved) {
+                Some((path, file)) => {
+                    self.resume(path, file, saved);
+                    if let Some(t) = self.files.last_mut() {
+                        t.rotated_at = Some(now);
+                    }
+                }
+                None => {
+                    let unread = saved.size.saturating_sub(saved.offset);
+                    if unread > 0 {
+                        tracing::warn!(path = %saved.path.display(), bytes = unread, "a file was deleted before it was read to its end");
+                        self.events.lost.push((saved.path.to_string_lossy().into_owned(), unread));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows a checkpointed file again: from its acknowledged offset if its content is the
+    /// same, from 0 as a new generation if it was truncated or rewritten meanwhile.
+    fn resume(&mut self, path: PathBuf, file: File, saved: Saved) {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if size >= saved.offset && saved.id.same_head(&file).unwrap_or(false) {
+            self.track(path, file, saved.id, saved.offset, saved.previous);
+        } else {
+            let unread = saved.size.saturating_sub(saved.offset);
+            if unread > 0 {
+                self.events.lost.push((saved.path.to_string_lossy().into_owned(), unread));
+            }
+            self.events.truncated += 1;
+            let id = saved.id.next_generation(&file).unwrap_or(saved.id);
+            self.track(path, file, id, 0, Some((saved.id, saved.offset)));
+        }
+    }
+
+    fn track_as(&mut self, path: PathBuf, file: File, id: FileId, key: String, offset: u64) {
+        self.track(path, file, id, offset, None);
+        if let Some(t) = self.files.last_mut() {
+            t.key = Arc::from(key.as_str());
+        }
+    }
+
+    /// Reads up to `max_bytes` / `max_records` of complete records past each file's read
+    /// position, files in turn. Moves only `read_to`.
+    pub(crate) fn read_batch(&mut self, max_bytes: usize, max_records: usize) -> Batch {
+        let mut batch = Batch::default();
+        let n = self.files.len();
+        let now_ts = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        for i in 0..n {
+            if batch.bytes >= max_bytes || batch.records.len() >= max_records {
+                break;
+            }
+            let idx = (self.next + i) % n;
+            let settings = self.settings.clone();
+            let t = &mut self.files[idx];
+            let before = (batch.records.len(), t.read_to);
+            read_file(t, &settings, &mut batch, max_bytes, max_records, &now_ts, &mut self.events);
+            if t.read_to != before.1 {
+                let lines = (batch.records.len() - before.0) as u64;
+                batch.ends.push((t.key.clone(), t.read_to));
+                batch.lines.push((t.path_str.clone(), lines, t.read_to - before.1));
+                t.active_at = Instant::now();
+            }
+        }
+        if n > 0 {
+            self.next = (self.next + 1) % n;
+        }
+        batch
+    }
+
+    /// The sink acknowledged `batch`: its files' offsets move to where it was read.
+    pub(crate) fn commit(&mut self, batch: &Batch) {
+        for (key, end) in &batch.ends {
+            if let Some(t) = self.files.iter_mut().find(|t| t.key == *key) {
+                t.offset = *end;
+                t.size = t.size.max(*end);
+            }
+        }
+    }
+
+    /// The sink failed for good: read the batch again next time (after a restart, from the
+    /// checkpoint, it would be read again anyway).
+    pub(crate) fn rewind(&mut self) {
+        for t in &mut self.files {
+            t.read_to = t.offset;
+        }
+    }
+}
+
+fn same_head_as(file: &File, id: &FileId) -> bool {
+    id.same_head(file).unwrap_or(false)
+}
+
+/// A checkpointed file renamed within its directory while podkit was stopped.
+fn find_in_dir(saved: &Saved) -> Option<(PathBuf, File)> {
+    let dir = saved.path.parent()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_file() && Inode::of(&meta) == saved.id.inode() {
+            let file = File::open(&path).ok()?;
+            return Some((path, file));
+        }
+    }
+    None
+}
+
+/// How much is read from a file at once.
+fn chunk_size(max_record: usize) -> usize {
+    (max_record + 64 * 1024).max(256 * 1024)
+}
+
+/// A CRI or Docker line being joined from its partial pieces.
+struct Joining {
+    offset: u64,
+    text: String,
+    ts: Option<String>,
+    stream: Option<String>,
+    invalid_utf8: bool,
+}
+
+/// Reads complete records of one file into `batch`.
+fn read_file(
+    t: &mut Tracked,
+    s: &Settings,
+    batch: &mut Batch,
+    max_bytes: usize,
+    max_records: usize,
+    now_ts: &str,
+    events: &mut Events,
+) {
+    let chunk = chunk_size(s.max_record);
+    let mut buf = vec![0u8; chunk];
+    // A rotated file that has been idle for rotate_wait will never get the newline of its
+    // last line: that line is a record as it is.
+    let now = Instant::now();
+    let final_line = t.rotated_at.is_some_and(|r| now.duration_since(r) >= s.rotate_wait)
+        && now.duration_since(t.active_at) >= s.rotate_wait;
+    'chunks: while batch.bytes < max_bytes && batch.records.len() < max_records {
+        let got = match read_full(&t.file, &mut buf, t.read_to) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(path = %t.path_str, error = %e, "reading failed; trying again on the next turn");
+                break;
+            }
+        };
+        let data = &buf[..got];
+        let mut pos = 0usize;
+        let mut join: Option<Joining> = None;
+        // Where the records emitted so far end: read_to moves here, never into a line or a
+        // join that is not complete.
+        let mut consumed = 0usize;
+        while pos < data.len() {
+            if batch.bytes >= max_bytes || batch.records.len() >= max_records {
+                break;
+            }
+            let Some(nl) = memchr::memchr(b'\n', &data[pos..]) else {
+                let rest = data.len() - pos;
+                if t.skipping {
+                    events.skipped_bytes += rest as u64;
+                    consumed = data.len();
+                    pos = data.len();
+                    break;
+                }
+                if rest >= s.max_record && join.is_none() {
+                    // A line longer than the maximum, with no newline in sight.
+                    let piece = &data[pos..pos + s.max_record];
+                    push_line(t, s, batch, piece, t.read_to + pos as u64, now_ts, true, events);
+                    pos += s.max_record;
+                    consumed = pos;
+                    if s.overlong == Overlong::Truncate {
+                        t.skipping = true;
+                    }
+                    continue;
+                }
+                if got < chunk && final_line && join.is_none() {
+                    // The last line of a rotated file, which will never get its newline.
+                    push_line(t, s, batch, &data[pos..], t.read_to + pos as u64, now_ts, false, events);
+                    consumed = data.len();
+                    pos = data.len();
+                }
+                break;
+            };
+            let line_end = pos + nl;
+            let next = line_end + 1;
+            if t.skipping {
+                events.skipped_bytes += nl as u64;
+                t.skipping = false;
+                pos = next;
+                consumed = next;
+                continue;
+            }
+            let mut line = &data[pos..line_end];
+            if line.len() > s.max_record {
+                // Overlong, but complete in this chunk.
+                let offset = t.read_to + pos as u64;
+                let mut start = 0;
+                while start < line.len() {
+                    let end = (start + s.max_record).min(line.len());
+                    push_line(t, s, batch, &line[start..end], offset + start as u64, now_ts, true, events);
+                    if s.overlong == Overlong::Truncate {
+                        events.skipped_bytes += (line.len() - end) as u64;
+                        break;
+                    }
+                    start = end;
+                }
+                pos = next;
+                consumed = next;
+                continue;
+            }
+            if line.ends_with(b"\r") && s.format == Format::Raw {
+                line = &line[..line.len() - 1];
+            }
+            let offset = t.read_to + pos as u64;
+            match s.format {
+                Format::Raw | Format::Json => {
+                    push_line(t, s, batch, line, offset, now_ts, false, events);
+                    consumed = next;
+                }
+                Format::Cri | Format::Docker => {
+                    let (text, invalid) = utf8(line);
+                    let (decoded, ok) = record::decode(s.format, &text);
+                    if ok.is_err() {
+                        events.bad_lines += 1;
+                    }
+                    let Body::Line(piece) = decoded.body else { unreachable!("CRI and Docker decode to lines") };
+                    let j = join.get_or_insert_with(|| Joining {
+                        offset,
+                        text: String::new(),
+                        ts: decoded.ts.clone(),
+                        stream: decoded.stream.clone(),
+                        invalid_utf8: false,
+                    });
+                    j.text.push_str(&piece);
+                    j.invalid_utf8 |= invalid;
+                    let too_long = j.text.len() >= s.max_record;
+                    if !decoded.partial || too_long {
+                        let j = join.take().expect("just set");
+                        let rec = Record {
+                            key: t.key.clone(),
+                            path: t.path_str.clone(),
+                            offset: j.offset,
+                            ts: j.ts.unwrap_or_else(|| now_ts.to_string()),
+                            stream: j.stream,
+                            body: Body::Line(j.text),
+                            split: too_long && decoded.partial,
+                            invalid_utf8: j.invalid_utf8,
+                            labels: t.labels.clone(),
+                        };
+                        batch.bytes += next - (j.offset - t.read_to) as usize;
+                        batch.records.push(rec);
+                        consumed = next;
+                    }
+                }
+            }
+            pos = next;
+        }
+        if let Some(j) = join.take().filter(|_| consumed == 0 && got == chunk) {
+            // A join of pieces longer than a whole chunk (many tiny pieces): what there is
+            // becomes a split record rather than blocking the file.
+            batch.bytes += pos - (j.offset - t.read_to) as usize;
+            batch.records.push(Record {
+                key: t.key.clone(),
+                path: t.path_str.clone(),
+                offset: j.offset,
+                ts: j.ts.unwrap_or_else(|| now_ts.to_string()),
+                stream: j.stream,
+                body: Body::Line(j.text),
+                split: true,
+                invalid_utf8: j.invalid_utf8,
+                labels: t.labels.clone(),
+            });
+            consumed = pos;
+        }
+        if consumed == 0 {
+            break 'chunks;
+        }
+        t.read_to += consumed as u64;
+        if got < chunk {
+            break;
+        }
+    }
+}
+
+/// Adds one raw or JSON line (or a piece of one) as a record.
+#[allow(clippy::too_many_arguments)]
+fn push_line(
+    t: &Tracked,
+    s: &Settings,
+    batch: &mut Batch,
+    line: &[u8],
+    offset: u64,
+    now_ts: &str,
+    split: bool,
+    events: &mut Events,
+) {
+    let (text, invalid_utf8) = utf8(line);
+    let (body, ts, stream) = match s.format {
+        Format::Json if !split => {
+            let (d, ok) = record::decode(Format::Json, &text);
+            if ok.is_err() {
+                events.bad_lines += 1;
+            }
+            (d.body, d.ts, d.stream)
+        }
+        _ => (Body::Line(text.into_owned()), None, None),
+    };
+    batch.bytes += line.len() + 1;
+    batch.records.push(Record {
+        key: t.key.clone(),
+        path: t.path_str.clone(),
+        offset,
+        ts: ts.unwrap_or_else(|| now_ts.to_string()),
+        stream,
+        body,
+        split,
+        invalid_utf8,
+        labels: t.labels.clone(),
+    });
+}
+
+fn utf8(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (std::borrow::Cow::Borrowed(s), false),
+        Err(_) => (String::from_utf8_lossy(bytes), true),
+    }
+}
+
+/// Fills `buf` from `offset` as far as the file goes.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether `path` is a directory podkit can write its checkpoints into.
+pub(crate) fn check_state_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("--state-dir {}: cannot create it: {e}", dir.display()))?;
+    let probe = dir.join(format!(".podkit-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("--state-dir {}: not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
