@@ -108,7 +108,7 @@ impl FileId {
 }
 
 /// The xxh3 of the first `len` bytes of `file` (fewer if it is shorter), and how many it covered.
-fn fingerprint(file: &File, len: u64) -> std::io::Result<(u32, u64)> {
+pub(crate) fn fingerprint(file: &File, len: u64) -> std::io::Result<(u32, u64)> {
     let mut buf = vec![0u8; len as usize];
     let mut got = 0;
     while got < buf.len() {

@@ -13,6 +13,7 @@ mod pipeline;
 mod record;
 mod sink;
 mod tail;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -123,10 +123,11 @@ impl<S: Sink> Pipeline<S> {
     pub(crate) async fn run(self, ctx: Context) -> Result<(), String> {
         let Pipeline { name, mut sink, tailer, checkpoint, metrics, views, timing } = self;
         let label = SinkLabel { sink: name.clone() };
+        let wake = tailer.wake();
         let mut tailer = Some(tailer);
         let mut last_scan: Option<Instant> = None;
         let readiness_key = format!("sink:{name}");
-        ctx.readiness.ready(&readiness_key);
+        let mut first_scan = true;
         loop {
             if ctx.shutdown.is_triggered() {
                 break;
@@ -140,6 +141,11 @@ impl<S: Sink> Pipeline<S> {
                 count_events(&metrics, &label, events);
                 last_scan = Some(Instant::now());
                 publish(&views, &name, tailer.as_ref().expect("home"));
+                if first_scan {
+                    // Ready once the directories are watched: from now on no new file is missed.
+                    ctx.readiness.ready(&readiness_key);
+                    first_scan = false;
+                }
             }
             let (bb, br) = (timing.batch_bytes, timing.batch_records);
             let (batch, events) = blocking(&mut tailer, move |t| {
@@ -152,6 +158,8 @@ impl<S: Sink> Pipeline<S> {
                 tokio::select! {
                     _ = ctx.shutdown.triggered() => {}
                     _ = tokio::time::sleep(timing.poll) => {}
+                    // A new file: take it now, before it can be rotated away.
+                    _ = wake.notified() => last_scan = None,
                 }
                 continue;
             }
@@ -187,6 +195,7 @@ impl<S: Sink> Pipeline<S> {
                 tokio::select! {
                     _ = ctx.shutdown.triggered() => {}
                     _ = tokio::time::sleep(timing.poll) => {}
+                    _ = wake.notified() => last_scan = None,
                 }
             }
         }

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{FileId, Inode};
+use crate::identity::{FINGERPRINT_BYTES, FileId, Inode, fingerprint};
 use crate::record::{self, Body, Format, Record};
+use crate::watch::Watch;
 
 /// What a longer line than `--max-record-size` becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -92,6 +93,11 @@ struct Tracked {
     /// Inside an overlong line being skipped (`--overlong truncate`).
     skipping: bool,
     previous: Option<(FileId, u64)>,
+    /// Bytes the last truncation took before they were read, and when: lost unless a copy of
+    /// the old content turns up under the glob within `--rotate-wait` (copytruncate's `.1`).
+    pending_loss: Option<(u64, Instant)>,
+    /// When the last truncation was seen.
+    truncated_at: Option<Instant>,
     labels: Arc<Vec<(String, String)>>,
 }
 
@@ -137,11 +143,43 @@ pub(crate) struct Tailer {
     /// Where the next batch starts reading, so that every file gets its turn.
     next: usize,
     warned_empty: bool,
+    watch: Watch,
+    /// New files that may be copytruncate's copy of a followed file, not read yet.
+    held: Vec<Held>,
+}
+
+/// A new file whose head matches a followed file's: copytruncate copies first and truncates
+/// after, so a scan in between sees a copy of lines that are also still in the original.
+/// It is held, unread, until the original's truncation says where the copy takes over, or
+/// until it has been idle for `--rotate-wait` with no truncation (then it is a file of its
+/// own, read from its start).
+#[derive(Debug)]
+struct Held {
+    path: PathBuf,
+    file: File,
+    id: FileId,
+    size: u64,
+    active_at: Instant,
 }
 
 impl Tailer {
     pub(crate) fn new(settings: Arc<Settings>, restore: Vec<Saved>) -> Tailer {
-        Tailer { settings, files: Vec::new(), restore, events: Events::default(), next: 0, warned_empty: false }
+        let watch = Watch::new(&settings.patterns);
+        Tailer {
+            settings,
+            files: Vec::new(),
+            restore,
+            events: Events::default(),
+            next: 0,
+            warned_empty: false,
+            watch,
+            held: Vec::new(),
+        }
+    }
+
+    /// Notified when a new file was opened between scans: scan now.
+    pub(crate) fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.watch.wake()
     }
 
     pub(crate) fn take_events(&mut self) -> Events {
@@ -208,6 +246,8 @@ impl Tailer {
             active_at: Instant::now(),
             skipping: false,
             previous,
+            pending_loss: None,
+            truncated_at: None,
             labels,
         });
     }
@@ -216,6 +256,9 @@ impl Tailer {
     /// files that are done. Call it only with no batch in flight.
     pub(crate) fn scan(&mut self) {
         let now = Instant::now();
+        self.watch.ensure();
+        // Opened by the watcher the moment they appeared: some may be gone from the glob by now.
+        let early = self.watch.take_opened();
         let mut seen: HashMap<Inode, PathBuf> = HashMap::new();
         for pattern in &self.settings.patterns {
             let Ok(paths) = glob::glob_with(pattern.as_str(), glob::MatchOptions::new()) else { continue };
@@ -231,6 +274,16 @@ impl Tailer {
             let globs: Vec<&str> = self.settings.patterns.iter().map(|p| p.as_str()).collect();
             tracing::warn!(?globs, "no file matches the paths yet; looking again on every scan");
             self.warned_empty = true;
+        }
+
+        // Losses from earlier truncations that no copy made up for.
+        for t in &mut self.files {
+            if let Some((bytes, at)) = t.pending_loss
+                && now.duration_since(at) >= self.settings.rotate_wait
+            {
+                self.events.lost.push((t.path_str.to_string(), bytes));
+                t.pending_loss = None;
+            }
         }
 
         // Followed files: renamed, rotated away, truncated, grown.
@@ -255,9 +308,8 @@ impl Tailer {
             if rewritten {
                 let unread = t.size.saturating_sub(t.offset);
                 tracing::info!(path = %t.path_str, offset = t.offset, size, "file truncated: reading it again from its start");
-                if unread > 0 {
-                    self.events.lost.push((t.path_str.to_string(), unread));
-                }
+                t.pending_loss = (unread > 0).then_some((unread, now));
+                t.truncated_at = Some(now);
                 self.events.truncated += 1;
                 t.previous = Some((t.id, t.offset));
                 if let Ok(next) = t.id.next_generation(&t.file) {
@@ -293,34 +345,32 @@ impl Tailer {
         });
         self.events.closed += (before - self.files.len()) as u64;
 
-        // New paths (and, after a start, checkpointed files found again).
-        let mut new: Vec<(Inode, PathBuf)> = seen.into_iter().collect();
-        new.sort_by(|a, b| a.1.cmp(&b.1));
-        for (inode, path) in new {
-            let Ok(file) = File::open(&path) else { continue };
+        // Held files: a truncation may have settled what they are.
+        for h in std::mem::take(&mut self.held) {
+            self.settle(h, now);
+        }
+
+        // New files (and, after a start, checkpointed files found again): those the watcher
+        // opened, then those the glob found.
+        let mut found: Vec<(Inode, PathBuf)> = seen.into_iter().collect();
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        let opened = found.into_iter().filter_map(|(inode, path)| {
+            let file = File::open(&path).ok()?;
+            Some((path, file, Some(inode)))
+        });
+        let candidates: Vec<(PathBuf, File, Option<Inode>)> =
+            early.into_iter().map(|(p, f)| (p, f, None)).chain(opened).collect();
+        for (path, file, inode) in candidates {
             let Ok(id) = FileId::read(&file) else { continue };
-            if id.inode() != inode {
+            if inode.is_some_and(|i| i != id.inode()) {
                 continue; // replaced between the glob and the open: the next scan sees it
             }
-            if let Some(i) = self.restore.iter().position(|s| s.id.inode() == inode) {
-                let saved = self.restore.swap_remove(i);
-                self.resume(path, file, saved);
-                continue;
+            if self.files.iter().any(|t| t.id.inode() == id.inode())
+                || self.held.iter().any(|h| h.id.inode() == id.inode())
+            {
+                continue; // already followed (the watcher and the glob both found it)
             }
-            // The copy copytruncate made of a file we follow: continue where its old
-            // generation was acknowledged.
-            let copy_of = self
-                .files
-                .iter()
-                .find_map(|t| t.previous.filter(|(old, _)| old.fp_len > 0 && same_head_as(&file, old)));
-            match copy_of {
-                Some((old, offset)) => {
-                    tracing::info!(path = %path.display(), offset, "a copy of a truncated file: reading it from where it was acknowledged");
-                    let id = FileId { dev: id.dev, ino: id.ino, born: id.born, ..old };
-                    self.track_as(path, file, id, old.key(), offset);
-                }
-                None => self.track(path, file, id, 0, None),
-            }
+            self.add(path, file, id);
         }
 
         // Checkpointed files that no glob matches any more: rotated (renamed out of the glob)
@@ -342,6 +392,66 @@ impl Tailer {
                 }
             }
         }
+    }
+
+    /// Starts following a file seen for the first time since the start.
+    fn add(&mut self, path: PathBuf, file: File, id: FileId) {
+        if let Some(i) = self.restore.iter().position(|s| s.id.inode() == id.inode()) {
+            let saved = self.restore.swap_remove(i);
+            self.resume(path, file, saved);
+            return;
+        }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.settle(Held { path, file, id, size, active_at: Instant::now() }, Instant::now());
+    }
+
+    /// Follows `h` as the copy of a truncated file, holds it while it may still become one, or
+    /// follows it as a file of its own.
+    fn settle(&mut self, mut h: Held, now: Instant) {
+        let size = h.file.metadata().map(|m| m.len()).unwrap_or(h.size);
+        if size != h.size {
+            h.size = size;
+            h.active_at = now;
+        }
+        // The copy of a generation that was truncated: it continues where that generation was
+        // acknowledged.
+        let copy_of = self.files.iter_mut().find_map(|t| {
+            let found = t.previous.filter(|(old, _)| old.fp_len > 0 && same_head_as(&h.file, old));
+            if found.is_some() {
+                t.pending_loss = None;
+            }
+            found
+        });
+        if let Some((old, offset)) = copy_of {
+            tracing::info!(path = %h.path.display(), offset, "a copy of a truncated file: reading it from where the original was acknowledged");
+            let id = FileId { dev: h.id.dev, ino: h.id.ino, born: h.id.born, ..old };
+            self.track_as(h.path, h.file, id, old.key(), offset);
+            return;
+        }
+        let wait = self.settings.rotate_wait;
+        let idle = now.duration_since(h.active_at) >= wait;
+        if !idle && self.may_be_copy(&h.file, size, now) {
+            self.held.push(h);
+            return;
+        }
+        let id = FileId::read(&h.file).unwrap_or(h.id);
+        self.track(h.path, h.file, id, 0, None);
+    }
+
+    /// Whether a new file's content so far is the head of a followed file (copytruncate
+    /// copied it and has not truncated yet), or could be the start of a copy of a file that
+    /// was just truncated.
+    fn may_be_copy(&self, file: &File, size: u64, now: Instant) -> bool {
+        let len = size.min(FINGERPRINT_BYTES);
+        let Ok((got, fp)) = fingerprint(file, len) else { return false };
+        self.files.iter().any(|t| {
+            let just_truncated = t.truncated_at.is_some_and(|at| now.duration_since(at) < self.settings.rotate_wait);
+            let short_of_previous = t.previous.is_some_and(|(old, _)| u64::from(got) < u64::from(old.fp_len));
+            let same_as_current = t.size >= u64::from(got)
+                && t.rotated_at.is_none()
+                && fingerprint(&t.file, u64::from(got)).is_ok_and(|(n, f)| n == got && f == fp);
+            same_as_current || (just_truncated && short_of_previous)
+        })
     }
 
     /// Follows a checkpointed file again: from its acknowledged offset if its content is the
@@ -677,3 +787,6 @@ pub(crate) fn check_state_dir(dir: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -23,6 +23,7 @@ fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
         ("run", s(&["run", "--", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"])),
         ("elect", s(&["elect", "--backend", &format!("file://{}", d("leases")), "--listen", "127.0.0.1:0"])),
         ("ambassador", s(&["ambassador", "-c", &pools, "-s", "0"])),
+        ("logs", s(&["logs", "--path", &format!("{}/*.log", d("logs")), "--state-dir", &d("logs-state")])),
         ("scatter", s(&["scatter", "--leaves", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"])),
         (
             "queue",

@@ -7,6 +7,7 @@
 mod ambassador;
 mod contract;
 mod elect;
+mod logs;
 mod queue;
 mod run;
 mod scatter;

@@ -1,0 +1,380 @@
+//! Every kind of rotation, driven step by step: the tailer is synchronous, so each case says
+//! exactly when podkit looks, and checks that every sequence number written is read once.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use super::*;
+
+fn settings(dir: &Path, glob: &str, format: Format) -> Arc<Settings> {
+    Arc::new(Settings {
+        patterns: vec![glob::Pattern::new(&format!("{}/{glob}", dir.display())).unwrap()],
+        format,
+        max_record: 1024,
+        overlong: Overlong::Split,
+        rotate_wait: Duration::ZERO,
+        labels: Vec::new(),
+    })
+}
+
+fn append(path: &Path, seqs: std::ops::Range<u32>) {
+    let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap();
+    for n in seqs {
+        writeln!(f, "seq {n:06} some text to make the line longer").unwrap();
+    }
+}
+
+fn text(r: &Record) -> String {
+    match &r.body {
+        Body::Line(l) => l.clone(),
+        Body::Fields(f) => Value::Object(f.clone()).to_string(),
+    }
+}
+
+use serde_json::Value;
+
+/// Reads batches of at most `per_batch` records until nothing is left, acknowledging each.
+fn drain(t: &mut Tailer, per_batch: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    loop {
+        let b = t.read_batch(usize::MAX, per_batch);
+        if b.is_empty() {
+            return out;
+        }
+        t.commit(&b);
+        out.extend(b.records);
+    }
+}
+
+/// Sequence number → how many times it was read.
+fn counts(records: &[Record]) -> BTreeMap<u32, u32> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        let l = text(r);
+        let n: u32 = l
+            .strip_prefix("seq ")
+            .and_then(|s| s.get(..6))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a sequence line: {l:?}"));
+        *m.entry(n).or_insert(0) += 1;
+    }
+    m
+}
+
+#[track_caller]
+fn assert_exactly_once(records: &[Record], expected: std::ops::Range<u32>) {
+    let c = counts(records);
+    let missing: Vec<u32> = expected.clone().filter(|n| !c.contains_key(n)).collect();
+    let doubled: Vec<u32> = c.iter().filter(|(_, k)| **k > 1).map(|(n, _)| *n).collect();
+    let extra: Vec<u32> = c.keys().filter(|n| !expected.contains(n)).copied().collect();
+    assert!(
+        missing.is_empty() && doubled.is_empty() && extra.is_empty(),
+        "lost {missing:?}, doubled {doubled:?}, unexpected {extra:?}"
+    );
+}
+
+#[test]
+fn rename_rotation_reads_the_old_file_to_its_end_then_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, old) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    let mut read = drain_n(&mut t, 30);
+    std::fs::rename(&log, &old).unwrap();
+    append(&log, 100..200);
+    // The writer had not reopened yet: its last lines still go to the renamed file.
+    append(&old, 200..210);
+    t.scan();
+    read.extend(drain(&mut t, 50));
+    assert_exactly_once(&read, 0..210);
+    // Read to its end and idle: the rotated file is closed at the next scan.
+    t.scan();
+    assert_eq!(t.views().len(), 1);
+    assert_eq!(t.take_events().closed, 1);
+}
+
+/// Reads one batch of `n` records and acknowledges it.
+fn drain_n(t: &mut Tailer, n: usize) -> Vec<Record> {
+    let b = t.read_batch(usize::MAX, n);
+    t.commit(&b);
+    b.records
+}
+
+#[test]
+fn copytruncate_continues_in_the_copy_where_the_original_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, copy) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let mut t = Tailer::new(settings(dir.path(), "app.log*", Format::Raw), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    let mut read = drain_n(&mut t, 40);
+    // logrotate copytruncate: copy, then truncate in place; the writer goes on at offset 0.
+    std::fs::copy(&log, &copy).unwrap();
+    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    append(&log, 100..150);
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..150);
+    let e = t.take_events();
+    assert_eq!((e.truncated, e.lost.len()), (1, 0));
+}
+
+#[test]
+fn copytruncate_without_the_copy_in_the_glob_counts_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    drain_n(&mut t, 40);
+    let acked = t.saved()[0].offset;
+    let size_before = std::fs::metadata(&log).unwrap().len();
+    t.scan();
+    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    append(&log, 100..110);
+    t.scan();
+    let read = drain(&mut t, 1000);
+    assert_exactly_once(&read, 100..110);
+    assert!(t.take_events().lost.is_empty(), "a copy may still turn up within --rotate-wait");
+    t.scan();
+    assert_eq!(t.take_events().lost, vec![(log.display().to_string(), size_before - acked)]);
+}
+
+#[test]
+fn a_truncated_file_that_regrew_past_the_offset_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    append(&log, 0..10);
+    t.scan();
+    let mut read = drain(&mut t, 100);
+    // `> app.log`, then more lines than before, all between two looks.
+    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::write(&log, b"").unwrap();
+    append(&log, 10..40);
+    t.scan();
+    read.extend(drain(&mut t, 100));
+    assert_exactly_once(&read, 0..40);
+}
+
+#[test]
+fn delete_and_recreate_reads_both_files_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    append(&log, 0..50);
+    t.scan();
+    let mut read = drain_n(&mut t, 10);
+    // The old file goes while 40 of its lines are unread; the descriptor keeps them.
+    std::fs::remove_file(&log).unwrap();
+    append(&log, 50..80);
+    t.scan();
+    read.extend(drain(&mut t, 7));
+    assert_exactly_once(&read, 0..80);
+}
+
+#[test]
+fn a_restart_resumes_at_the_acknowledged_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let s = settings(dir.path(), "app.log", Format::Raw);
+    let mut t = Tailer::new(s.clone(), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    let mut read = drain_n(&mut t, 30);
+    // Read but never acknowledged: a crash in the middle of a batch.
+    let _in_flight = t.read_batch(usize::MAX, 20);
+    let saved = t.saved();
+    drop(t);
+    let mut t = Tailer::new(s, saved);
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..100);
+}
+
+#[test]
+fn a_rotation_while_stopped_finds_the_renamed_file_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, old) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let s = settings(dir.path(), "app.log", Format::Raw);
+    let mut t = Tailer::new(s.clone(), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    let mut read = drain_n(&mut t, 30);
+    let saved = t.saved();
+    drop(t);
+    append(&log, 100..120);
+    std::fs::rename(&log, &old).unwrap();
+    append(&log, 120..150);
+    let mut t = Tailer::new(s, saved);
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..150);
+}
+
+#[test]
+fn a_reused_inode_is_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let s = settings(dir.path(), "app.log", Format::Raw);
+    let mut t = Tailer::new(s.clone(), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    drain(&mut t, 1000);
+    let saved = t.saved();
+    drop(t);
+    // Deleted and recreated while stopped: the new file often gets the same inode number.
+    // Its birth time and head differ, so it is read from its start.
+    std::fs::remove_file(&log).unwrap();
+    append(&log, 100..200);
+    let mut t = Tailer::new(s, saved);
+    t.scan();
+    let read = drain(&mut t, 1000);
+    assert_exactly_once(&read, 100..200);
+}
+
+#[test]
+fn a_file_deleted_while_stopped_with_unread_lines_is_counted_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let s = settings(dir.path(), "app.log", Format::Raw);
+    let mut t = Tailer::new(s.clone(), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    drain_n(&mut t, 40);
+    t.scan();
+    let saved = t.saved();
+    let unread = saved[0].size - saved[0].offset;
+    drop(t);
+    std::fs::remove_file(&log).unwrap();
+    let mut t = Tailer::new(s, saved);
+    t.scan();
+    assert_eq!(t.take_events().lost, vec![(log.display().to_string(), unread)]);
+    assert!(t.saved().is_empty(), "a settled loss leaves the checkpoint");
+}
+
+#[test]
+fn a_partial_last_line_waits_for_its_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    std::fs::write(&log, b"one\ntw").unwrap();
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["one"]);
+    OpenOptions::new().append(true).open(&log).unwrap().write_all(b"o\n").unwrap();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["two"]);
+    assert_eq!(r[0].offset, 4);
+}
+
+#[test]
+fn the_last_line_of_a_rotated_file_is_kept_without_its_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, old) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    std::fs::write(&log, b"one\nlast words").unwrap();
+    t.scan();
+    drain(&mut t, 100);
+    std::fs::rename(&log, &old).unwrap();
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["last words"]);
+    t.scan();
+    assert!(t.views().is_empty(), "then it is closed");
+}
+
+#[test]
+fn overlong_lines_are_split_and_binary_lines_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(settings(dir.path(), "app.log", Format::Raw), Vec::new());
+    let mut data = vec![b'x'; 2500];
+    data.push(b'\n');
+    data.extend_from_slice(b"bad \xff\xfe bytes\nafter\n");
+    std::fs::write(&log, &data).unwrap();
+    t.scan();
+    let r = drain(&mut t, 100);
+    let lens: Vec<usize> = r.iter().map(|r| text(r).len()).collect();
+    assert_eq!(&lens[..3], [1024, 1024, 452]);
+    assert!(r[..3].iter().all(|r| r.split));
+    assert!(r[3].invalid_utf8 && text(&r[3]).starts_with("bad "));
+    assert_eq!(text(&r[4]), "after");
+    assert_eq!(r[4].offset, 2501 + b"bad \xff\xfe bytes\n".len() as u64);
+}
+
+#[test]
+fn overlong_lines_without_a_newline_yet_are_split_as_they_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let s =
+        Arc::new(Settings { overlong: Overlong::Truncate, ..(*settings(dir.path(), "app.log", Format::Raw)).clone() });
+    let mut t = Tailer::new(s, Vec::new());
+    std::fs::write(&log, vec![b'y'; 3000]).unwrap();
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.len(), 1, "the first piece, then the rest is skipped");
+    OpenOptions::new().append(true).open(&log).unwrap().write_all(b"yyy\nnext\n").unwrap();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["next"]);
+    assert_eq!(t.take_events().skipped_bytes, 3000 - 1024 + 3);
+}
+
+#[test]
+fn cri_partial_lines_are_joined_even_across_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0.log");
+    let mut t = Tailer::new(settings(dir.path(), "0.log", Format::Cri), Vec::new());
+    std::fs::write(&log, "2024-01-01T00:00:00.1Z stdout P hello \n2024-01-01T00:00:00.2Z stdout P wor").unwrap();
+    t.scan();
+    assert!(drain(&mut t, 100).is_empty(), "a join waits for its full line");
+    OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"ld\n2024-01-01T00:00:00.3Z stdout F !\n2024-01-01T00:00:01Z stderr F next\n")
+        .unwrap();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["hello world!", "next"]);
+    assert_eq!((r[0].offset, r[0].ts.as_str(), r[1].stream.as_deref()), (0, "2024-01-01T00:00:00.1Z", Some("stderr")));
+}
+
+#[test]
+fn a_scan_between_copytruncate_s_copy_and_its_truncate_reads_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, copy) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let s = Arc::new(Settings {
+        rotate_wait: Duration::from_secs(3600),
+        ..(*settings(dir.path(), "app.log*", Format::Raw)).clone()
+    });
+    let mut t = Tailer::new(s, Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    let mut read = drain_n(&mut t, 40);
+    std::fs::copy(&log, &copy).unwrap();
+    t.scan(); // the copy is there, the original not truncated yet: the copy is held
+    read.extend(drain_n(&mut t, 20));
+    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    append(&log, 100..130);
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..130);
+}
+
+#[test]
+fn a_plain_copy_under_the_glob_is_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, backup) = (dir.path().join("app.log"), dir.path().join("app.log.bak"));
+    let mut t = Tailer::new(settings(dir.path(), "app.log*", Format::Raw), Vec::new());
+    append(&log, 0..10);
+    t.scan();
+    let mut read = drain(&mut t, 100);
+    std::fs::copy(&log, &backup).unwrap();
+    t.scan();
+    t.scan(); // idle for rotate_wait (0 here) and no truncation came: read from its start
+    read.extend(drain(&mut t, 100));
+    assert!(counts(&read).values().all(|&n| n == 2), "both files read whole: {:?}", counts(&read));
+}
