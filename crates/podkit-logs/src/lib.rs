@@ -29,7 +29,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::pipeline::{Metrics, Pipeline, Timing, Views};
+use crate::pipeline::{Metrics, Parts, Timing, Views};
 use crate::record::Format;
 use crate::sink::{FileSink, SinkUrl, StdoutSink};
 use crate::tail::{Overlong, Settings, Tailer};
@@ -296,18 +296,19 @@ impl Component for Logs {
         let mut runs = tokio::task::JoinSet::new();
         for o in std::mem::take(&mut self.opened) {
             let tailer = Tailer::new(self.settings.clone(), o.restore);
-            let (metrics, views, timing, ctx) = (self.metrics.clone(), self.views.clone(), timing.clone(), ctx.clone());
+            let parts = Parts {
+                name: o.name,
+                tailer,
+                checkpoint: o.checkpoint,
+                metrics: self.metrics.clone(),
+                views: self.views.clone(),
+                timing: timing.clone(),
+            };
             // The sink's kind is settled once here; each pipeline is generic over its sink.
             match o.sink {
-                OpenedSink::Stdout(sink) => {
-                    let p = Pipeline { name: o.name, sink, tailer, checkpoint: o.checkpoint, metrics, views, timing };
-                    runs.spawn(p.run(ctx));
-                }
-                OpenedSink::File(sink) => {
-                    let p = Pipeline { name: o.name, sink, tailer, checkpoint: o.checkpoint, metrics, views, timing };
-                    runs.spawn(p.run(ctx));
-                }
-            }
+                OpenedSink::Stdout(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+                OpenedSink::File(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+            };
         }
         let mut failed = None;
         while let Some(r) = runs.join_next().await {

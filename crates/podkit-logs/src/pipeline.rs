@@ -15,8 +15,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 
+use crate::record::Record;
 use crate::sink::{SendError, Sink};
-use crate::tail::{Batch, FileView, Saved, Tailer};
+use crate::tail::{FileView, Saved, Tailer};
 
 /// The checkpoint file's content.
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,14 +93,25 @@ pub(crate) struct Timing {
     pub(crate) backoff: BackoffPolicy,
 }
 
-pub(crate) struct Pipeline<S> {
+/// Everything a pipeline has but its sink.
+pub(crate) struct Parts {
     pub(crate) name: String,
-    pub(crate) sink: S,
     pub(crate) tailer: Tailer,
     pub(crate) checkpoint: PathBuf,
     pub(crate) metrics: Metrics,
     pub(crate) views: Views,
     pub(crate) timing: Timing,
+}
+
+impl Parts {
+    pub(crate) fn with<S: Sink>(self, sink: S) -> Pipeline<S> {
+        Pipeline { parts: self, sink }
+    }
+}
+
+pub(crate) struct Pipeline<S> {
+    parts: Parts,
+    sink: S,
 }
 
 /// Runs `f` on the tailer on the blocking pool (file reads and fsyncs must not stall the
@@ -121,7 +133,7 @@ async fn blocking<T: Send + 'static>(
 
 impl<S: Sink> Pipeline<S> {
     pub(crate) async fn run(self, ctx: Context) -> Result<(), String> {
-        let Pipeline { name, mut sink, tailer, checkpoint, metrics, views, timing } = self;
+        let Pipeline { parts: Parts { name, tailer, checkpoint, metrics, views, timing }, mut sink } = self;
         let label = SinkLabel { sink: name.clone() };
         let wake = tailer.wake();
         let mut tailer = Some(tailer);
@@ -148,7 +160,7 @@ impl<S: Sink> Pipeline<S> {
                 }
             }
             let (bb, br) = (timing.batch_bytes, timing.batch_records);
-            let (batch, events) = blocking(&mut tailer, move |t| {
+            let (mut batch, events) = blocking(&mut tailer, move |t| {
                 let b = t.read_batch(bb, br);
                 (b, t.take_events())
             })
@@ -164,7 +176,8 @@ impl<S: Sink> Pipeline<S> {
                 continue;
             }
             let full = batch.bytes >= timing.batch_bytes || batch.records.len() >= timing.batch_records;
-            match deliver(&mut sink, &batch, &ctx, &metrics, &label, &timing, &views, &name, &readiness_key).await {
+            let records: Arc<[Record]> = std::mem::take(&mut batch.records).into();
+            match deliver(&mut sink, &records, &ctx, &metrics, &label, &timing, &views, &name, &readiness_key).await {
                 Delivery::Done => {
                     for (path, lines, bytes) in &batch.lines {
                         let l = FileLabels { sink: name.clone(), path: path.to_string() };
@@ -216,7 +229,7 @@ enum Delivery {
 #[allow(clippy::too_many_arguments)]
 async fn deliver<S: Sink>(
     sink: &mut S,
-    batch: &Batch,
+    records: &Arc<[Record]>,
     ctx: &Context,
     metrics: &Metrics,
     label: &SinkLabel,
@@ -228,7 +241,7 @@ async fn deliver<S: Sink>(
     let mut backoff = timing.backoff.start();
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
-        match sink.send(batch.records.clone()).await {
+        match sink.send(records.clone()).await {
             Ok(d) => {
                 metrics.delivered.get_or_create(label).inc_by(d.records);
                 metrics.delivered_bytes.get_or_create(label).inc_by(d.bytes);
@@ -246,7 +259,7 @@ async fn deliver<S: Sink>(
                 if ctx.shutdown.is_triggered() {
                     let deadline = *stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + ctx.grace);
                     if tokio::time::Instant::now() + delay >= deadline {
-                        tracing::warn!(sink = %name, records = batch.records.len(), "stopping with a batch undelivered; it is sent again at the next start");
+                        tracing::warn!(sink = %name, records = records.len(), "stopping with a batch undelivered; it is sent again at the next start");
                         return Delivery::GaveUp;
                     }
                     tokio::time::sleep(delay).await;

@@ -47,41 +47,66 @@ pub(crate) enum Body {
 }
 
 impl Record {
-    /// `KEY:OFFSET`: the same line of the same file always has the same id, so a sink can drop
-    /// what a restart sends again.
-    pub(crate) fn id(&self) -> String {
-        format!("{}:{}", self.key, self.offset)
+    /// Whether the record itself has a field named `key` (a label of that name is then left
+    /// out: the record's own fields come first).
+    fn has_field(&self, key: &str) -> bool {
+        match key {
+            "id" | "ts" | "path" | "offset" => true,
+            "stream" => self.stream.is_some(),
+            "line" => matches!(self.body, Body::Line(_)),
+            "fields" => matches!(self.body, Body::Fields(_)),
+            "split" => self.split,
+            "invalid_utf8" => self.invalid_utf8,
+            _ => false,
+        }
     }
+}
 
-    /// The record as one JSON object (the NDJSON sinks write one per line).
-    pub(crate) fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("id".into(), Value::String(self.id()));
-        m.insert("ts".into(), Value::String(self.ts.clone()));
-        m.insert("path".into(), Value::String(self.path.to_string()));
-        m.insert("offset".into(), Value::from(self.offset));
-        if let Some(s) = &self.stream {
-            m.insert("stream".into(), Value::String(s.clone()));
+/// The record as one JSON object, written straight from its fields (no intermediate value:
+/// this runs for every line shipped).
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        /// `KEY:OFFSET`: the same line of the same file always has the same id, so a sink can
+        /// drop what a restart sends again.
+        struct Id<'a>(&'a Record);
+        impl Serialize for Id<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&format_args!("{}:{}", self.0.key, self.0.offset))
+            }
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &Id(self))?;
+        m.serialize_entry("ts", &self.ts)?;
+        m.serialize_entry("path", &*self.path)?;
+        m.serialize_entry("offset", &self.offset)?;
+        if let Some(stream) = &self.stream {
+            m.serialize_entry("stream", stream)?;
         }
         match &self.body {
-            Body::Line(l) => {
-                m.insert("line".into(), Value::String(l.clone()));
-            }
-            Body::Fields(f) => {
-                m.insert("fields".into(), Value::Object(f.clone()));
-            }
+            Body::Line(l) => m.serialize_entry("line", l)?,
+            Body::Fields(f) => m.serialize_entry("fields", f)?,
         }
         if self.split {
-            m.insert("split".into(), Value::Bool(true));
+            m.serialize_entry("split", &true)?;
         }
         if self.invalid_utf8 {
-            m.insert("invalid_utf8".into(), Value::Bool(true));
+            m.serialize_entry("invalid_utf8", &true)?;
         }
-        for (k, v) in self.labels.iter() {
-            m.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+        for (i, (k, v)) in self.labels.iter().enumerate() {
+            // The first of several labels with one name wins, as the record's own fields do.
+            if !self.has_field(k) && !self.labels[..i].iter().any(|(earlier, _)| earlier == k) {
+                m.serialize_entry(k, v)?;
+            }
         }
-        Value::Object(m)
+        m.end()
     }
+}
+
+/// Appends `record` to `buf` as one NDJSON line.
+pub(crate) fn write_ndjson(buf: &mut Vec<u8>, record: &Record) {
+    serde_json::to_writer(&mut *buf, record).expect("a record serializes");
+    buf.push(b'\n');
 }
 
 /// A line decoded by its format: its timestamp and stream if the format has them, its text,

@@ -146,6 +146,8 @@ pub(crate) struct Tailer {
     watch: Watch,
     /// New files that may be copytruncate's copy of a followed file, not read yet.
     held: Vec<Held>,
+    /// The read buffer, kept between batches (a chunk is at least 256 KiB).
+    buf: Vec<u8>,
 }
 
 /// A new file whose head matches a followed file's: copytruncate copies first and truncates
@@ -174,6 +176,7 @@ impl Tailer {
             warned_empty: false,
             watch,
             held: Vec::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -434,7 +437,9 @@ impl Tailer {
             self.held.push(h);
             return;
         }
-        let id = FileId::read(&h.file).unwrap_or(h.id);
+        // Its identity was taken when it was found; it may have grown since.
+        let mut id = h.id;
+        let _ = id.grow(&h.file, size);
         self.track(h.path, h.file, id, 0, None);
     }
 
@@ -492,7 +497,7 @@ impl Tailer {
             let settings = self.settings.clone();
             let t = &mut self.files[idx];
             let before = (batch.records.len(), t.read_to);
-            read_file(t, &settings, &mut batch, max_bytes, max_records, &now_ts, &mut self.events);
+            read_file(t, &settings, &mut self.buf, &mut batch, max_bytes, max_records, &now_ts, &mut self.events);
             if t.read_to != before.1 {
                 let lines = (batch.records.len() - before.0) as u64;
                 batch.ends.push((t.key.clone(), t.read_to));
@@ -557,10 +562,45 @@ struct Joining {
     invalid_utf8: bool,
 }
 
+impl Joining {
+    fn into_record(self, t: &Tracked, now_ts: &str, split: bool) -> Record {
+        t.record(self.offset, self.ts, now_ts, self.stream, Body::Line(self.text), split, self.invalid_utf8)
+    }
+}
+
+impl Tracked {
+    /// A record of this file; `ts` is the read time unless the format gave one.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        offset: u64,
+        ts: Option<String>,
+        now_ts: &str,
+        stream: Option<String>,
+        body: Body,
+        split: bool,
+        invalid_utf8: bool,
+    ) -> Record {
+        Record {
+            key: self.key.clone(),
+            path: self.path_str.clone(),
+            offset,
+            ts: ts.unwrap_or_else(|| now_ts.to_string()),
+            stream,
+            body,
+            split,
+            invalid_utf8,
+            labels: self.labels.clone(),
+        }
+    }
+}
+
 /// Reads complete records of one file into `batch`.
+#[allow(clippy::too_many_arguments)]
 fn read_file(
     t: &mut Tracked,
     s: &Settings,
+    buf: &mut Vec<u8>,
     batch: &mut Batch,
     max_bytes: usize,
     max_records: usize,
@@ -568,14 +608,14 @@ fn read_file(
     events: &mut Events,
 ) {
     let chunk = chunk_size(s.max_record);
-    let mut buf = vec![0u8; chunk];
+    buf.resize(chunk, 0);
     // A rotated file that has been idle for rotate_wait will never get the newline of its
     // last line: that line is a record as it is.
     let now = Instant::now();
     let final_line = t.rotated_at.is_some_and(|r| now.duration_since(r) >= s.rotate_wait)
         && now.duration_since(t.active_at) >= s.rotate_wait;
     'chunks: while batch.bytes < max_bytes && batch.records.len() < max_records {
-        let got = match read_full(&t.file, &mut buf, t.read_to) {
+        let got = match read_full(&t.file, buf, t.read_to) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
@@ -675,19 +715,8 @@ fn read_file(
                     let too_long = j.text.len() >= s.max_record;
                     if !decoded.partial || too_long {
                         let j = join.take().expect("just set");
-                        let rec = Record {
-                            key: t.key.clone(),
-                            path: t.path_str.clone(),
-                            offset: j.offset,
-                            ts: j.ts.unwrap_or_else(|| now_ts.to_string()),
-                            stream: j.stream,
-                            body: Body::Line(j.text),
-                            split: too_long && decoded.partial,
-                            invalid_utf8: j.invalid_utf8,
-                            labels: t.labels.clone(),
-                        };
                         batch.bytes += next - (j.offset - t.read_to) as usize;
-                        batch.records.push(rec);
+                        batch.records.push(j.into_record(t, now_ts, too_long && decoded.partial));
                         consumed = next;
                     }
                 }
@@ -698,17 +727,7 @@ fn read_file(
             // A join of pieces longer than a whole chunk (many tiny pieces): what there is
             // becomes a split record rather than blocking the file.
             batch.bytes += pos - (j.offset - t.read_to) as usize;
-            batch.records.push(Record {
-                key: t.key.clone(),
-                path: t.path_str.clone(),
-                offset: j.offset,
-                ts: j.ts.unwrap_or_else(|| now_ts.to_string()),
-                stream: j.stream,
-                body: Body::Line(j.text),
-                split: true,
-                invalid_utf8: j.invalid_utf8,
-                labels: t.labels.clone(),
-            });
+            batch.records.push(j.into_record(t, now_ts, true));
             consumed = pos;
         }
         if consumed == 0 {
@@ -745,17 +764,7 @@ fn push_line(
         _ => (Body::Line(text.into_owned()), None, None),
     };
     batch.bytes += line.len() + 1;
-    batch.records.push(Record {
-        key: t.key.clone(),
-        path: t.path_str.clone(),
-        offset,
-        ts: ts.unwrap_or_else(|| now_ts.to_string()),
-        stream,
-        body,
-        split,
-        invalid_utf8,
-        labels: t.labels.clone(),
-    });
+    batch.records.push(t.record(offset, ts, now_ts, stream, body, split, invalid_utf8));
 }
 
 fn utf8(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, bool) {

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Delivered, SendError, Sink};
-use crate::record::Record;
+use crate::record::{self, Record};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Marks {
@@ -104,8 +105,7 @@ impl Output {
                 delivered.duplicates += 1;
                 continue;
             }
-            serde_json::to_writer(&mut buf, &r.to_json()).expect("a JSON value serializes");
-            buf.push(b'\n');
+            record::write_ndjson(&mut buf, r);
             delivered.records += 1;
         }
         if buf.is_empty() {
@@ -118,8 +118,12 @@ impl Output {
         self.file.sync_data()?;
         self.len += buf.len() as u64;
         for r in records {
-            let m = self.marks.keys.entry(r.key.to_string()).or_insert(r.offset);
-            *m = (*m).max(r.offset);
+            match self.marks.keys.get_mut(&*r.key) {
+                Some(m) => *m = (*m).max(r.offset),
+                None => {
+                    self.marks.keys.insert(r.key.to_string(), r.offset);
+                }
+            }
         }
         self.marks.len = self.len;
         let marks = serde_json::to_vec(&self.marks).expect("marks serialize");
@@ -157,7 +161,7 @@ impl Output {
 }
 
 impl Sink for FileSink {
-    async fn send(&mut self, records: Vec<Record>) -> Result<Delivered, SendError> {
+    async fn send(&mut self, records: Arc<[Record]>) -> Result<Delivered, SendError> {
         let mut out = self.out.take().expect("one batch at a time");
         let (out, result) = tokio::task::spawn_blocking(move || {
             let r = out.write(&records);
@@ -175,7 +179,6 @@ impl Sink for FileSink {
 mod tests {
     use super::*;
     use crate::record::Body;
-    use std::sync::Arc;
 
     fn record(key: &str, offset: u64) -> Record {
         Record {
@@ -200,17 +203,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.ndjson");
         let mut sink = FileSink::open(&path, u64::MAX, 1).unwrap();
-        sink.send(vec![record("a", 0), record("a", 10)]).await.unwrap();
+        sink.send(vec![record("a", 0), record("a", 10)].into()).await.unwrap();
         // A crash after the next batch was written but before the marks were: the output holds
         // it, the marks do not, and its last line is torn.
         let marks_before = std::fs::read(dir.path().join("out.ndjson.marks")).unwrap();
-        sink.send(vec![record("a", 20), record("b", 0)]).await.unwrap();
+        sink.send(vec![record("a", 20), record("b", 0)].into()).await.unwrap();
         std::fs::write(dir.path().join("out.ndjson.marks"), marks_before).unwrap();
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":\"a:3").unwrap();
         drop(sink);
 
         let mut sink = FileSink::open(&path, u64::MAX, 1).unwrap();
-        let d = sink.send(vec![record("a", 20), record("b", 0), record("b", 7)]).await.unwrap();
+        let d = sink.send(vec![record("a", 20), record("b", 0), record("b", 7)].into()).await.unwrap();
         assert_eq!((d.records, d.duplicates), (1, 2));
         let ids: Vec<String> =
             lines(&path).iter().map(|l| id_of(l.as_bytes()).unwrap()).map(|(k, o)| format!("{k}:{o}")).collect();
@@ -223,7 +226,7 @@ mod tests {
         let path = dir.path().join("out.ndjson");
         let mut sink = FileSink::open(&path, 200, 2).unwrap();
         for i in 0..10 {
-            sink.send(vec![record("a", i * 10), record("a", i * 10 + 5)]).await.unwrap();
+            sink.send(vec![record("a", i * 10), record("a", i * 10 + 5)].into()).await.unwrap();
         }
         let mut all = Vec::new();
         for p in [dir.path().join("out.ndjson.2"), dir.path().join("out.ndjson.1"), path.clone()] {

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::record::Record;
 
@@ -93,8 +94,9 @@ pub(crate) enum SendError {
 /// none of it counts as delivered: the batch is sent again).
 pub(crate) trait Sink: Send + 'static {
     /// Delivers `records` in order; returns how many the sink dropped as already delivered
-    /// (a batch sent again after a restart).
-    fn send(&mut self, records: Vec<Record>) -> impl Future<Output = Result<Delivered, SendError>> + Send;
+    /// (a batch sent again after a restart). The records are shared, not copied, so a retry
+    /// costs no copy of the batch.
+    fn send(&mut self, records: Arc<[Record]>) -> impl Future<Output = Result<Delivered, SendError>> + Send;
 }
 
 /// What a sink did with a batch.

@@ -2,20 +2,20 @@
 //! runtime (or `kubectl logs`) to pick up.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use super::{Delivered, SendError, Sink};
-use crate::record::Record;
+use crate::record::{self, Record};
 
 #[derive(Debug, Default)]
 pub(crate) struct StdoutSink;
 
 impl Sink for StdoutSink {
-    async fn send(&mut self, records: Vec<Record>) -> Result<Delivered, SendError> {
+    async fn send(&mut self, records: Arc<[Record]>) -> Result<Delivered, SendError> {
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::with_capacity(records.len() * 256);
-            for r in &records {
-                serde_json::to_writer(&mut buf, &r.to_json()).expect("a JSON value serializes");
-                buf.push(b'\n');
+            for r in records.iter() {
+                record::write_ndjson(&mut buf, r);
             }
             let mut out = std::io::stdout().lock();
             out.write_all(&buf).and_then(|()| out.flush()).map_err(|e| SendError::Retry(format!("stdout: {e}")))?;
