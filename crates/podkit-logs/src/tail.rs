@@ -13,7 +13,7 @@
 //! called once the sink has acknowledged the batch, moves `offset`, and only `offset` is
 //! checkpointed. A crash between the two sends the batch again, never skips it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,12 @@ pub(crate) struct Tailer {
     held: Vec<Held>,
     /// The read buffer, kept between batches (a chunk is at least 256 KiB).
     buf: Vec<u8>,
+    /// The files most recently closed after being read to their end.
+    closed: VecDeque<Saved>,
 }
+
+/// How many closed files are remembered (for a file found again after it was closed).
+const CLOSED_KEPT: usize = 1024;
 
 /// A new file whose head matches a followed file's: copytruncate copies first and truncates
 /// after, so a scan in between sees a copy of lines that are also still in the original.
@@ -177,6 +182,7 @@ impl Tailer {
             watch,
             held: Vec::new(),
             buf: Vec::new(),
+            closed: VecDeque::new(),
         }
     }
 
@@ -191,11 +197,7 @@ impl Tailer {
 
     /// The checkpoint: every followed file and how far it was acknowledged.
     pub(crate) fn saved(&self) -> Vec<Saved> {
-        let mut out: Vec<Saved> = self
-            .files
-            .iter()
-            .map(|t| Saved { id: t.id, path: t.path.clone(), offset: t.offset, size: t.size, previous: t.previous })
-            .collect();
+        let mut out: Vec<Saved> = self.files.iter().map(Tracked::saved).collect();
         // Files not found again since the start stay in the checkpoint until a scan settles them.
         out.extend(self.restore.iter().cloned());
         out
@@ -335,6 +337,7 @@ impl Tailer {
         // Files done: rotated away, read and acknowledged to the end, idle for rotate_wait.
         let wait = self.settings.rotate_wait;
         let before = self.files.len();
+        let closed = &mut self.closed;
         self.files.retain(|t| {
             let done = t.rotated_at.is_some()
                 && t.offset == t.size
@@ -343,6 +346,10 @@ impl Tailer {
                 && t.rotated_at.is_some_and(|r| now.duration_since(r) >= wait);
             if done {
                 tracing::info!(path = %t.path_str, offset = t.offset, "closed a rotated file, read to its end");
+                if closed.len() == CLOSED_KEPT {
+                    closed.pop_front();
+                }
+                closed.push_back(t.saved());
             }
             !done
         });
@@ -401,6 +408,13 @@ impl Tailer {
     fn add(&mut self, path: PathBuf, file: File, id: FileId) {
         if let Some(i) = self.restore.iter().position(|s| s.id.inode() == id.inode()) {
             let saved = self.restore.swap_remove(i);
+            self.resume(path, file, saved);
+            return;
+        }
+        // A file closed once it was read to its end, found again (a late watcher event for
+        // its rename, or a glob that matches its new name): it goes on from where it ended.
+        if let Some(i) = self.closed.iter().position(|s| s.id.inode() == id.inode()) {
+            let saved = self.closed.remove(i).expect("found");
             self.resume(path, file, saved);
             return;
         }
@@ -569,6 +583,10 @@ impl Joining {
 }
 
 impl Tracked {
+    fn saved(&self) -> Saved {
+        Saved { id: self.id, path: self.path.clone(), offset: self.offset, size: self.size, previous: self.previous }
+    }
+
     /// A record of this file; `ts` is the read time unless the format gave one.
     #[allow(clippy::too_many_arguments)]
     fn record(

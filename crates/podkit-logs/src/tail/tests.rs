@@ -90,10 +90,25 @@ fn rename_rotation_reads_the_old_file_to_its_end_then_the_new_one() {
     t.scan();
     read.extend(drain(&mut t, 50));
     assert_exactly_once(&read, 0..210);
-    // Read to its end and idle: the rotated file is closed at the next scan.
-    t.scan();
-    assert_eq!(t.views().len(), 1);
-    assert_eq!(t.take_events().closed, 1);
+    // Read to its end and idle: the rotated file is closed, and stays read.
+    scan_until_open(&mut t, 1);
+    assert!(t.take_events().closed >= 1);
+}
+
+/// Scans until `n` files are followed (the watcher may hand a rotated file back once more,
+/// late: it is then closed again), asserting that nothing is read twice meanwhile.
+fn scan_until_open(t: &mut Tailer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        t.scan();
+        let again = drain(t, 1000);
+        assert!(again.is_empty(), "read again: {:?}", again.iter().map(text).collect::<Vec<_>>());
+        if t.views().len() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still followed: {:?}", t.views());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Reads one batch of `n` records and acknowledges it.
@@ -283,8 +298,7 @@ fn the_last_line_of_a_rotated_file_is_kept_without_its_newline() {
     t.scan();
     let r = drain(&mut t, 100);
     assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["last words"]);
-    t.scan();
-    assert!(t.views().is_empty(), "then it is closed");
+    scan_until_open(&mut t, 0); // then it is closed
 }
 
 #[test]
