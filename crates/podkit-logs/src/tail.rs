@@ -517,6 +517,9 @@ impl Tailer {
                 batch.ends.push((t.key.clone(), t.read_to));
                 batch.lines.push((t.path_str.clone(), lines, t.read_to - before.1));
                 t.active_at = Instant::now();
+                // The fingerprint covers what was read, so that a copy of this content
+                // (copytruncate) is recognised even when no scan saw the file grow.
+                let _ = t.id.grow(&t.file, t.read_to);
             }
         }
         if n > 0 {

@@ -392,3 +392,20 @@ fn a_plain_copy_under_the_glob_is_a_file_of_its_own() {
     read.extend(drain(&mut t, 100));
     assert!(counts(&read).values().all(|&n| n == 2), "both files read whole: {:?}", counts(&read));
 }
+
+#[test]
+fn copytruncate_of_a_file_that_grew_between_scans_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, copy) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let mut t = Tailer::new(settings(dir.path(), "app.log*", Format::Raw), Vec::new());
+    std::fs::write(&log, b"").unwrap();
+    t.scan(); // followed while empty: its fingerprint covers nothing yet
+    append(&log, 0..100);
+    let mut read = drain_n(&mut t, 40); // read with no scan in between
+    std::fs::copy(&log, &copy).unwrap();
+    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    append(&log, 100..130);
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..130);
+}
