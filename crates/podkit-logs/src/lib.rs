@@ -15,6 +15,30 @@ mod sink;
 mod tail;
 mod watch;
 
+/// Entry points for the fuzz targets in /fuzz (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads `data` as a followed file would be read, in every `--format`, and checks what
+    /// every read keeps (see `tail::check_reading`). The first two bytes choose where the file
+    /// is cut between two reads, and the maximum record size.
+    pub fn reading(dir: &std::path::Path, data: &[u8]) {
+        let [a, b, data @ ..] = data else { return };
+        let cut = usize::from(*a) * data.len() / 256;
+        let max_record = 64 + usize::from(*b) * 4;
+        for (i, format) in [
+            crate::record::Format::Raw,
+            crate::record::Format::Cri,
+            crate::record::Format::Docker,
+            crate::record::Format::Json,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            crate::tail::check_reading(&dir.join(format!("in{i}.log")), format, data, cut, max_record);
+        }
+    }
+}
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -692,7 +692,12 @@ fn read_file(
             }
             let mut line = &data[pos..line_end];
             if line.len() > s.max_record {
-                // Overlong, but complete in this chunk.
+                // Overlong, but complete in this chunk. A join it interrupts ends here, as a
+                // split record, so that records stay in file order.
+                if let Some(j) = join.take() {
+                    batch.bytes += pos - (j.offset - t.read_to) as usize;
+                    batch.records.push(j.into_record(t, now_ts, true));
+                }
                 let offset = t.read_to + pos as u64;
                 let mut start = 0;
                 while start < line.len() {
@@ -743,6 +748,13 @@ fn read_file(
                 }
             }
             pos = next;
+        }
+        if let Some(j) = join.take_if(|_| final_line && got < chunk) {
+            // A rotated file that ends inside a join (its last piece was partial): it will
+            // never get its full line, so what there is is the record, marked split.
+            batch.bytes += pos - (j.offset - t.read_to) as usize;
+            batch.records.push(j.into_record(t, now_ts, true));
+            consumed = pos;
         }
         if let Some(j) = join.take().filter(|_| consumed == 0 && got == chunk) {
             // A join of pieces longer than a whole chunk (many tiny pieces): what there is
@@ -820,3 +832,76 @@ pub(crate) fn check_state_dir(dir: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads `data` as a followed file of `format` would be read: the first `cut` bytes, then the
+/// rest appended, then the file rotated away, in batches of at most 7 records. Panics if a
+/// read breaks what every read keeps: offsets only go up and stay inside the file, no record
+/// is longer than the maximum (plus a join's last piece), reading always makes progress, and
+/// once rotated the file is read to its very end. For the fuzz targets and their regression
+/// tests.
+pub(crate) fn check_reading(path: &Path, format: Format, data: &[u8], cut: usize, max_record: usize) {
+    use std::io::Write;
+    let cut = cut.min(data.len());
+    std::fs::write(path, &data[..cut]).expect("write the input");
+    let file = File::open(path).expect("open the input");
+    let id = FileId::read(&file).expect("identity");
+    let settings = Settings {
+        patterns: Vec::new(),
+        format,
+        max_record,
+        overlong: Overlong::Split,
+        rotate_wait: Duration::ZERO,
+        labels: Vec::new(),
+    };
+    let past = Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now);
+    let mut t = Tracked {
+        key: Arc::from(id.key().as_str()),
+        id,
+        path: path.to_path_buf(),
+        path_str: Arc::from("fuzz"),
+        file,
+        offset: 0,
+        read_to: 0,
+        size: cut as u64,
+        rotated_at: None,
+        active_at: Instant::now(),
+        skipping: false,
+        previous: None,
+        pending_loss: None,
+        truncated_at: None,
+        labels: Arc::new(Vec::new()),
+    };
+    let (mut buf, mut events) = (Vec::new(), Events::default());
+    let mut last_offset: Option<u64> = None;
+    let mut read = |t: &mut Tracked, len: u64| {
+        for _ in 0..=len + 2 {
+            let mut batch = Batch::default();
+            let before = t.read_to;
+            read_file(t, &settings, &mut buf, &mut batch, usize::MAX, 7, "now", &mut events);
+            assert!(t.read_to >= before && t.read_to <= len, "read_to {} of {len}", t.read_to);
+            for r in &batch.records {
+                assert!(r.offset < len && r.offset >= before, "offset {} outside {before}..{len}", r.offset);
+                assert!(last_offset.is_none_or(|l| r.offset > l), "offset {} after {last_offset:?}", r.offset);
+                last_offset = Some(r.offset);
+                if let Body::Line(l) = &r.body {
+                    // A join stops once it reaches the maximum, so its last piece may pass it
+                    // (by at most one line); U+FFFD for an invalid byte takes three.
+                    assert!(l.len() <= 3 * 2 * max_record, "record of {} bytes, max {max_record}", l.len());
+                }
+            }
+            if batch.records.is_empty() {
+                return;
+            }
+            assert!(t.read_to > before, "records without progress");
+        }
+        panic!("reading never settled");
+    };
+    read(&mut t, cut as u64);
+    std::fs::OpenOptions::new().append(true).open(path).and_then(|mut f| f.write_all(&data[cut..])).expect("append");
+    read(&mut t, data.len() as u64);
+    // Rotated away and idle: everything is read, the last line without its newline too.
+    t.rotated_at = Some(past);
+    t.active_at = past;
+    read(&mut t, data.len() as u64);
+    assert_eq!(t.read_to, data.len() as u64, "a rotated file is read to its end");
+}

@@ -409,3 +409,48 @@ fn copytruncate_of_a_file_that_grew_between_scans_is_recognised() {
     read.extend(drain(&mut t, 1000));
     assert_exactly_once(&read, 0..130);
 }
+
+/// The fuzz target's harness on deterministic pseudo-random input made of the bytes that
+/// matter to the formats (newlines, CRI tags, JSON), so the normal suite runs it too.
+#[test]
+fn reading_keeps_its_invariants_on_random_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let alphabet: &[&[u8]] = &[
+        b"\n",
+        b" ",
+        b"x",
+        b"\xff",
+        b"\r",
+        b"2024-01-01T00:00:00Z ",
+        b"stdout ",
+        b"P ",
+        b"F ",
+        b"P",
+        b"{\"log\":\"a",
+        b"\\n\"}",
+        b"\"}",
+        b"{\"k\":1}",
+        b"\xe2\x82",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..300 {
+        let mut data = vec![(next() % 256) as u8, (next() % 8) as u8];
+        for _ in 0..next() % 400 {
+            data.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+        }
+        crate::fuzzing::reading(dir.path(), &data);
+    }
+}
+
+#[test]
+fn a_rotated_cri_file_ending_in_a_partial_piece_is_read_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = b"2024-01-01T00:00:00Z stdout F whole\n2024-01-01T00:00:01Z stdout P never finished\n";
+    check_reading(&dir.path().join("0.log"), Format::Cri, data, data.len(), 1024);
+}
