@@ -277,11 +277,18 @@ fn read_token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
+/// The temporary file a replacement of `path` is written to: in the same directory (so the
+/// rename stays on one file system), named after this process (so two writers never share it).
+fn tmp_beside(path: &Path) -> std::path::PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    tmp.into()
+}
+
 /// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees a
 /// half-written file.
 pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = tmp_beside(path);
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
 }
@@ -292,8 +299,7 @@ pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
 /// files another process only reads while podkit runs.
 pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = tmp_beside(path);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
