@@ -77,12 +77,18 @@ impl FileId {
         Ok(len == self.fp_len && fp == self.fingerprint)
     }
 
-    /// Extends the fingerprint over more of the file once it has grown (its head unchanged).
+    /// Extends the fingerprint over more of the file once it has grown. The bytes it already
+    /// covered are read again with the new ones, and the fingerprint grows only if they are
+    /// unchanged: a file rewritten in the meantime keeps its old fingerprint, so the rewrite
+    /// is still seen, instead of the new content taking over the old identity.
     pub(crate) fn grow(&mut self, file: &File, size: u64) -> std::io::Result<()> {
-        if u64::from(self.fp_len) < FINGERPRINT_BYTES && size > u64::from(self.fp_len) {
-            let (len, fp) = fingerprint(file, size.min(FINGERPRINT_BYTES))?;
-            self.fp_len = len;
-            self.fingerprint = fp;
+        let old = u64::from(self.fp_len);
+        if old < FINGERPRINT_BYTES && size > old {
+            let head = read_head(file, size.min(FINGERPRINT_BYTES))?;
+            if head.len() as u64 > old && xxhash_rust::xxh3::xxh3_64(&head[..old as usize]) == self.fingerprint {
+                self.fp_len = head.len() as u32;
+                self.fingerprint = xxhash_rust::xxh3::xxh3_64(&head);
+            }
         }
         Ok(())
     }
@@ -109,6 +115,12 @@ impl FileId {
 
 /// The xxh3 of the first `len` bytes of `file` (fewer if it is shorter), and how many it covered.
 pub(crate) fn fingerprint(file: &File, len: u64) -> std::io::Result<(u32, u64)> {
+    let head = read_head(file, len)?;
+    Ok((head.len() as u32, xxhash_rust::xxh3::xxh3_64(&head)))
+}
+
+/// The first `len` bytes of `file`, fewer if it is shorter.
+fn read_head(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
     let mut got = 0;
     while got < buf.len() {
@@ -119,7 +131,8 @@ pub(crate) fn fingerprint(file: &File, len: u64) -> std::io::Result<(u32, u64)> 
             Err(e) => return Err(e),
         }
     }
-    Ok((got as u32, xxhash_rust::xxh3::xxh3_64(&buf[..got])))
+    buf.truncate(got);
+    Ok(buf)
 }
 
 #[cfg(test)]

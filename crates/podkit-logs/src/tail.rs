@@ -307,31 +307,7 @@ impl Tailer {
                 }
                 None => {}
             }
-            let Ok(meta) = t.file.metadata() else { continue };
-            let size = meta.len();
-            let rewritten = size < t.read_to || !t.id.same_head(&t.file).unwrap_or(true);
-            if rewritten {
-                let unread = t.size.saturating_sub(t.offset);
-                tracing::info!(path = %t.path_str, offset = t.offset, size, "file truncated: reading it again from its start");
-                t.pending_loss = (unread > 0).then_some((unread, now));
-                t.truncated_at = Some(now);
-                self.events.truncated += 1;
-                t.previous = Some((t.id, t.offset));
-                if let Ok(next) = t.id.next_generation(&t.file) {
-                    t.id = next;
-                }
-                t.key = Arc::from(t.id.key().as_str());
-                t.offset = 0;
-                t.read_to = 0;
-                t.skipping = false;
-                t.active_at = now;
-            } else {
-                if size != t.size {
-                    t.active_at = now;
-                }
-                let _ = t.id.grow(&t.file, size);
-            }
-            t.size = size;
+            check_rewritten(t, now, &mut self.events);
         }
 
         // Files done: rotated away, read and acknowledged to the end, idle for rotate_wait.
@@ -510,8 +486,19 @@ impl Tailer {
             let idx = (self.next + i) % n;
             let settings = self.settings.clone();
             let t = &mut self.files[idx];
-            let before = (batch.records.len(), t.read_to);
+            // A file truncated and written past the read position since the last look would
+            // otherwise be read on from there, its new lines taken for the old content's.
+            check_rewritten(t, Instant::now(), &mut self.events);
+            let before = (batch.records.len(), t.read_to, batch.bytes);
             read_file(t, &settings, &mut self.buf, &mut batch, max_bytes, max_records, &now_ts, &mut self.events);
+            if t.read_to != before.1 && !t.id.same_head(&t.file).unwrap_or(true) {
+                // Rewritten while it was read: what was read may be new content at old offsets.
+                // Drop it; the next look starts the new generation (and a copy of the old one,
+                // if it turns up, goes on from the acknowledged offset).
+                batch.records.truncate(before.0);
+                (t.read_to, batch.bytes) = (before.1, before.2);
+                continue;
+            }
             if t.read_to != before.1 {
                 let lines = (batch.records.len() - before.0) as u64;
                 batch.ends.push((t.key.clone(), t.read_to));
@@ -545,6 +532,37 @@ impl Tailer {
             t.read_to = t.offset;
         }
     }
+}
+
+/// Looks at a followed file's size and head: truncated or rewritten in place, it starts a new
+/// generation from offset 0 (its old generation kept as `previous`, for a copy of it to go on
+/// from); grown, its fingerprint grows too. Call it only with no batch of it in flight.
+fn check_rewritten(t: &mut Tracked, now: Instant, events: &mut Events) {
+    let Ok(meta) = t.file.metadata() else { return };
+    let size = meta.len();
+    let rewritten = size < t.read_to || !t.id.same_head(&t.file).unwrap_or(true);
+    if rewritten {
+        let unread = t.size.saturating_sub(t.offset);
+        tracing::info!(path = %t.path_str, offset = t.offset, size, "file truncated: reading it again from its start");
+        t.pending_loss = (unread > 0).then_some((unread, now));
+        t.truncated_at = Some(now);
+        events.truncated += 1;
+        t.previous = Some((t.id, t.offset));
+        if let Ok(next) = t.id.next_generation(&t.file) {
+            t.id = next;
+        }
+        t.key = Arc::from(t.id.key().as_str());
+        t.offset = 0;
+        t.read_to = 0;
+        t.skipping = false;
+        t.active_at = now;
+    } else {
+        if size != t.size {
+            t.active_at = now;
+        }
+        let _ = t.id.grow(&t.file, size);
+    }
+    t.size = size;
 }
 
 fn same_head_as(file: &File, id: &FileId) -> bool {

@@ -454,3 +454,21 @@ fn a_rotated_cri_file_ending_in_a_partial_piece_is_read_to_its_end() {
     let data = b"2024-01-01T00:00:00Z stdout F whole\n2024-01-01T00:00:01Z stdout P never finished\n";
     check_reading(&dir.path().join("0.log"), Format::Cri, data, data.len(), 1024);
 }
+
+#[test]
+fn copytruncate_and_regrowth_between_two_reads_without_a_scan_reads_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, copy) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let mut t = Tailer::new(settings(dir.path(), "app.log*", Format::Raw), Vec::new());
+    append(&log, 0..100);
+    t.scan();
+    let mut read = drain_n(&mut t, 40);
+    std::fs::copy(&log, &copy).unwrap();
+    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    // The writer goes on fast: the new content is past the old read position at once.
+    append(&log, 100..300);
+    read.extend(drain(&mut t, 1000)); // reads go on with no scan in between
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..300);
+}
