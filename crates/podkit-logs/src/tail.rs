@@ -55,11 +55,15 @@ pub(crate) struct Saved {
     pub(crate) offset: u64,
     /// The file's size when last looked at: what a file deleted while podkit was stopped had.
     pub(crate) size: u64,
-    /// The generation before the last truncation, and how far it was acknowledged: a copy of
-    /// it (copytruncate's `.1`) continues from there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) previous: Option<(FileId, u64)>,
+    /// The generations before the last truncations (the newest last), and how far each was
+    /// acknowledged: a copy of one (copytruncate's `.1`) continues from there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) previous: Vec<(FileId, u64)>,
 }
+
+/// How many earlier generations of a file are remembered: copytruncate can rotate several
+/// times between two scans, and each copy must find its own generation.
+const PREVIOUS_KEPT: usize = 16;
 
 /// What happened to the files, for metrics and logs. Each field counts since the last call of
 /// [`Tailer::take_events`].
@@ -92,10 +96,11 @@ struct Tracked {
     active_at: Instant,
     /// Inside an overlong line being skipped (`--overlong truncate`).
     skipping: bool,
-    previous: Option<(FileId, u64)>,
-    /// Bytes the last truncation took before they were read, and when: lost unless a copy of
-    /// the old content turns up under the glob within `--rotate-wait` (copytruncate's `.1`).
-    pending_loss: Option<(u64, Instant)>,
+    previous: Vec<(FileId, u64)>,
+    /// Per truncated generation, the bytes the truncation took before they were read, and
+    /// when: lost unless a copy of that generation turns up under the glob within
+    /// `--rotate-wait` (copytruncate's `.1`).
+    pending_loss: Vec<(FileId, u64, Instant)>,
     /// When the last truncation was seen.
     truncated_at: Option<Instant>,
     labels: Arc<Vec<(String, String)>>,
@@ -232,7 +237,7 @@ impl Tailer {
         Arc::new(labels)
     }
 
-    fn track(&mut self, path: PathBuf, file: File, id: FileId, offset: u64, previous: Option<(FileId, u64)>) {
+    fn track(&mut self, path: PathBuf, file: File, id: FileId, offset: u64, previous: Vec<(FileId, u64)>) {
         let path_str: Arc<str> = Arc::from(path.to_string_lossy().as_ref());
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         tracing::info!(path = %path_str, offset, "following file");
@@ -251,7 +256,7 @@ impl Tailer {
             active_at: Instant::now(),
             skipping: false,
             previous,
-            pending_loss: None,
+            pending_loss: Vec::new(),
             truncated_at: None,
             labels,
         });
@@ -283,11 +288,11 @@ impl Tailer {
 
         // Losses from earlier truncations that no copy made up for.
         for t in &mut self.files {
-            if let Some((bytes, at)) = t.pending_loss
-                && now.duration_since(at) >= self.settings.rotate_wait
-            {
+            let wait = self.settings.rotate_wait;
+            let (lost, pending) = t.pending_loss.drain(..).partition(|(_, _, at)| now.duration_since(*at) >= wait);
+            t.pending_loss = pending;
+            for (_, bytes, _) in lost {
                 self.events.lost.push((t.path_str.to_string(), bytes));
-                t.pending_loss = None;
             }
         }
 
@@ -409,11 +414,10 @@ impl Tailer {
         // The copy of a generation that was truncated: it continues where that generation was
         // acknowledged.
         let copy_of = self.files.iter_mut().find_map(|t| {
-            let found = t.previous.filter(|(old, _)| old.fp_len > 0 && same_head_as(&h.file, old));
-            if found.is_some() {
-                t.pending_loss = None;
-            }
-            found
+            let i = t.previous.iter().position(|(old, _)| old.fp_len > 0 && same_head_as(&h.file, old))?;
+            let (old, offset) = t.previous.remove(i);
+            t.pending_loss.retain(|(id, _, _)| *id != old);
+            Some((old, offset))
         });
         if let Some((old, offset)) = copy_of {
             tracing::info!(path = %h.path.display(), offset, "a copy of a truncated file: reading it from where the original was acknowledged");
@@ -430,7 +434,7 @@ impl Tailer {
         // Its identity was taken when it was found; it may have grown since.
         let mut id = h.id;
         let _ = id.grow(&h.file, size);
-        self.track(h.path, h.file, id, 0, None);
+        self.track(h.path, h.file, id, 0, Vec::new());
     }
 
     /// Whether a new file's content so far is the head of a followed file (copytruncate
@@ -441,7 +445,7 @@ impl Tailer {
         let Ok((got, fp)) = fingerprint(file, len) else { return false };
         self.files.iter().any(|t| {
             let just_truncated = t.truncated_at.is_some_and(|at| now.duration_since(at) < self.settings.rotate_wait);
-            let short_of_previous = t.previous.is_some_and(|(old, _)| u64::from(got) < u64::from(old.fp_len));
+            let short_of_previous = t.previous.iter().any(|(old, _)| u64::from(got) < u64::from(old.fp_len));
             let same_as_current = t.size >= u64::from(got)
                 && t.rotated_at.is_none()
                 && fingerprint(&t.file, u64::from(got)).is_ok_and(|(n, f)| n == got && f == fp);
@@ -462,12 +466,14 @@ impl Tailer {
             }
             self.events.truncated += 1;
             let id = saved.id.next_generation(&file).unwrap_or(saved.id);
-            self.track(path, file, id, 0, Some((saved.id, saved.offset)));
+            let mut previous = saved.previous;
+            remember(&mut previous, (saved.id, saved.offset));
+            self.track(path, file, id, 0, previous);
         }
     }
 
     fn track_as(&mut self, path: PathBuf, file: File, id: FileId, key: String, offset: u64) {
-        self.track(path, file, id, offset, None);
+        self.track(path, file, id, offset, Vec::new());
         if let Some(t) = self.files.last_mut() {
             t.key = Arc::from(key.as_str());
         }
@@ -544,10 +550,12 @@ fn check_rewritten(t: &mut Tracked, now: Instant, events: &mut Events) {
     if rewritten {
         let unread = t.size.saturating_sub(t.offset);
         tracing::info!(path = %t.path_str, offset = t.offset, size, "file truncated: reading it again from its start");
-        t.pending_loss = (unread > 0).then_some((unread, now));
+        if unread > 0 {
+            t.pending_loss.push((t.id, unread, now));
+        }
         t.truncated_at = Some(now);
         events.truncated += 1;
-        t.previous = Some((t.id, t.offset));
+        remember(&mut t.previous, (t.id, t.offset));
         if let Ok(next) = t.id.next_generation(&t.file) {
             t.id = next;
         }
@@ -563,6 +571,14 @@ fn check_rewritten(t: &mut Tracked, now: Instant, events: &mut Events) {
         let _ = t.id.grow(&t.file, size);
     }
     t.size = size;
+}
+
+/// Keeps an earlier generation, forgetting the oldest beyond [`PREVIOUS_KEPT`].
+fn remember(previous: &mut Vec<(FileId, u64)>, generation: (FileId, u64)) {
+    if previous.len() == PREVIOUS_KEPT {
+        previous.remove(0);
+    }
+    previous.push(generation);
 }
 
 fn same_head_as(file: &File, id: &FileId) -> bool {
@@ -605,7 +621,13 @@ impl Joining {
 
 impl Tracked {
     fn saved(&self) -> Saved {
-        Saved { id: self.id, path: self.path.clone(), offset: self.offset, size: self.size, previous: self.previous }
+        Saved {
+            id: self.id,
+            path: self.path.clone(),
+            offset: self.offset,
+            size: self.size,
+            previous: self.previous.clone(),
+        }
     }
 
     /// A record of this file; `ts` is the read time unless the format gave one.
@@ -884,8 +906,8 @@ pub(crate) fn check_reading(path: &Path, format: Format, data: &[u8], cut: usize
         rotated_at: None,
         active_at: Instant::now(),
         skipping: false,
-        previous: None,
-        pending_loss: None,
+        previous: Vec::new(),
+        pending_loss: Vec::new(),
         truncated_at: None,
         labels: Arc::new(Vec::new()),
     };

@@ -472,3 +472,24 @@ fn copytruncate_and_regrowth_between_two_reads_without_a_scan_reads_nothing_twic
     read.extend(drain(&mut t, 1000));
     assert_exactly_once(&read, 0..300);
 }
+
+#[test]
+fn several_copytruncates_between_two_scans_each_continue_in_their_own_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(settings(dir.path(), "app.log*", Format::Raw), Vec::new());
+    std::fs::write(&log, b"").unwrap();
+    t.scan();
+    let mut read = Vec::new();
+    for part in 0..3u32 {
+        append(&log, part * 100..(part + 1) * 100);
+        read.extend(drain_n(&mut t, 30)); // reads go on; no scan until the end
+        std::fs::copy(&log, dir.path().join(format!("app.log.{part}"))).unwrap();
+        OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    }
+    append(&log, 300..320);
+    read.extend(drain(&mut t, 1000));
+    t.scan();
+    read.extend(drain(&mut t, 1000));
+    assert_exactly_once(&read, 0..320);
+}
