@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 
 use crate::record::Record;
-use crate::sink::{SendError, Sink};
+use crate::sink::{Delivered, SendError, Sink};
 use crate::tail::{FileView, Saved, Tailer};
 
 /// The checkpoint file's content.
@@ -72,6 +72,8 @@ pub(crate) struct Metrics {
     pub(crate) closed: Family<SinkLabel, Counter>,
     pub(crate) skipped_bytes: Family<SinkLabel, Counter>,
     pub(crate) bad_lines: Family<SinkLabel, Counter>,
+    pub(crate) dead_lettered: Family<SinkLabel, Counter>,
+    pub(crate) dropped: Family<SinkLabel, Counter>,
 }
 
 /// What `/files` and the gauges show, per sink.
@@ -91,6 +93,16 @@ pub(crate) struct Timing {
     pub(crate) batch_bytes: usize,
     pub(crate) batch_records: usize,
     pub(crate) backoff: BackoffPolicy,
+    pub(crate) on_full: OnFull,
+}
+
+/// What a pipeline does with a batch its sink keeps failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFull {
+    /// Keep it and keep trying (reading stops meanwhile): nothing is lost.
+    Block,
+    /// Drop it (counted) once it has failed for this long, and read on.
+    Drop(Duration),
 }
 
 /// Everything a pipeline has but its sink.
@@ -98,6 +110,8 @@ pub(crate) struct Parts {
     pub(crate) name: String,
     pub(crate) tailer: Tailer,
     pub(crate) checkpoint: PathBuf,
+    /// Where records the sink refused for good are kept.
+    pub(crate) dead_letter: PathBuf,
     pub(crate) metrics: Metrics,
     pub(crate) views: Views,
     pub(crate) timing: Timing,
@@ -133,7 +147,7 @@ async fn blocking<T: Send + 'static>(
 
 impl<S: Sink> Pipeline<S> {
     pub(crate) async fn run(self, ctx: Context) -> Result<(), String> {
-        let Pipeline { parts: Parts { name, tailer, checkpoint, metrics, views, timing }, mut sink } = self;
+        let Pipeline { parts: Parts { name, tailer, checkpoint, dead_letter, metrics, views, timing }, mut sink } = self;
         let label = SinkLabel { sink: name.clone() };
         let wake = tailer.wake();
         let mut tailer = Some(tailer);
@@ -177,7 +191,8 @@ impl<S: Sink> Pipeline<S> {
             }
             let full = batch.bytes >= timing.batch_bytes || batch.records.len() >= timing.batch_records;
             let records: Arc<[Record]> = std::mem::take(&mut batch.records).into();
-            match deliver(&mut sink, &records, &ctx, &metrics, &label, &timing, &views, &name, &readiness_key).await {
+            let to = Target { ctx: &ctx, metrics: &metrics, label: &label, timing: &timing, views: &views, readiness_key: &readiness_key, dead_letter: &dead_letter };
+            match deliver(&mut sink, &records, &to).await {
                 Delivery::Done => {
                     for (path, lines, bytes) in &batch.lines {
                         let l = FileLabels { sink: name.clone(), path: path.to_string() };
@@ -221,27 +236,50 @@ impl<S: Sink> Pipeline<S> {
 }
 
 enum Delivery {
+    /// The sink took the batch (or refused records of it, now in the dead-letter file; or it
+    /// was dropped by `--on-full drop`): the checkpoint moves past it.
     Done,
     /// The stop's grace ran out with the batch undelivered: it is read again at the next start.
     GaveUp,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn deliver<S: Sink>(
-    sink: &mut S,
-    records: &Arc<[Record]>,
-    ctx: &Context,
-    metrics: &Metrics,
-    label: &SinkLabel,
-    timing: &Timing,
-    views: &Views,
-    name: &str,
-    readiness_key: &str,
-) -> Delivery {
+/// Where a batch goes, besides its sink.
+struct Target<'a> {
+    ctx: &'a Context,
+    metrics: &'a Metrics,
+    label: &'a SinkLabel,
+    timing: &'a Timing,
+    views: &'a Views,
+    readiness_key: &'a str,
+    dead_letter: &'a PathBuf,
+}
+
+async fn deliver<S: Sink>(sink: &mut S, records: &Arc<[Record]>, to: &Target<'_>) -> Delivery {
+    let Target { ctx, metrics, label, timing, views, readiness_key, dead_letter } = *to;
+    let name = label.sink.as_str();
     let mut backoff = timing.backoff.start();
     let mut stop_deadline: Option<tokio::time::Instant> = None;
+    let first_try = tokio::time::Instant::now();
     loop {
-        match sink.send(records.clone()).await {
+        let outcome = match sink.send(records.clone()).await {
+            Ok(d) if d.rejected.is_empty() => Ok(d),
+            Ok(mut d) => {
+                let rejected = std::mem::take(&mut d.rejected);
+                keep_dead(dead_letter, name, records, rejected).await.map(|n| {
+                    metrics.dead_lettered.get_or_create(label).inc_by(n);
+                    d
+                })
+            }
+            Err(SendError::Reject(why)) => {
+                let all = (0..records.len()).map(|i| (i, why.clone())).collect();
+                keep_dead(dead_letter, name, records, all).await.map(|n| {
+                    metrics.dead_lettered.get_or_create(label).inc_by(n);
+                    Delivered::default()
+                })
+            }
+            Err(SendError::Retry(why)) => Err(why),
+        };
+        match outcome {
             Ok(d) => {
                 metrics.delivered.get_or_create(label).inc_by(d.records);
                 metrics.delivered_bytes.get_or_create(label).inc_by(d.bytes);
@@ -250,8 +288,17 @@ async fn deliver<S: Sink>(
                 set_up(views, name, true, None);
                 return Delivery::Done;
             }
-            Err(SendError::Retry(why)) => {
+            Err(why) => {
                 metrics.retries.get_or_create(label).inc();
+                if let OnFull::Drop(after) = timing.on_full
+                    && first_try.elapsed() >= after
+                {
+                    tracing::error!(sink = %name, records = records.len(), error = %why, "dropping a batch the sink did not take for {after:?} (--on-full drop)");
+                    metrics.dropped.get_or_create(label).inc_by(records.len() as u64);
+                    ctx.readiness.not_ready(readiness_key.to_string(), format!("sink {name} failing: {why}"));
+                    set_up(views, name, false, Some(why));
+                    return Delivery::Done;
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(sink = %name, error = %why, retry_in = ?delay, "delivery failed; the batch is kept and sent again");
                 ctx.readiness.not_ready(readiness_key.to_string(), format!("sink {name} failing: {why}"));
@@ -273,6 +320,43 @@ async fn deliver<S: Sink>(
             }
         }
     }
+}
+
+/// Appends the `rejected` records (index in the batch, reason) to the dead-letter file, durably;
+/// returns how many. A failure to keep them is a failed delivery: the batch is tried again.
+async fn keep_dead(
+    path: &std::path::Path,
+    sink: &str,
+    records: &Arc<[Record]>,
+    rejected: Vec<(usize, String)>,
+) -> Result<u64, String> {
+    let (path, sink_name, records) = (path.to_path_buf(), sink.to_string(), records.clone());
+    let n = rejected.len() as u64;
+    let first_reason = rejected.first().map(|(_, r)| r.clone()).unwrap_or_default();
+    let path_shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        #[derive(Serialize)]
+        struct Dead<'a> {
+            sink: &'a str,
+            reason: &'a str,
+            record: &'a Record,
+        }
+        let mut buf = Vec::new();
+        for (i, reason) in &rejected {
+            serde_json::to_writer(&mut buf, &Dead { sink: &sink_name, reason, record: &records[*i] }).expect("serializes");
+            buf.push(b'\n');
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        f.write_all(&buf)?;
+        f.sync_data()
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    .map_err(|e| format!("the sink refused {n} records ({first_reason}) and they cannot be kept in {path_shown}: {e}"))?;
+    tracing::warn!(sink = %sink, records = n, reason = %first_reason, dead_letter = %path_shown, "the sink refused records for good; they are kept in the dead-letter file");
+    Ok(n)
 }
 
 fn count_events(metrics: &Metrics, label: &SinkLabel, e: crate::tail::Events) {

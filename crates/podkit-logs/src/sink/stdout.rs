@@ -19,7 +19,7 @@ impl Sink for StdoutSink {
             }
             let mut out = std::io::stdout().lock();
             out.write_all(&buf).and_then(|()| out.flush()).map_err(|e| SendError::Retry(format!("stdout: {e}")))?;
-            Ok(Delivered { records: records.len() as u64, bytes: buf.len() as u64, duplicates: 0 })
+            Ok(Delivered { records: records.len() as u64, bytes: buf.len() as u64, ..Delivered::default() })
         })
         .await
         .map_err(|e| SendError::Retry(format!("stdout: {e}")))?
