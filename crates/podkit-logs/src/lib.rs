@@ -99,6 +99,19 @@ pub struct LogsArgs {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = podkit_core::Duration::parse_positive, help_heading = "Input")]
     pub poll_interval: podkit_core::Duration,
 
+    /// Join lines into multiline records (stack traces): a line that matches this regular
+    /// expression starts a record, and the lines after it that do not match are added to it,
+    /// joined with "\n". Lines with no record open (before a file's first match) start one of
+    /// their own. The record's id is its first line's. Applies to every --format (CRI and Docker
+    /// lines once their pieces are joined; JSON lines are joined, then decoded).
+    #[arg(long, value_name = "REGEX", value_parser = tail::parse_multiline_start, help_heading = "Input")]
+    pub multiline_start: Option<regex::Regex>,
+
+    /// A file's last multiline record is saved once the file has been idle this long (the
+    /// next start line, a rotation or --max-record-size end it sooner).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = podkit_core::Duration::parse_positive, requires = "multiline_start", help_heading = "Input")]
+    pub multiline_timeout: podkit_core::Duration,
+
     /// Where records go, repeatable: stdout, or file:///PATH[?max_size=BYTES&keep=N]. Each
     /// sink has its own checkpoint and retries.
     #[arg(long = "sink", value_name = "URL", default_value = "stdout", value_parser = parse_sink_arg, help_heading = "Output")]
@@ -218,6 +231,10 @@ impl Logs {
             },
             rotate_wait: args.rotate_wait.get(),
             labels: args.labels.clone(),
+            multiline: args
+                .multiline_start
+                .clone()
+                .map(|start| tail::Multiline { start, timeout: args.multiline_timeout.get() }),
         });
         Self { args, settings, metrics: Metrics::default(), views: Views::default(), opened: Vec::new() }
     }

@@ -44,6 +44,27 @@ pub(crate) struct Settings {
     pub(crate) overlong: Overlong,
     pub(crate) rotate_wait: Duration,
     pub(crate) labels: Vec<(String, String)>,
+    /// Lines joined into records (`--multiline-start`), if set.
+    pub(crate) multiline: Option<Multiline>,
+}
+
+/// How lines are joined into records: a line that matches `start` begins one, the lines after
+/// it that do not match are added to it (joined with `\n`). A line that does not match with no
+/// record open begins one too, so lines before a file's first match are joined among
+/// themselves, and so are the lines after a record that was ended early (by the timeout or the
+/// size limit). A record ends at the next start, at a line of another stream (CRI, Docker), at
+/// an overlong line, once its file has been idle for `timeout` with nothing after it, at the
+/// end of a rotated file, and before a line that would take it past `--max-record-size` (then
+/// it is marked split).
+#[derive(Debug, Clone)]
+pub(crate) struct Multiline {
+    pub(crate) start: regex::Regex,
+    pub(crate) timeout: Duration,
+}
+
+/// Parses `--multiline-start`.
+pub(crate) fn parse_multiline_start(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("not a regular expression: {e}"))
 }
 
 /// One file as the checkpoint keeps it.
@@ -604,9 +625,12 @@ fn chunk_size(max_record: usize) -> usize {
     (max_record + 64 * 1024).max(256 * 1024)
 }
 
-/// A CRI or Docker line being joined from its partial pieces.
+/// A CRI or Docker line being joined from its partial pieces, or, under `--multiline-start`,
+/// a record being joined from lines.
 struct Joining {
     offset: u64,
+    /// Where its last piece or line ends in the file (past the newline).
+    end: u64,
     text: String,
     ts: Option<String>,
     stream: Option<String>,
@@ -614,6 +638,12 @@ struct Joining {
 }
 
 impl Joining {
+    /// A raw line (or a piece of one) at `offset..end`.
+    fn raw(line: &[u8], offset: u64, end: u64) -> Joining {
+        let (text, invalid_utf8) = utf8(line);
+        Joining { offset, end, text: text.into_owned(), ts: None, stream: None, invalid_utf8 }
+    }
+
     fn into_record(self, t: &Tracked, now_ts: &str, split: bool) -> Record {
         t.record(self.offset, self.ts, now_ts, self.stream, Body::Line(self.text), split, self.invalid_utf8)
     }
@@ -675,6 +705,9 @@ fn read_file(
     let now = Instant::now();
     let final_line = t.rotated_at.is_some_and(|r| now.duration_since(r) >= s.rotate_wait)
         && now.duration_since(t.active_at) >= s.rotate_wait;
+    // A record being joined from lines that ends the file is complete once the file has been
+    // idle for --multiline-timeout.
+    let idle = s.multiline.as_ref().is_some_and(|m| now.duration_since(t.active_at) >= m.timeout);
     'chunks: while batch.bytes < max_bytes && batch.records.len() < max_records {
         let got = match read_full(&t.file, buf, t.read_to) {
             Ok(0) => break,
@@ -685,10 +718,13 @@ fn read_file(
             }
         };
         let data = &buf[..got];
+        let base = t.read_to;
         let mut pos = 0usize;
         let mut join: Option<Joining> = None;
-        // Where the records emitted so far end: read_to moves here, never into a line or a
-        // join that is not complete.
+        // The record being joined from lines (--multiline-start).
+        let mut multi: Option<Joining> = None;
+        // Where the records emitted so far end: read_to moves here, never into a line, a
+        // join or a multiline record that is not complete.
         let mut consumed = 0usize;
         while pos < data.len() {
             if batch.bytes >= max_bytes || batch.records.len() >= max_records {
@@ -704,8 +740,9 @@ fn read_file(
                 }
                 if rest >= s.max_record && join.is_none() {
                     // A line longer than the maximum, with no newline in sight.
-                    let piece = &data[pos..pos + s.max_record];
-                    push_line(t, s, batch, piece, t.read_to + pos as u64, now_ts, true, events);
+                    let offset = base + pos as u64;
+                    let piece = Joining::raw(&data[pos..pos + s.max_record], offset, offset + s.max_record as u64);
+                    line_done(t, s, batch, &mut multi, piece, true, now_ts, events);
                     pos += s.max_record;
                     consumed = pos;
                     if s.overlong == Overlong::Truncate {
@@ -715,8 +752,10 @@ fn read_file(
                 }
                 if got < chunk && final_line && join.is_none() {
                     // The last line of a rotated file, which will never get its newline.
-                    push_line(t, s, batch, &data[pos..], t.read_to + pos as u64, now_ts, false, events);
-                    consumed = data.len();
+                    let last = Joining::raw(&data[pos..], base + pos as u64, base + data.len() as u64);
+                    if let Some(c) = line_done(t, s, batch, &mut multi, last, false, now_ts, events) {
+                        consumed = c;
+                    }
                     pos = data.len();
                 }
                 break;
@@ -731,18 +770,19 @@ fn read_file(
                 continue;
             }
             let mut line = &data[pos..line_end];
+            let offset = base + pos as u64;
             if line.len() > s.max_record {
                 // Overlong, but complete in this chunk. A join it interrupts ends here, as a
                 // split record, so that records stay in file order.
-                if let Some(j) = join.take() {
-                    batch.bytes += pos - (j.offset - t.read_to) as usize;
-                    batch.records.push(j.into_record(t, now_ts, true));
+                if let Some(mut j) = join.take() {
+                    j.end = offset;
+                    line_done(t, s, batch, &mut multi, j, true, now_ts, events);
                 }
-                let offset = t.read_to + pos as u64;
                 let mut start = 0;
                 while start < line.len() {
                     let end = (start + s.max_record).min(line.len());
-                    push_line(t, s, batch, &line[start..end], offset + start as u64, now_ts, true, events);
+                    let piece = Joining::raw(&line[start..end], offset + start as u64, offset + end as u64);
+                    line_done(t, s, batch, &mut multi, piece, true, now_ts, events);
                     if s.overlong == Overlong::Truncate {
                         events.skipped_bytes += (line.len() - end) as u64;
                         break;
@@ -756,11 +796,13 @@ fn read_file(
             if line.ends_with(b"\r") && s.format == Format::Raw {
                 line = &line[..line.len() - 1];
             }
-            let offset = t.read_to + pos as u64;
+            let end = base + next as u64;
             match s.format {
                 Format::Raw | Format::Json => {
-                    push_line(t, s, batch, line, offset, now_ts, false, events);
-                    consumed = next;
+                    let whole = Joining::raw(line, offset, end);
+                    if let Some(c) = line_done(t, s, batch, &mut multi, whole, false, now_ts, events) {
+                        consumed = c;
+                    }
                 }
                 Format::Cri | Format::Docker => {
                     let (text, invalid) = utf8(line);
@@ -771,6 +813,7 @@ fn read_file(
                     let Body::Line(piece) = decoded.body else { unreachable!("CRI and Docker decode to lines") };
                     let j = join.get_or_insert_with(|| Joining {
                         offset,
+                        end,
                         text: String::new(),
                         ts: decoded.ts.clone(),
                         stream: decoded.stream.clone(),
@@ -780,28 +823,51 @@ fn read_file(
                     j.invalid_utf8 |= invalid;
                     let too_long = j.text.len() >= s.max_record;
                     if !decoded.partial || too_long {
-                        let j = join.take().expect("just set");
-                        batch.bytes += next - (j.offset - t.read_to) as usize;
-                        batch.records.push(j.into_record(t, now_ts, too_long && decoded.partial));
-                        consumed = next;
+                        let mut j = join.take().expect("just set");
+                        j.end = end;
+                        let split = too_long && decoded.partial;
+                        if let Some(c) = line_done(t, s, batch, &mut multi, j, split, now_ts, events) {
+                            consumed = c;
+                        }
                     }
                 }
             }
             pos = next;
         }
-        if let Some(j) = join.take_if(|_| final_line && got < chunk) {
+        if let Some(mut j) = join.take_if(|_| final_line && got < chunk) {
             // A rotated file that ends inside a join (its last piece was partial): it will
             // never get its full line, so what there is is the record, marked split.
-            batch.bytes += pos - (j.offset - t.read_to) as usize;
-            batch.records.push(j.into_record(t, now_ts, true));
-            consumed = pos;
+            j.end = base + pos as u64;
+            if let Some(c) = line_done(t, s, batch, &mut multi, j, true, now_ts, events) {
+                consumed = c;
+            }
         }
-        if let Some(j) = join.take().filter(|_| consumed == 0 && got == chunk) {
-            // A join of pieces longer than a whole chunk (many tiny pieces): what there is
-            // becomes a split record rather than blocking the file.
-            batch.bytes += pos - (j.offset - t.read_to) as usize;
-            batch.records.push(j.into_record(t, now_ts, true));
-            consumed = pos;
+        if got < chunk
+            && pos == data.len()
+            && join.is_none()
+            && (final_line || idle)
+            && let Some(m) = multi.take()
+        {
+            // The record being joined from lines ends the file, and nothing more came for
+            // --multiline-timeout (or the file was rotated away): it is complete.
+            consumed = emit(t, s, batch, m, false, now_ts, events);
+        }
+        if consumed == 0 && got == chunk {
+            if let Some(m) = multi.take() {
+                // A multiline record that takes a whole chunk of the file (many short lines):
+                // what there is becomes a record rather than blocking the file, marked split
+                // unless the line after it is seen to start the next one.
+                let next_starts = join.is_none()
+                    && pos < data.len()
+                    && matches!(s.format, Format::Raw | Format::Json)
+                    && s.multiline.as_ref().is_some_and(|ml| ml.start.is_match(&utf8(&data[pos..]).0));
+                consumed = emit(t, s, batch, m, !next_starts, now_ts, events);
+            } else if let Some(mut j) = join.take() {
+                // A join of pieces longer than a whole chunk (many tiny pieces): what there is
+                // becomes a split record rather than blocking the file.
+                j.end = base + pos as u64;
+                consumed = emit(t, s, batch, j, true, now_ts, events);
+            }
         }
         if consumed == 0 {
             break 'chunks;
@@ -813,31 +879,73 @@ fn read_file(
     }
 }
 
-/// Adds one raw or JSON line (or a piece of one) as a record.
+/// A whole line at `line.offset..line.end` (a raw or JSON line, a CRI or Docker line joined
+/// from its pieces, or, `split`, a piece of an overlong line): a record, or under
+/// `--multiline-start` the start or the continuation of the record being joined in `multi`
+/// (see [`Multiline`]). A split piece is a record of its own and ends the record being joined.
+/// Returns where the records it emitted end in the chunk read at `t.read_to`, if it emitted any.
 #[allow(clippy::too_many_arguments)]
-fn push_line(
+fn line_done(
     t: &Tracked,
     s: &Settings,
     batch: &mut Batch,
-    line: &[u8],
-    offset: u64,
-    now_ts: &str,
+    multi: &mut Option<Joining>,
+    line: Joining,
     split: bool,
+    now_ts: &str,
     events: &mut Events,
-) {
-    let (text, invalid_utf8) = utf8(line);
-    let (body, ts, stream) = match s.format {
-        Format::Json if !split => {
-            let (d, ok) = record::decode(Format::Json, &text);
-            if ok.is_err() {
-                events.bad_lines += 1;
-            }
-            (d.body, d.ts, d.stream)
-        }
-        _ => (Body::Line(text.into_owned()), None, None),
+) -> Option<usize> {
+    let Some(m) = &s.multiline else {
+        return Some(emit(t, s, batch, line, split, now_ts, events));
     };
-    batch.bytes += line.len() + 1;
-    batch.records.push(t.record(offset, ts, now_ts, stream, body, split, invalid_utf8));
+    let mut consumed = None;
+    if let Some(open) = multi.take() {
+        let starts = m.start.is_match(&line.text);
+        let same_stream = open.stream == line.stream;
+        if !split && !starts && same_stream && open.text.len() + 1 + line.text.len() <= s.max_record {
+            let open = multi.insert(open);
+            open.text.push('\n');
+            open.text.push_str(&line.text);
+            open.invalid_utf8 |= line.invalid_utf8;
+            open.end = line.end;
+            return None;
+        }
+        // The record ends here; cut short (split) if this line would have continued it.
+        consumed = Some(emit(t, s, batch, open, !starts && same_stream, now_ts, events));
+    }
+    if split {
+        consumed = Some(emit(t, s, batch, line, true, now_ts, events));
+    } else {
+        *multi = Some(line);
+    }
+    consumed
+}
+
+/// Adds a record read from `j.offset..j.end` to `batch`: a JSON line (or lines joined under
+/// `--multiline-start`) is decoded unless it is a split piece. Returns where it ends in the
+/// chunk read at `t.read_to`.
+fn emit(
+    t: &Tracked,
+    s: &Settings,
+    batch: &mut Batch,
+    j: Joining,
+    split: bool,
+    now_ts: &str,
+    events: &mut Events,
+) -> usize {
+    batch.bytes += (j.end - j.offset) as usize;
+    let end = (j.end - t.read_to) as usize;
+    let record = if s.format == Format::Json && !split {
+        let (d, ok) = record::decode(Format::Json, &j.text);
+        if ok.is_err() {
+            events.bad_lines += 1;
+        }
+        t.record(j.offset, d.ts, now_ts, d.stream, d.body, false, j.invalid_utf8)
+    } else {
+        j.into_record(t, now_ts, split)
+    };
+    batch.records.push(record);
+    end
 }
 
 fn utf8(bytes: &[u8]) -> (std::borrow::Cow<'_, str>, bool) {
@@ -877,14 +985,33 @@ mod tests;
 /// rest appended, then the file rotated away, in batches of at most 7 records. Panics if a
 /// read breaks what every read keeps: offsets only go up and stay inside the file, no record
 /// is longer than the maximum (plus a join's last piece), reading always makes progress, and
-/// once rotated the file is read to its very end. For the fuzz targets and their regression
-/// tests.
+/// once rotated the file is read to its very end. It is read three times: line by line, then
+/// with lines joined under `--multiline-start '^\S'`, first held back until the file is
+/// rotated (a long timeout), then ended at every end of the data (no timeout). For the fuzz
+/// targets and their regression tests.
 pub(crate) fn check_reading(path: &Path, format: Format, data: &[u8], cut: usize, max_record: usize) {
+    static START: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^\S").expect("a valid regex"));
+    let multiline = |timeout| Some(Multiline { start: START.clone(), timeout });
+    for multiline in [None, multiline(Duration::from_secs(3600)), multiline(Duration::ZERO)] {
+        check_reading_with(path, format, data, cut, max_record, multiline);
+    }
+}
+
+fn check_reading_with(
+    path: &Path,
+    format: Format,
+    data: &[u8],
+    cut: usize,
+    max_record: usize,
+    multiline: Option<Multiline>,
+) {
     use std::io::Write;
     let cut = cut.min(data.len());
     std::fs::write(path, &data[..cut]).expect("write the input");
     let file = File::open(path).expect("open the input");
     let id = FileId::read(&file).expect("identity");
+    let joined = multiline.is_some();
     let settings = Settings {
         patterns: Vec::new(),
         format,
@@ -892,6 +1019,7 @@ pub(crate) fn check_reading(path: &Path, format: Format, data: &[u8], cut: usize
         overlong: Overlong::Split,
         rotate_wait: Duration::ZERO,
         labels: Vec::new(),
+        multiline,
     };
     let past = Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now);
     let mut t = Tracked {
@@ -927,6 +1055,14 @@ pub(crate) fn check_reading(path: &Path, format: Format, data: &[u8], cut: usize
                     // A join stops once it reaches the maximum, so its last piece may pass it
                     // (by at most one line); U+FFFD for an invalid byte takes three.
                     assert!(l.len() <= 3 * 2 * max_record, "record of {} bytes, max {max_record}", l.len());
+                    if joined && format == Format::Raw && l.contains('\n') {
+                        // Raw lines joined: the record keeps to the maximum, and every line
+                        // after its first is one that does not start a record.
+                        assert!(l.len() <= max_record, "joined record of {} bytes, max {max_record}", l.len());
+                        for rest in l.split('\n').skip(1) {
+                            assert!(!rest.starts_with(|c: char| !c.is_whitespace()), "{rest:?} joined in {l:?}");
+                        }
+                    }
                 }
             }
             if batch.records.is_empty() {

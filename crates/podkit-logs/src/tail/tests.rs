@@ -16,6 +16,7 @@ fn settings(dir: &Path, glob: &str, format: Format) -> Arc<Settings> {
         overlong: Overlong::Split,
         rotate_wait: Duration::ZERO,
         labels: Vec::new(),
+        multiline: None,
     })
 }
 
@@ -431,6 +432,7 @@ fn reading_keeps_its_invariants_on_random_input() {
         b"\"}",
         b"{\"k\":1}",
         b"\xe2\x82",
+        b"\tat ",
     ];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
@@ -492,4 +494,216 @@ fn several_copytruncates_between_two_scans_each_continue_in_their_own_copy() {
     t.scan();
     read.extend(drain(&mut t, 1000));
     assert_exactly_once(&read, 0..320);
+}
+
+/// Settings with lines joined under `--multiline-start '^\S'` (a stack trace's `  at …` lines
+/// continue the record their first line started).
+fn multiline(dir: &Path, glob: &str, format: Format, timeout: Duration) -> Arc<Settings> {
+    let start = regex::Regex::new(r"^\S").unwrap();
+    Arc::new(Settings { multiline: Some(Multiline { start, timeout }), ..(*settings(dir, glob, format)).clone() })
+}
+
+fn write(path: &Path, data: &[u8]) {
+    OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(data).unwrap();
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[test]
+fn a_stack_trace_is_joined_into_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(multiline(dir.path(), "app.log", Format::Raw, HOUR), Vec::new());
+    let trace = "ERROR boom\r\n  at a.b(C.java:1)\n  at d.e(F.java:2)\n\n  ... 3 more\n";
+    write(&log, format!("  orphan 1\n  orphan 2\n{trace}INFO next\nINFO last\n").as_bytes());
+    t.scan();
+    let r = drain(&mut t, 100);
+    // The last record waits: more of it may come.
+    assert_eq!(
+        r.iter().map(text).collect::<Vec<_>>(),
+        ["  orphan 1\n  orphan 2", "ERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)\n\n  ... 3 more", "INFO next"]
+    );
+    assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 22, 22 + trace.len() as u64]);
+    assert!(r.iter().all(|r| !r.split));
+    let last = t.views()[0].clone();
+    assert_eq!(last.offset, 22 + trace.len() as u64 + 10, "acknowledged up to the record still open");
+    write(&log, b"  at the end\nWARN after\n");
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["INFO last\n  at the end"]);
+    assert_eq!(r[0].offset, last.offset);
+}
+
+#[test]
+fn the_last_record_is_saved_once_its_file_is_idle_for_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let timeout = Duration::from_millis(500);
+    let mut t = Tailer::new(multiline(dir.path(), "app.log", Format::Raw, timeout), Vec::new());
+    write(&log, b"ERROR boom\n  at a\n");
+    t.scan();
+    let written = Instant::now();
+    assert!(drain(&mut t, 100).is_empty(), "more of the record may come");
+    // More of it, before the timeout: still one record.
+    let grown = Instant::now();
+    write(&log, b"  at b\n");
+    assert!(drain(&mut t, 100).is_empty());
+    let deadline = written + Duration::from_secs(10);
+    let r = loop {
+        let r = drain(&mut t, 100);
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never saved");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(grown.elapsed() >= timeout, "saved after {:?}, before the timeout", grown.elapsed());
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["ERROR boom\n  at a\n  at b"]);
+    assert!(!r[0].split);
+    // What comes after a record ended by the timeout is a record of its own.
+    write(&log, b"  at c\nINFO next\n");
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["  at c"]);
+}
+
+#[test]
+fn a_restart_in_the_middle_of_a_record_reads_it_again_from_its_first_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let s = multiline(dir.path(), "app.log", Format::Raw, HOUR);
+    let mut t = Tailer::new(s.clone(), Vec::new());
+    write(&log, b"INFO one\nERROR boom\n  at a\n");
+    t.scan();
+    let first = drain(&mut t, 100);
+    assert_eq!(first.iter().map(text).collect::<Vec<_>>(), ["INFO one"]);
+    assert_eq!(t.saved()[0].offset, 9, "the checkpoint stays before the open record");
+    let saved = t.saved();
+    drop(t);
+    write(&log, b"  at b\nINFO two\n");
+    let mut t = Tailer::new(s.clone(), saved);
+    t.scan();
+    let again = drain(&mut t, 100);
+    assert_eq!(again.iter().map(text).collect::<Vec<_>>(), ["ERROR boom\n  at a\n  at b"]);
+    // The same id as the file read in one go gives it.
+    let mut whole = Tailer::new(s, Vec::new());
+    whole.scan();
+    let w = drain(&mut whole, 100);
+    assert_eq!((again[0].key.clone(), again[0].offset), (w[1].key.clone(), w[1].offset));
+    assert_eq!(again[0].offset, 9);
+}
+
+#[test]
+fn a_multiline_record_over_the_maximum_is_split_between_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(multiline(dir.path(), "app.log", Format::Raw, HOUR), Vec::new());
+    let mut data = String::from("ERROR boom\n");
+    for n in 0..8 {
+        data.push_str(&format!("  at {n} {}\n", "x".repeat(290)));
+    }
+    data.push_str("INFO next\n");
+    write(&log, data.as_bytes());
+    t.scan();
+    let r = drain(&mut t, 100);
+    let texts: Vec<String> = r.iter().map(text).collect();
+    assert!(texts.iter().all(|l| l.len() <= 1024), "{texts:?}");
+    // Cut short where the next line would not fit: marked split. The last part is whole (and
+    // "INFO next" waits for what may follow it).
+    assert_eq!(r.iter().map(|r| r.split).collect::<Vec<_>>(), [true, true, false]);
+    // Nothing lost, nothing doubled: the parts joined again are the record.
+    assert_eq!(texts.join("\n") + "\nINFO next\n", data);
+}
+
+#[test]
+fn a_rotated_file_s_last_multiline_record_is_saved_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, old) = (dir.path().join("app.log"), dir.path().join("app.log.1"));
+    let mut t = Tailer::new(multiline(dir.path(), "app.log", Format::Raw, HOUR), Vec::new());
+    write(&log, b"INFO one\nERROR boom\n  at a\n  at b, no newline");
+    t.scan();
+    assert_eq!(drain(&mut t, 100).iter().map(text).collect::<Vec<_>>(), ["INFO one"]);
+    std::fs::rename(&log, &old).unwrap();
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["ERROR boom\n  at a\n  at b, no newline"]);
+    assert_eq!((r[0].offset, r[0].split), (9, false));
+    scan_until_open(&mut t, 0); // read to its end: closed
+}
+
+#[test]
+fn an_overlong_line_ends_the_record_being_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let mut t = Tailer::new(multiline(dir.path(), "app.log", Format::Raw, HOUR), Vec::new());
+    write(&log, format!("ERROR boom\n  at a\n  {}\nINFO next\n", "y".repeat(1500)).as_bytes());
+    t.scan();
+    let r = drain(&mut t, 100);
+    let got: Vec<(usize, bool)> = r.iter().map(|r| (text(r).len(), r.split)).collect();
+    // The record is cut by a line that continued it; the line's pieces are records of their own.
+    assert_eq!(got, [(17, true), (1024, true), (478, true)]);
+}
+
+#[test]
+fn cri_lines_are_joined_once_their_pieces_are_and_a_stream_change_ends_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0.log");
+    let mut t = Tailer::new(multiline(dir.path(), "0.log", Format::Cri, HOUR), Vec::new());
+    write(
+        &log,
+        b"2024-01-01T00:00:00Z stderr F ERROR boom\n\
+          2024-01-01T00:00:01Z stderr P   at \n\
+          2024-01-01T00:00:02Z stderr F a\n\
+          2024-01-01T00:00:03Z stdout F   not part of it\n\
+          2024-01-01T00:00:04Z stdout F INFO next\n",
+    );
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.iter().map(text).collect::<Vec<_>>(), ["ERROR boom\n  at a", "  not part of it"]);
+    assert_eq!((r[0].ts.as_str(), r[0].stream.as_deref(), r[0].split), ("2024-01-01T00:00:00Z", Some("stderr"), false));
+    assert_eq!(r[1].stream.as_deref(), Some("stdout"));
+}
+
+#[test]
+fn json_lines_are_joined_then_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let s = Arc::new(Settings {
+        multiline: Some(Multiline { start: regex::Regex::new(r"^\{").unwrap(), timeout: HOUR }),
+        ..(*settings(dir.path(), "app.log", Format::Json)).clone()
+    });
+    let mut t = Tailer::new(s, Vec::new());
+    write(&log, b"{\n  \"level\": \"info\",\n  \"msg\": \"hi\"\n}\n{\"msg\": \"next\"}\n");
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert_eq!(r.len(), 1);
+    assert_eq!(text(&r[0]), r#"{"level":"info","msg":"hi"}"#);
+    assert_eq!(t.take_events().bad_lines, 0);
+}
+
+#[test]
+fn a_multiline_record_longer_than_a_read_chunk_does_not_block_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("0.log");
+    let mut t = Tailer::new(multiline(dir.path(), "0.log", Format::Cri, HOUR), Vec::new());
+    // Each continuation line is made of many empty partial pieces: a record of a few dozen
+    // bytes that takes more than a chunk of the file.
+    let mut data = b"2024-01-01T00:00:00Z stdout F ERROR boom\n".to_vec();
+    for n in 0..12 {
+        for _ in 0..1000 {
+            data.extend_from_slice(b"2024-01-01T00:00:00Z stdout P \n");
+        }
+        data.extend_from_slice(format!("2024-01-01T00:00:00Z stdout F   at {n}\n").as_bytes());
+    }
+    data.extend_from_slice(b"2024-01-01T00:00:00Z stdout F INFO next\n");
+    assert!(data.len() > chunk_size(1024));
+    write(&log, &data);
+    t.scan();
+    let r = drain(&mut t, 100);
+    assert!(r.len() >= 2, "{:?}", r.iter().map(text).collect::<Vec<_>>());
+    assert!(r[0].split && text(&r[0]).starts_with("ERROR boom\n  at 0"));
+    // Every line once, in order; the file was read past them all.
+    let lines: Vec<String> =
+        r.iter().flat_map(|r| text(r).split('\n').map(str::to_string).collect::<Vec<_>>()).collect();
+    let expected: Vec<String> =
+        std::iter::once("ERROR boom".to_string()).chain((0..12).map(|n| format!("  at {n}"))).collect();
+    assert_eq!(lines, expected);
 }

@@ -234,3 +234,75 @@ fn a_damaged_checkpoint_stops_the_start_and_names_the_file() {
     assert_eq!(status, 64, "{stderr}");
     assert!(stderr.contains(&cp.display().to_string()), "{stderr}");
 }
+
+/// (line, offset) of every record in the file sink's output.
+fn saved_records(out: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| (v["line"].as_str().unwrap_or_default().to_string(), v["offset"].as_u64().unwrap_or(u64::MAX)))
+        .collect()
+}
+
+#[test]
+fn multiline_records_are_joined_and_survive_a_restart_in_their_middle() {
+    let s = setup();
+    let log = s.logs.join("app.log");
+    let head = "INFO start\nERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)\nINFO after\n  at the end\n";
+    std::fs::write(&log, head).unwrap();
+    let mut p = start(&s, "app.log", &["--multiline-start", r"^\S", "--multiline-timeout", "300ms"]);
+    // The last record is saved once the file has been idle for the timeout.
+    assert_eventually!(saved_records(&s.out).len() == 3, "{:?}\n{}", saved_records(&s.out), p.stderr());
+    let expected = [
+        ("INFO start".to_string(), 0),
+        ("ERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)".to_string(), 11),
+        ("INFO after\n  at the end".to_string(), head.find("INFO after").unwrap() as u64),
+    ];
+    assert_eq!(saved_records(&s.out), expected);
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait(), 0, "{}", p.stderr());
+
+    // Stopped in the middle of a record (a timeout too long to end it): the next start reads
+    // it again from its first line.
+    let mut p = start(&s, "app.log", &["--multiline-start", r"^\S", "--multiline-timeout", "1h"]);
+    write_all(&log, b"ERROR two\n  at x\n");
+    assert_eventually!(
+        p.admin().get("/files").json()[format!("file:{}", s.out.display())]["files"][0]["size"]
+            == serde_json::json!(head.len() + 17),
+        "the file's growth never seen: {}",
+        p.stderr()
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait(), 0, "{}", p.stderr());
+    assert_eq!(saved_records(&s.out).len(), 3, "an open record is not saved");
+    write_all(&log, b"  at y\nINFO three\n");
+    let mut p = start(&s, "app.log", &["--multiline-start", r"^\S", "--multiline-timeout", "300ms"]);
+    assert_eventually!(saved_records(&s.out).len() == 5, "{:?}\n{}", saved_records(&s.out), p.stderr());
+    let saved = saved_records(&s.out);
+    assert_eq!(saved[..3], expected);
+    assert_eq!(saved[3], ("ERROR two\n  at x\n  at y".to_string(), head.len() as u64));
+    assert_eq!(saved[4], ("INFO three".to_string(), head.len() as u64 + 24));
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait(), 0, "{}", p.stderr());
+}
+
+fn write_all(path: &Path, data: &[u8]) {
+    OpenOptions::new().append(true).open(path).unwrap().write_all(data).unwrap();
+}
+
+#[test]
+fn a_bad_multiline_option_exits_64_before_starting() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--multiline-start", "(unclosed"], "--multiline-start"),
+        (&["--multiline-timeout", "2s"], "--multiline-start"),
+        (&["--multiline-start", "^x", "--multiline-timeout", "0s"], "--multiline-timeout"),
+    ];
+    for (extra, says) in cases {
+        let mut argv = vec!["logs", "--path", "/tmp/x/*.log", "--admin", "127.0.0.1:0"];
+        argv.extend_from_slice(extra);
+        let (status, stderr) = run_plain(&argv, &[]);
+        assert_eq!(status, 64, "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?} should name {says:?}: {stderr}");
+    }
+}
