@@ -53,9 +53,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::pipeline::{Metrics, Parts, Timing, Views};
+use crate::pipeline::{Metrics, OnFull, Parts, Timing, Views};
 use crate::record::Format;
-use crate::sink::{FileSink, SinkUrl, StdoutSink};
+use crate::sink::{ElasticsearchSink, FileSink, HttpSink, LokiSink, RedisSink, SinkUrl, StdoutSink, SyslogSink};
 use crate::tail::{Overlong, Settings, Tailer};
 
 /// The admin listener's default address for `podkit logs`.
@@ -112,8 +112,11 @@ pub struct LogsArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = podkit_core::Duration::parse_positive, requires = "multiline_start", help_heading = "Input")]
     pub multiline_timeout: podkit_core::Duration,
 
-    /// Where records go, repeatable: stdout, or file:///PATH[?max_size=BYTES&keep=N]. Each
-    /// sink has its own checkpoint and retries.
+    /// Where records go, repeatable: stdout; file:///PATH[?max_size=BYTES&keep=N];
+    /// http(s)://HOST/PATH (NDJSON POSTs); loki+http(s)://HOST:PORT;
+    /// elasticsearch+http(s)://HOST:PORT/INDEX; syslog+tcp://HOST:PORT; syslog+tls://HOST:PORT;
+    /// redis://HOST:PORT/DB?stream=NAME. Options ride in the query (docs/logs.md). Each sink
+    /// has its own checkpoint and retries.
     #[arg(long = "sink", value_name = "URL", default_value = "stdout", value_parser = parse_sink_arg, help_heading = "Output")]
     pub sinks: Vec<SinkArg>,
 
@@ -137,6 +140,22 @@ pub struct LogsArgs {
     /// until it takes the batch).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Delivery")]
     pub retry_max: podkit_core::Duration,
+
+    /// What to do while a sink does not take batches: block (stop reading and keep trying;
+    /// nothing is lost) or drop (drop a batch once it has failed for --drop-after, counted in
+    /// podkit_logs_records_dropped_total, and read on).
+    #[arg(long, value_enum, default_value = "block", help_heading = "Delivery")]
+    pub on_full: OnFullArg,
+
+    /// With --on-full drop: how long a batch is tried before it is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "1m", help_heading = "Delivery")]
+    pub drop_after: podkit_core::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFullArg {
+    Block,
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -203,6 +222,11 @@ pub struct Logs {
 enum OpenedSink {
     Stdout(StdoutSink),
     File(FileSink),
+    Http(HttpSink),
+    Loki(LokiSink),
+    Elasticsearch(ElasticsearchSink),
+    Syslog(SyslogSink),
+    Redis(RedisSink),
 }
 
 #[derive(Debug)]
@@ -210,6 +234,7 @@ struct Opened {
     name: String,
     sink: OpenedSink,
     checkpoint: PathBuf,
+    dead_letter: PathBuf,
     restore: Vec<tail::Saved>,
 }
 
@@ -246,6 +271,10 @@ impl Logs {
             batch_bytes: self.args.batch_bytes as usize,
             batch_records: self.args.batch_records as usize,
             backoff: BackoffPolicy::jittered(Duration::from_millis(250), self.args.retry_max.get()),
+            on_full: match self.args.on_full {
+                OnFullArg::Block => OnFull::Block,
+                OnFullArg::Drop => OnFull::Drop(self.args.drop_after.get()),
+            },
         }
     }
 }
@@ -273,17 +302,25 @@ impl Component for Logs {
             if !names.insert(name.clone()) {
                 return Err(StartError::usage(format!("--sink {name} is given twice")));
             }
-            let sink = match url {
+            let usage = |e: String| StartError::usage(format!("--sink {name}: {e}"));
+            let sink = match url.clone() {
                 SinkUrl::Stdout => OpenedSink::Stdout(StdoutSink),
-                SinkUrl::File { path, max_size, keep } => {
-                    OpenedSink::File(FileSink::open(path, *max_size, *keep).map_err(|e| {
-                        StartError::usage(format!("--sink {name}: cannot open {}: {e}", path.display()))
-                    })?)
+                SinkUrl::File { path, max_size, keep } => OpenedSink::File(
+                    FileSink::open(&path, max_size, keep)
+                        .map_err(|e| usage(format!("cannot open {}: {e}", path.display())))?,
+                ),
+                SinkUrl::Http(o) => OpenedSink::Http(HttpSink::open(o).map_err(usage)?),
+                SinkUrl::Loki(o) => OpenedSink::Loki(LokiSink::open(o).map_err(usage)?),
+                SinkUrl::Elasticsearch { http, index } => {
+                    OpenedSink::Elasticsearch(ElasticsearchSink::open(http, index).map_err(usage)?)
                 }
+                SinkUrl::Syslog(o) => OpenedSink::Syslog(SyslogSink::open(o).map_err(usage)?),
+                SinkUrl::Redis(o) => OpenedSink::Redis(RedisSink::open(o).map_err(usage)?),
             };
             let checkpoint = self.args.state_dir.join(url.checkpoint_name());
+            let dead_letter = self.args.state_dir.join(url.dead_letter_name());
             let restore = pipeline::load_checkpoint(&checkpoint).map_err(StartError::usage)?;
-            self.opened.push(Opened { name, sink, checkpoint, restore });
+            self.opened.push(Opened { name, sink, checkpoint, dead_letter, restore });
         }
         Ok(())
     }
@@ -311,6 +348,16 @@ impl Component for Logs {
             m.skipped_bytes.clone(),
         );
         reg.register("bad_lines", "Lines the --format could not read (kept as raw text)", m.bad_lines.clone());
+        reg.register(
+            "records_dead_lettered",
+            "Records the sink refused for good, kept in the sink's dead-letter file",
+            m.dead_lettered.clone(),
+        );
+        reg.register(
+            "records_dropped",
+            "Records dropped because the sink did not take them (--on-full drop)",
+            m.dropped.clone(),
+        );
         reg.register_collector(Box::new(ViewCollector { views: self.views.clone() }));
 
         let views = self.views.clone();
@@ -341,6 +388,7 @@ impl Component for Logs {
                 name: o.name,
                 tailer,
                 checkpoint: o.checkpoint,
+                dead_letter: o.dead_letter,
                 metrics: self.metrics.clone(),
                 views: self.views.clone(),
                 timing: timing.clone(),
@@ -349,6 +397,11 @@ impl Component for Logs {
             match o.sink {
                 OpenedSink::Stdout(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
                 OpenedSink::File(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+                OpenedSink::Http(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+                OpenedSink::Loki(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+                OpenedSink::Elasticsearch(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+                OpenedSink::Syslog(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
+                OpenedSink::Redis(sink) => runs.spawn(parts.with(sink).run(ctx.clone())),
             };
         }
         let mut failed = None;

@@ -147,7 +147,8 @@ async fn blocking<T: Send + 'static>(
 
 impl<S: Sink> Pipeline<S> {
     pub(crate) async fn run(self, ctx: Context) -> Result<(), String> {
-        let Pipeline { parts: Parts { name, tailer, checkpoint, dead_letter, metrics, views, timing }, mut sink } = self;
+        let Pipeline { parts: Parts { name, tailer, checkpoint, dead_letter, metrics, views, timing }, mut sink } =
+            self;
         let label = SinkLabel { sink: name.clone() };
         let wake = tailer.wake();
         let mut tailer = Some(tailer);
@@ -191,7 +192,15 @@ impl<S: Sink> Pipeline<S> {
             }
             let full = batch.bytes >= timing.batch_bytes || batch.records.len() >= timing.batch_records;
             let records: Arc<[Record]> = std::mem::take(&mut batch.records).into();
-            let to = Target { ctx: &ctx, metrics: &metrics, label: &label, timing: &timing, views: &views, readiness_key: &readiness_key, dead_letter: &dead_letter };
+            let to = Target {
+                ctx: &ctx,
+                metrics: &metrics,
+                label: &label,
+                timing: &timing,
+                views: &views,
+                readiness_key: &readiness_key,
+                dead_letter: &dead_letter,
+            };
             match deliver(&mut sink, &records, &to).await {
                 Delivery::Done => {
                     for (path, lines, bytes) in &batch.lines {
@@ -344,7 +353,8 @@ async fn keep_dead(
         }
         let mut buf = Vec::new();
         for (i, reason) in &rejected {
-            serde_json::to_writer(&mut buf, &Dead { sink: &sink_name, reason, record: &records[*i] }).expect("serializes");
+            serde_json::to_writer(&mut buf, &Dead { sink: &sink_name, reason, record: &records[*i] })
+                .expect("serializes");
             buf.push(b'\n');
         }
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
@@ -354,7 +364,9 @@ async fn keep_dead(
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()))
-    .map_err(|e| format!("the sink refused {n} records ({first_reason}) and they cannot be kept in {path_shown}: {e}"))?;
+    .map_err(|e| {
+        format!("the sink refused {n} records ({first_reason}) and they cannot be kept in {path_shown}: {e}")
+    })?;
     tracing::warn!(sink = %sink, records = n, reason = %first_reason, dead_letter = %path_shown, "the sink refused records for good; they are kept in the dead-letter file");
     Ok(n)
 }

@@ -1,7 +1,7 @@
 //! Test support for podkit: real servers on free loopback ports, `assert_eventually!`, and a
 //! client for the admin API.
 //!
-//! Servers are the real programs (memcached, redis-server, etcd, nats-server, nutcracker),
+//! Servers are the real programs (memcached, redis-server, etcd, nats-server, nutcracker, rsyslog),
 //! started on free loopback ports in a temporary directory and killed when dropped. A missing
 //! program fails the test with the command that installs it; it never skips.
 
@@ -15,7 +15,8 @@ mod servers;
 pub use admin::AdminClient;
 pub use leaf::TestLeaf;
 pub use servers::{
-    EtcdCluster, Server, etcd, etcd_tls, free_port, memcached, memcached_on, nats, nutcracker, redis, require_program,
+    EtcdCluster, Server, SyslogTransport, etcd, etcd_tls, free_port, memcached, memcached_on, nats, nutcracker, redis,
+    require_program, rsyslog, rsyslog_on,
 };
 
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message

@@ -226,6 +226,81 @@ pub fn redis() -> Server {
     )
 }
 
+/// How an rsyslog test server takes connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogTransport {
+    Tcp,
+    /// TLS only (gtls), any client.
+    Tls,
+    /// TLS only, and the client must present a certificate the test CA signed.
+    TlsClientCert,
+}
+
+/// rsyslog receiving RFC 5424 over TCP (imtcp, octet-counted or LF framing), writing each
+/// message to `out` as `APP-NAME STRUCTURED-DATA MSG`, one per line. Over TLS it has a test CA
+/// at `dir()/ca.pem` and a certificate for 127.0.0.1 and localhost (`server.pem`,
+/// `server.key`, which a client may present too: the CA signed it).
+pub fn rsyslog(out: &Path, transport: SyslogTransport) -> Server {
+    let program = require_program("rsyslogd", "rsyslog");
+    let out = out.to_path_buf();
+    start(
+        "rsyslog",
+        program,
+        1,
+        &|dir, p| {
+            if transport != SyslogTransport::Tcp {
+                make_test_certificates(&require_program("openssl", "openssl"), dir);
+            }
+            rsyslog_args(dir, &out, p[0], transport)
+        },
+        &|a, _| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok(),
+    )
+}
+
+/// rsyslog (plain TCP) on a given port, writing to `out`: to bring one back where it was.
+pub fn rsyslog_on(out: &Path, port: u16) -> Server {
+    let program = require_program("rsyslogd", "rsyslog");
+    let dir = tempfile::Builder::new().prefix("podkit-rsyslog-").tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let mut cmd = Command::new(program);
+    cmd.args(rsyslog_args(dir.path(), out, port, SyslogTransport::Tcp)).current_dir(dir.path());
+    let child = spawn_logged(cmd, &log);
+    let mut server =
+        Server { child: Some(child), addr: SocketAddr::from(([127, 0, 0, 1], port)), extra_ports: vec![], dir, log };
+    if let Err(e) = wait_ready(&mut server, &|a, _| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
+    {
+        panic!("rsyslog did not start on port {port}: {e}\n{}", server.log());
+    }
+    server
+}
+
+fn rsyslog_args(dir: &Path, out: &Path, port: u16, transport: SyslogTransport) -> Vec<String> {
+    let d = dir.display();
+    let auth = if transport == SyslogTransport::TlsClientCert { "x509/certvalid" } else { "anon" };
+    let (global_tls, module_tls) = if transport != SyslogTransport::Tcp {
+        (
+            format!(
+                " defaultNetstreamDriver=\"gtls\" defaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+                 defaultNetstreamDriverCertFile=\"{d}/server.pem\" defaultNetstreamDriverKeyFile=\"{d}/server.key\""
+            ),
+            format!(" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"{auth}\""),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let conf = format!(
+        "global(workDirectory=\"{d}\" maxMessageSize=\"256k\"{global_tls})\n\
+         module(load=\"imtcp\"{module_tls})\n\
+         input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+         template(name=\"received\" type=\"string\" string=\"%app-name% %structured-data% %msg%\\n\")\n\
+         action(type=\"omfile\" file=\"{}\" template=\"received\")\n",
+        out.display()
+    );
+    let conf_path = dir.join("rsyslog.conf");
+    std::fs::write(&conf_path, conf).expect("write rsyslog.conf");
+    ["-n", "-f", &conf_path.display().to_string(), "-i", &format!("{d}/rsyslog.pid")].map(String::from).to_vec()
+}
+
 /// A NATS server with JetStream, its store in the server's directory.
 pub fn nats() -> Server {
     let program = require_program("nats-server", "nats-server");

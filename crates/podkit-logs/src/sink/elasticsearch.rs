@@ -86,7 +86,9 @@ fn read_items(answer: &[u8], n: usize) -> Result<Outcome, String> {
     let mut o = Outcome::default();
     for (i, item) in a.items.into_iter().enumerate() {
         let Some(item) = item.into_values().next() else { return Err(format!("item {i} is empty")) };
-        let why = || item.error.as_ref().map_or_else(|| format!("status {}", item.status), |e| format!("{}: {e}", item.status));
+        let why = || {
+            item.error.as_ref().map_or_else(|| format!("status {}", item.status), |e| format!("{}: {e}", item.status))
+        };
         match item.status {
             200..=299 => o.created += 1,
             409 => o.duplicates += 1,
@@ -103,10 +105,10 @@ impl Sink for ElasticsearchSink {
     async fn send(&mut self, records: Arc<[Record]>) -> Result<Delivered, SendError> {
         let body = self.target.body(&records, encode).await?;
         let mut url = self.target.opts.url.clone();
-        url.path_segments_mut().map_err(|()| SendError::Retry("the URL cannot have a path".into()))?.pop_if_empty().extend([
-            self.index.as_str(),
-            "_bulk",
-        ]);
+        url.path_segments_mut()
+            .map_err(|()| SendError::Retry("the URL cannot have a path".into()))?
+            .pop_if_empty()
+            .extend([self.index.as_str(), "_bulk"]);
         // Only what is read back: a whole answer for 10,000 documents is megabytes.
         url.query_pairs_mut().append_pair("filter_path", "errors,items.*.status,items.*.error");
         let answer = self.target.post(url, &body, "application/x-ndjson").await?;

@@ -54,7 +54,10 @@ impl Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Auth {
     None,
-    Basic { user: String, password: Option<Secret> },
+    Basic {
+        user: String,
+        password: Option<Secret>,
+    },
     Bearer(Secret),
     /// Elasticsearch's `Authorization: ApiKey …` (the encoded key, as Kibana shows it).
     ApiKey(Secret),
@@ -98,7 +101,11 @@ impl HttpOptions {
         let (mut bearer, mut password_file, mut api_key) = (None, None, None);
         for (k, v) in url.query_pairs() {
             let file = || {
-                if v.starts_with('/') { Ok(PathBuf::from(&*v)) } else { Err(format!("{given}: {k}={v}: give an absolute path")) }
+                if v.starts_with('/') {
+                    Ok(PathBuf::from(&*v))
+                } else {
+                    Err(format!("{given}: {k}={v}: give an absolute path"))
+                }
             };
             match &*k {
                 "gzip" => {
@@ -141,7 +148,9 @@ impl HttpOptions {
                 return Err(format!("{given}: password_file needs a user name: http://USER@host/…"));
             }
             _ => {
-                return Err(format!("{given}: give one kind of authentication (user info, bearer_file or api_key_file)"));
+                return Err(format!(
+                    "{given}: give one kind of authentication (user info, bearer_file or api_key_file)"
+                ));
             }
         };
         url.set_username("").and_then(|()| url.set_password(None)).map_err(|()| format!("{given}: bad user info"))?;
@@ -239,7 +248,8 @@ impl HttpTarget {
             let raw = encode(&batch);
             let len = raw.len() as u64;
             let wire = if gzip {
-                let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
                 gz.write_all(&raw).and_then(|()| gz.finish()).expect("gzip into memory")
             } else {
                 raw
@@ -279,7 +289,8 @@ impl HttpTarget {
         };
         let resp = req.send().await.map_err(|e| SendError::Retry(error_chain(&e)))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| SendError::Retry(format!("reading the answer: {}", error_chain(&e))))?;
+        let body =
+            resp.bytes().await.map_err(|e| SendError::Retry(format!("reading the answer: {}", error_chain(&e))))?;
         Ok(Answer { status, body })
     }
 }

@@ -39,7 +39,10 @@ pub(crate) enum SinkUrl {
     /// `loki+http(s)://host:port`
     Loki(HttpOptions),
     /// `elasticsearch+http(s)://host:port/INDEX`
-    Elasticsearch { http: HttpOptions, index: String },
+    Elasticsearch {
+        http: HttpOptions,
+        index: String,
+    },
     /// `syslog+tcp://host:port`, `syslog+tls://host:port`
     Syslog(SyslogOptions),
     /// `redis://host:port/DB?stream=NAME`
@@ -112,12 +115,15 @@ pub(crate) fn parse_sink(s: &str) -> Result<SinkUrl, String> {
         }
         "elasticsearch+http" | "elasticsearch+https" => {
             let (o, _) = HttpOptions::parse(s, inner("elasticsearch+")?, &["api_key_file"], false)?;
-            let mut segments: Vec<&str> = o.url.path_segments().into_iter().flatten().filter(|p| !p.is_empty()).collect();
+            let mut segments: Vec<&str> =
+                o.url.path_segments().into_iter().flatten().filter(|p| !p.is_empty()).collect();
             let index = match segments.len() {
                 1 => segments.remove(0).to_string(),
                 _ => return Err(format!("{s}: give the index as the path: elasticsearch+http://HOST:PORT/INDEX")),
             };
-            if index.starts_with(['_', '-', '+']) || index.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#".contains(c)) {
+            if index.starts_with(['_', '-', '+'])
+                || index.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#".contains(c))
+            {
                 return Err(format!("{s}: {index} is not a valid index name (lowercase, not starting with _ - +)"));
             }
             let mut http = o;

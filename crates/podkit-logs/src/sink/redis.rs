@@ -45,7 +45,10 @@ impl RedisOptions {
                 "marks" if !v.is_empty() => marks = Some(v.into_owned()),
                 "maxlen" => {
                     maxlen = Some(
-                        v.parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("{given}: maxlen={v}: a positive number"))?,
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("{given}: maxlen={v}: a positive number"))?,
                     )
                 }
                 "timeout" => {

@@ -47,11 +47,34 @@ pub(crate) struct TlsOptions {
     pub(crate) ca: Option<PathBuf>,
     /// The name the certificate must carry; the host without it.
     pub(crate) server_name: Option<String>,
+    /// A client certificate chain and its key (PEM), for receivers that authenticate senders.
+    pub(crate) client: Option<(PathBuf, PathBuf)>,
 }
 
 const FACILITIES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "ntp",
-    "security", "console", "solaris-cron", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
     "local7",
 ];
 
@@ -65,16 +88,14 @@ impl SyslogOptions {
         let mut o = SyslogOptions {
             host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
             port,
-            tls: tls.then_some(TlsOptions { ca: None, server_name: None }),
+            tls: tls.then_some(TlsOptions { ca: None, server_name: None, client: None }),
             facility: 1,
             app: "podkit".into(),
-            hostname: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "-".into()),
+            hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "-".into()),
             sd_id: DEFAULT_SD_ID.into(),
             timeout: DEFAULT_TIMEOUT,
         };
+        let (mut cert, mut key) = (None, None);
         for (k, v) in url.query_pairs() {
             match (&*k, o.tls.as_mut()) {
                 ("facility", _) => {
@@ -83,7 +104,9 @@ impl SyslogOptions {
                         .position(|f| *f == v)
                         .map(|i| i as u8)
                         .or_else(|| v.parse().ok().filter(|n| *n < 24))
-                        .ok_or_else(|| format!("{given}: facility={v}: expected a name (user, local0…local7, …) or 0-23"))?
+                        .ok_or_else(|| {
+                            format!("{given}: facility={v}: expected a name (user, local0…local7, …) or 0-23")
+                        })?
                 }
                 ("app", _) => o.app = v.into_owned(),
                 ("hostname", _) => o.hostname = v.into_owned(),
@@ -101,13 +124,23 @@ impl SyslogOptions {
                 ("ca", Some(t)) if v.starts_with('/') => t.ca = Some(PathBuf::from(&*v)),
                 ("ca", Some(_)) => return Err(format!("{given}: ca={v}: give an absolute path")),
                 ("server_name", Some(t)) => t.server_name = Some(v.into_owned()),
+                ("cert" | "key", Some(_)) if !v.starts_with('/') => {
+                    return Err(format!("{given}: {k}={v}: give an absolute path"));
+                }
+                ("cert", Some(_)) => cert = Some(PathBuf::from(&*v)),
+                ("key", Some(_)) => key = Some(PathBuf::from(&*v)),
                 (other, _) => {
-                    let tls_known = if tls { ", ca, server_name" } else { "" };
+                    let tls_known = if tls { ", ca, server_name, cert, key" } else { "" };
                     return Err(format!(
                         "{given}: unknown option {other} (known: facility, app, hostname, sd_id, timeout{tls_known})"
                     ));
                 }
             }
+        }
+        match (cert, key, o.tls.as_mut()) {
+            (Some(c), Some(k), Some(t)) => t.client = Some((c, k)),
+            (None, None, _) => {}
+            _ => return Err(format!("{given}: give both cert= and key= (the client certificate and its key)")),
         }
         o.app = header_field(&o.app, 48);
         o.hostname = header_field(&o.hostname, 255);
@@ -281,7 +314,19 @@ impl SyslogSink {
                         }
                     }
                 }
-                let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+                let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+                let config = match &t.client {
+                    None => builder.with_no_client_auth(),
+                    Some((cert, key)) => {
+                        use rustls::pki_types::pem::PemObject;
+                        let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                            .map_err(|e| format!("cert {}: {e}", cert.display()))?;
+                        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                            .map_err(|e| format!("key {}: {e}", key.display()))?;
+                        builder.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate: {e}"))?
+                    }
+                };
                 let name = t.server_name.clone().unwrap_or_else(|| opts.host.clone());
                 let name = rustls::pki_types::ServerName::try_from(name.clone())
                     .map_err(|e| format!("server name {name}: {e}"))?;
@@ -341,7 +386,9 @@ impl Sink for SyslogSink {
         }
         let timeout = self.opts.timeout;
         match tokio::time::timeout(timeout, self.deliver(&buf)).await {
-            Ok(Ok(())) => Ok(Delivered { records: records.len() as u64, bytes: buf.len() as u64, ..Delivered::default() }),
+            Ok(Ok(())) => {
+                Ok(Delivered { records: records.len() as u64, bytes: buf.len() as u64, ..Delivered::default() })
+            }
             Ok(Err(why)) => {
                 self.conn = None;
                 Err(SendError::Retry(format!("syslog {}:{}: {why}", self.opts.host, self.opts.port)))
@@ -402,5 +449,8 @@ mod tests {
         assert_eq!(opts("syslog+tcp://h:514?facility=23").unwrap().facility, 23);
         let t = opts("syslog+tls://h:6514?ca=/ca.pem&server_name=logs").unwrap().tls.unwrap();
         assert_eq!(t.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(opts("syslog+tls://h:6514?cert=/c.pem").unwrap_err().contains("both cert= and key="));
+        let t = opts("syslog+tls://h:6514?cert=/c.pem&key=/k.pem").unwrap().tls.unwrap();
+        assert_eq!(t.client, Some(("/c.pem".into(), "/k.pem".into())));
     }
 }

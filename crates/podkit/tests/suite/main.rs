@@ -8,6 +8,7 @@ mod ambassador;
 mod contract;
 mod elect;
 mod logs;
+mod logs_sinks;
 mod queue;
 mod run;
 mod scatter;
