@@ -15,8 +15,8 @@ mod servers;
 pub use admin::AdminClient;
 pub use leaf::TestLeaf;
 pub use servers::{
-    EtcdCluster, Server, SyslogTransport, etcd, etcd_tls, free_port, memcached, memcached_on, nats, nutcracker, redis,
-    require_program, rsyslog, rsyslog_on,
+    EtcdCluster, Server, SyslogTransport, etcd, etcd_tls, free_port, git_daemon, memcached, memcached_on, nats,
+    nutcracker, redis, require_program, rsyslog, rsyslog_on, sshd,
 };
 
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message

@@ -301,6 +301,70 @@ fn rsyslog_args(dir: &Path, out: &Path, port: u16, transport: SyslogTransport) -
     ["-n", "-f", &conf_path.display().to_string(), "-i", &format!("{d}/rsyslog.pid")].map(String::from).to_vec()
 }
 
+/// `git daemon` serving every repository under `base` over git:// (read-only).
+pub fn git_daemon(base: &Path) -> Server {
+    let program = require_program("git", "git");
+    let base = base.to_path_buf();
+    start(
+        "git-daemon",
+        program,
+        1,
+        &|_, p| {
+            [
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={}", p[0]),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        &|a, _| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok(),
+    )
+}
+
+/// An sshd on loopback that lets the current user in with the throwaway key `dir()/client_key`
+/// (and nothing else). Its host key line for a known_hosts file is in `dir()/known_hosts`.
+pub fn sshd() -> Server {
+    let program = require_program("sshd", "openssh-server");
+    let keygen = require_program("ssh-keygen", "openssh-client");
+    // sshd insists on its privilege-separation directory, which only a booted system creates.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    start(
+        "sshd",
+        program,
+        1,
+        &|dir, p| {
+            let d = |f: &str| dir.join(f).display().to_string();
+            for key in ["host_key", "client_key"] {
+                let out = Command::new(&keygen)
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f", &d(key)])
+                    .output()
+                    .expect("run ssh-keygen");
+                assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::copy(d("client_key.pub"), d("authorized_keys")).expect("authorized_keys");
+            let host = std::fs::read_to_string(d("host_key.pub")).expect("host key");
+            std::fs::write(d("known_hosts"), format!("[127.0.0.1]:{} {host}", p[0])).expect("known_hosts");
+            let config = format!(
+                "Port {}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nLogLevel ERROR\n",
+                p[0],
+                d("host_key"),
+                d("authorized_keys"),
+                d("sshd.pid")
+            );
+            std::fs::write(d("sshd_config"), config).expect("sshd_config");
+            ["-D", "-e", "-f", &d("sshd_config")].map(String::from).to_vec()
+        },
+        &|a, _| ping(a, b"", "SSH-2.0"),
+    )
+}
+
 /// A NATS server with JetStream, its store in the server's directory.
 pub fn nats() -> Server {
     let program = require_program("nats-server", "nats-server");

@@ -8,6 +8,9 @@ use podkit_core::config;
 /// Declares the commands: one line each (its help, its name, its options type).
 macro_rules! commands {
     ($($(#[$meta:meta])* $variant:ident($args:ty),)*) => {
+        // Parsed once per process: the size difference between the commands' options costs
+        // nothing.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Subcommand)]
         enum Command {
             $($(#[$meta])* $variant($args),)*
@@ -67,12 +70,20 @@ commands! {
     Queue(podkit_queue::QueueArgs),
 
     /// Log-saver sidecar: follows log files through every kind of rotation and ships their
-    /// lines to stdout or files, checkpointing only what the sink acknowledged, so nothing is
-    /// lost or doubled across a crash or an outage.
+    /// lines to stdout, files, HTTP, Loki, Elasticsearch, syslog or Redis, checkpointing only
+    /// what the sink acknowledged, so nothing is lost across a crash or an outage.
     #[command(
         after_help = "Example:\n  podkit logs --path '/var/log/app/*.log' --sink file:///var/log/saved/app.ndjson --state-dir /var/lib/podkit/logs\n  podkit logs --format cri --path '/var/log/pods/*/*/*.log' --label cluster=prod"
     )]
     Logs(podkit_logs::LogsArgs),
+
+    /// Content sync sidecar: keeps a directory filled with the current content of a git
+    /// repository or an HTTP archive, published atomically (git-sync's layout), on a period,
+    /// SIGHUP or an authenticated trigger.
+    #[command(
+        after_help = "Example:\n  podkit sync --repo https://github.com/org/site --ref main --root /srv --link site\n  podkit sync --one-time --repo git@github.com:org/config.git --root /config --ssh-key-file /etc/git/key"
+    )]
+    Sync(podkit_sync::SyncArgs),
 }
 
 /// Pattern containers for distributed systems, as one small binary: run it beside any app and

@@ -25,6 +25,7 @@ fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
         ("ambassador", s(&["ambassador", "-c", &pools, "-s", "0"])),
         ("logs", s(&["logs", "--path", &format!("{}/*.log", d("logs")), "--state-dir", &d("logs-state")])),
         ("scatter", s(&["scatter", "--leaves", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"])),
+        ("sync", s(&["sync", "--repo", &format!("file://{}", d("no-repo.git")), "--root", &d("sync-root")])),
         (
             "queue",
             s(&[
@@ -119,6 +120,8 @@ fn every_url_option_rejects_a_non_http_url_at_start() {
         vec!["elect", "--notify-url", "ftp://h/x"],
         vec!["scatter", "--leaves", "http://127.0.0.1:1", "--merge-http", "ftp://h/x"],
         vec!["queue", "work", "--store", &db, "--queue", "q", "--http", "ftp://h/x"],
+        vec!["sync", "--http", "ftp://h/x.tar.gz", "--root", "/tmp/x"],
+        vec!["sync", "--repo", "file:///x", "--root", "/tmp/x", "--webhook-url", "ftp://h/x"],
     ] {
         let (code, stderr) = run_plain(&args, &[]);
         assert_eq!(code, 64, "{args:?}: {stderr}");

@@ -13,3 +13,4 @@ mod queue;
 mod run;
 mod scatter;
 mod support;
+mod sync;
