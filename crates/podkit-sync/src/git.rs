@@ -82,22 +82,37 @@ impl GitSource {
 
     /// Runs git in `dir` with podkit's settings; its trimmed stdout, or what it said.
     async fn git(&self, step: &'static str, dir: &Path, args: &[&str]) -> Result<String, GitError> {
+        self.git_with(step, dir, args, None).await
+    }
+
+    async fn git_with(
+        &self,
+        step: &'static str,
+        dir: &Path,
+        args: &[&str],
+        stdin: Option<Vec<u8>>,
+    ) -> Result<String, GitError> {
         let mut argv: Vec<OsString> = vec!["git".into(), "-C".into(), dir.into()];
         // The volume may belong to another uid than podkit's (an init container wrote it):
-        // git's ownership check would refuse a repository that is podkit's own.
-        for c in ["safe.directory=*", "core.hooksPath=/dev/null", "gc.auto=0"] {
+        // git's ownership check would refuse a repository that is podkit's own. gc runs only
+        // when podkit asks (`tidy`), in the foreground, so its time is bounded too.
+        for c in ["safe.directory=*", "core.hooksPath=/dev/null", "gc.auto=0", "gc.autoDetach=false"] {
             argv.extend(["-c".into(), c.into()]);
         }
         if self.opts.username.is_some() {
             // The password comes from its file at each call: nothing secret on a command line,
-            // and a rotated password is used at the next sync.
+            // and a rotated password is used at the next sync. The helper is bound to the
+            // repository's origin: a submodule or a redirect to another host never gets it.
+            let origin = origin_of(&self.opts.repo);
             argv.extend([
                 "-c".into(),
                 "credential.helper=".into(),
                 "-c".into(),
-                "credential.helper=!f() { test \"$1\" = get || exit 0; echo \"username=$PODKIT_SYNC_USERNAME\"; \
-                 if [ -n \"$PODKIT_SYNC_PASSWORD_FILE\" ]; then printf 'password=%s\\n' \"$(cat \"$PODKIT_SYNC_PASSWORD_FILE\")\"; fi; }; f"
-                    .into(),
+                format!(
+                    "credential.{origin}.helper=!f() {{ test \"$1\" = get || exit 0; printf 'username=%s\\n' \"$PODKIT_SYNC_USERNAME\"; \
+                     if [ -n \"$PODKIT_SYNC_PASSWORD_FILE\" ]; then printf 'password=%s\\n' \"$(tr -d '\\r\\n' < \"$PODKIT_SYNC_PASSWORD_FILE\")\"; fi; }}; f"
+                )
+                .into(),
             ]);
         }
         if self.is_local() && self.opts.submodules != Submodules::Off {
@@ -106,10 +121,11 @@ impl GitSource {
             argv.extend(["-c".into(), "protocol.file.allow=always".into()]);
         }
         argv.extend(args.iter().map(OsString::from));
-        let mut spec = Exec::new(argv, self.opts.timeout)
-            .stdout(podkit_process::Keep::Head(1024 * 1024))
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C");
+        let mut spec = Exec::new(argv, self.opts.timeout).stdout(podkit_process::Keep::Head(1024 * 1024));
+        if let Some(input) = stdin {
+            spec = spec.stdin(input);
+        }
+        let mut spec = spec.env("GIT_TERMINAL_PROMPT", "0").env("LC_ALL", "C");
         if let Some(u) = &self.opts.username {
             spec = spec.env("PODKIT_SYNC_USERNAME", u);
             if let Some(p) = &self.opts.password_file {
@@ -150,12 +166,14 @@ impl GitSource {
         Some(cmd)
     }
 
-    /// Makes `ROOT` a repository (once).
-    pub(crate) async fn init(&self) -> Result<(), GitError> {
+    /// Makes `ROOT` a repository (once), with the object format of the remote's hashes
+    /// (SHA-1, or SHA-256 for 64-digit hashes).
+    async fn init(&self, hash: &str) -> Result<(), GitError> {
         if self.root.join(".git").exists() {
             return Ok(());
         }
-        self.git("init", &self.root, &["init", "--quiet"]).await.map(drop)
+        let format = if hash.len() == 64 { "--object-format=sha256" } else { "--object-format=sha1" };
+        self.git("init", &self.root, &["init", "--quiet", format]).await.map(drop)
     }
 
     /// Whether `reference` is a full commit hash (SHA-1 or SHA-256).
@@ -164,11 +182,12 @@ impl GitSource {
         (r.len() == 40 || r.len() == 64) && r.bytes().all(|b| b.is_ascii_hexdigit())
     }
 
-    /// The commit the ref names on the remote now (asking costs one round trip and no
-    /// download).
-    async fn remote_hash(&self) -> Result<String, GitError> {
+    /// The commit the ref names on the remote now, and the full ref name to fetch it by
+    /// (asking costs one round trip and no download).
+    async fn remote_hash(&self) -> Result<(String, String), GitError> {
         if self.pinned() {
-            return Ok(self.opts.reference.to_lowercase());
+            let h = self.opts.reference.to_lowercase();
+            return Ok((h.clone(), h));
         }
         let out =
             self.git("ls-remote", &self.root, &["ls-remote", "--", &self.opts.repo, &self.opts.reference]).await?;
@@ -179,27 +198,37 @@ impl GitSource {
     }
 
     /// Looks at the remote; if its commit is not `current`, fetches it, checks its signature,
-    /// and writes it as the worktree `versions/HASH`. `Ok(None)`: nothing new.
-    pub(crate) async fn sync(&self, versions: &Path, current: Option<&str>) -> Result<Option<String>, GitError> {
-        self.init().await?;
-        let wanted = self.remote_hash().await?;
+    /// and writes it as the worktree `versions/HASH`. `complete` are the versions known to be
+    /// whole (published before); any other directory of that name is what a failed checkout
+    /// left, and is done again. `Ok(None)`: nothing new.
+    pub(crate) async fn sync(
+        &self,
+        versions: &Path,
+        current: Option<&str>,
+        complete: &[String],
+    ) -> Result<Option<String>, GitError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| GitError::Failed { step: "init", said: e.to_string() })?;
+        let (wanted, fetch_ref) = self.remote_hash().await?;
         if current == Some(wanted.as_str()) {
             return Ok(None);
         }
+        self.init(&wanted).await?;
         let depth = format!("--depth={}", self.opts.depth);
         let filter = self.opts.filter.as_ref().map(|f| format!("--filter={f}"));
         let mut args = vec!["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--force"];
         if self.opts.depth > 0 {
             args.push(&depth);
+        } else if self.root.join(".git/shallow").exists() {
+            // --depth 0 asks for all of the history a shallow start did not fetch.
+            args.push("--unshallow");
         }
         if let Some(f) = &filter {
             args.push(f);
         }
         // Fetched into a ref of podkit's own, so the commit stays reachable (a worktree of a
-        // dangling commit would be collected by gc). By name unless pinned: every server can
-        // serve a ref, not every one a bare commit; and a push since ls-remote is then taken.
-        let source = if self.pinned() { wanted.as_str() } else { self.opts.reference.as_str() };
-        let refspec = format!("+{source}:refs/podkit/sync");
+        // dangling commit would be collected by gc). By the full name ls-remote chose (a
+        // branch and a tag of one name are not confused), or by hash when pinned.
+        let refspec = format!("+{fetch_ref}:refs/podkit/sync");
         args.extend(["--", &self.opts.repo, &refspec]);
         self.git("fetch", &self.root, &args).await?;
         let hash = self.git("rev-parse", &self.root, &["rev-parse", "refs/podkit/sync^{commit}"]).await?;
@@ -209,9 +238,17 @@ impl GitSource {
         if let Some(v) = &self.opts.verify {
             self.verify(&hash, v).await?;
         }
-        let dir = versions.join(&hash);
-        if !dir.exists() {
-            self.checkout(&hash, &dir).await?;
+        if !complete.contains(&hash) {
+            let dir = versions.join(&hash);
+            if dir.exists() {
+                remove_dir(&dir);
+            }
+            if let Err(e) = self.checkout(&hash, &dir).await {
+                // Nothing half-written may stay under a version's name.
+                remove_dir(&dir);
+                let _ = self.git("worktree prune", &self.root, &["worktree", "prune"]).await;
+                return Err(e);
+            }
         }
         Ok(Some(hash))
     }
@@ -244,17 +281,13 @@ impl GitSource {
         if let Some(f) = &self.opts.sparse_checkout_file {
             let patterns = std::fs::read(f)
                 .map_err(|e| GitError::Failed { step: "sparse checkout", said: format!("{}: {e}", f.display()) })?;
-            let info = self.git("sparse checkout", dir, &["rev-parse", "--git-path", "info/sparse-checkout"]).await?;
-            let info = dir.join(info);
-            if let Some(parent) = info.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| GitError::Failed { step: "sparse checkout", said: e.to_string() })?;
-            }
-            std::fs::write(&info, patterns)
-                .map_err(|e| GitError::Failed { step: "sparse checkout", said: e.to_string() })?;
-            self.git("sparse checkout", dir, &["config", "core.sparseCheckout", "true"]).await?;
+            // In this worktree's own config (git turns on extensions.worktreeConfig for it):
+            // the other versions, and a later run without the option, are not affected.
+            self.git_with("sparse checkout", dir, &["sparse-checkout", "set", "--no-cone", "--stdin"], Some(patterns))
+                .await?;
         }
         self.git("checkout", dir, &["reset", "--quiet", "--hard", hash]).await?;
+        relative_gitdir(dir).map_err(|e| GitError::Failed { step: "worktree add", said: e.to_string() })?;
         if self.opts.submodules != Submodules::Off && dir.join(".gitmodules").exists() {
             let depth = format!("--depth={}", self.opts.depth);
             let mut args = vec!["submodule", "update", "--init", "--quiet"];
@@ -275,7 +308,7 @@ impl GitSource {
         self.git("worktree prune", &self.root, &["worktree", "prune"]).await?;
         let args: &[&str] = match self.opts.gc {
             Gc::Off => return Ok(()),
-            Gc::Auto => &["-c", "gc.auto=6700", "gc", "--auto", "--quiet"],
+            Gc::Auto => &["-c", "gc.auto=6700", "-c", "gc.pruneExpire=now", "gc", "--auto", "--quiet"],
             Gc::Always => &["gc", "--quiet", "--prune=now"],
             Gc::Aggressive => &["gc", "--quiet", "--aggressive", "--prune=now"],
         };
@@ -283,19 +316,66 @@ impl GitSource {
     }
 }
 
-/// The commit `reference` names in `git ls-remote` output: a peeled tag (`^{}`) wins over the
-/// tag object, a branch over a tag of the same name, `HEAD` is HEAD.
-fn pick_ref(ls_remote: &str, reference: &str) -> Option<String> {
+/// The commit `reference` names in `git ls-remote` output, and the full ref name that names
+/// it: a branch wins over a tag of the same name, an annotated tag names the commit it tags
+/// (fetched by the tag's name), `HEAD` is HEAD.
+fn pick_ref(ls_remote: &str, reference: &str) -> Option<(String, String)> {
     let entries: Vec<(&str, &str)> = ls_remote.lines().filter_map(|l| l.split_once('\t')).collect();
     let find = |name: &str| entries.iter().find(|(_, r)| *r == name).map(|(h, _)| h.to_string());
     if reference == "HEAD" {
-        return find("HEAD");
+        return find("HEAD").map(|h| (h, "HEAD".to_string()));
     }
-    find(&format!("refs/heads/{reference}"))
-        .or_else(|| find(&format!("refs/tags/{reference}^{{}}")))
-        .or_else(|| find(&format!("refs/tags/{reference}")))
-        .or_else(|| find(&format!("{reference}^{{}}")))
-        .or_else(|| find(reference))
+    let full = |name: String| {
+        let peeled = find(&format!("{name}^{{}}"));
+        peeled.or_else(|| find(&name)).map(|h| (h, name))
+    };
+    full(format!("refs/heads/{reference}"))
+        .or_else(|| full(format!("refs/tags/{reference}")))
+        .or_else(|| full(reference.to_string()))
+}
+
+/// `scheme://host[:port]` of a repository URL, for credentials bound to it (the whole URL when
+/// it is not one: a path, or scp-like `host:path`).
+fn origin_of(repo: &str) -> String {
+    match url::Url::parse(repo) {
+        Ok(u) if u.host_str().is_some() => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}", u.scheme(), u.host_str().unwrap_or_default())
+        }
+        _ => repo.to_string(),
+    }
+}
+
+/// The repository URL without user info, for logs and `/status`.
+pub(crate) fn shown_repo(repo: &str) -> String {
+    match url::Url::parse(repo) {
+        Ok(mut u) if u.host_str().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => repo.to_string(),
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an incomplete version");
+    }
+}
+
+/// Makes the worktree's `.git` file point at its repository by a relative path, as git-sync
+/// does: a consumer that mounts the volume elsewhere can still run git in the version.
+fn relative_gitdir(dir: &Path) -> std::io::Result<()> {
+    let file = dir.join(".git");
+    let text = std::fs::read_to_string(&file)?;
+    let Some(target) = text.trim().strip_prefix("gitdir: ") else { return Ok(()) };
+    // The worktree is ROOT/.worktrees/HASH, its gitdir ROOT/.git/worktrees/NAME.
+    let Some(root) = dir.parent().and_then(Path::parent) else { return Ok(()) };
+    let Ok(rest) = Path::new(target).strip_prefix(root) else { return Ok(()) };
+    podkit_core::write_durably(&file, format!("gitdir: ../../{}\n", rest.display()).as_bytes())
 }
 
 /// The lines of what git said that say what went wrong: its `fatal:` and `error:` lines and
@@ -319,11 +399,15 @@ mod tests {
     #[test]
     fn the_ref_is_picked_as_git_would() {
         let out = "1111\tHEAD\n2222\trefs/heads/main\n3333\trefs/tags/v1\n4444\trefs/tags/v1^{}\n5555\trefs/tags/main";
-        assert_eq!(pick_ref(out, "HEAD").as_deref(), Some("1111"));
-        assert_eq!(pick_ref(out, "main").as_deref(), Some("2222"), "a branch over a tag of that name");
-        assert_eq!(pick_ref(out, "v1").as_deref(), Some("4444"), "the commit an annotated tag names");
-        assert_eq!(pick_ref(out, "refs/tags/v1").as_deref(), Some("4444"));
-        assert_eq!(pick_ref(out, "nope"), None);
+        let pick = |r| pick_ref(out, r).map(|(h, n)| format!("{h} {n}"));
+        assert_eq!(pick("HEAD").as_deref(), Some("1111 HEAD"));
+        assert_eq!(pick("main").as_deref(), Some("2222 refs/heads/main"), "a branch over a tag of that name");
+        assert_eq!(pick("v1").as_deref(), Some("4444 refs/tags/v1"), "the commit an annotated tag names");
+        assert_eq!(pick("refs/tags/v1").as_deref(), Some("4444 refs/tags/v1"));
+        assert_eq!(pick("nope"), None);
+        assert_eq!(origin_of("https://u@git.example:8443/org/repo.git"), "https://git.example:8443");
+        assert_eq!(shown_repo("https://user:s3cret@h/x.git"), "https://h/x.git");
+        assert_eq!(shown_repo("git@github.com:org/x.git"), "git@github.com:org/x.git");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(crate) struct WebHook {
     pub(crate) url: reqwest::Url,
     pub(crate) method: reqwest::Method,
     pub(crate) timeout: Duration,
-    /// The status that counts as success; any 2xx when `None`.
+    /// The status that counts as success; any 2xx when `None`, any answer at all for 0.
     pub(crate) success: Option<u16>,
 }
 
@@ -136,6 +136,21 @@ impl Hooks {
         }
     }
 
+    /// `--one-time`: the post-publish exechook and the webhook, once each, waited for (as
+    /// git-sync does); `Err` if either failed.
+    pub(crate) async fn after_publish_once(&self, dir: &std::path::Path, version: &str) -> Result<(), String> {
+        if let Some(h) = self.exec.as_ref().filter(|h| h.when == When::PostPublish) {
+            self.exec_once(h, dir, version).await.map_err(|e| format!("the exechook failed: {e}"))?;
+        }
+        if let Some(w) = &self.web {
+            let r = self.call_webhook(w, version).await;
+            let result = if r.is_ok() { "success" } else { "error" };
+            self.runs.get_or_create(&HookLabel { hook: "webhook", result }).inc();
+            r.map_err(|e| format!("the webhook failed: {e}"))?;
+        }
+        Ok(())
+    }
+
     async fn call_webhook(&self, w: &WebHook, version: &str) -> Result<(), String> {
         let resp = self
             .client
@@ -148,6 +163,8 @@ impl Hooks {
             .map_err(|e| e.to_string())?;
         let status = resp.status();
         let ok = match w.success {
+            // git-sync's 0: any answer will do (fire and forget).
+            Some(0) => true,
             Some(code) => status.as_u16() == code,
             None => status.is_success(),
         };

@@ -261,7 +261,7 @@ impl HttpSource {
 impl Kind {
     fn of(url: &url::Url) -> Result<Kind, String> {
         let last = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or("");
-        let name = percent_decode(last);
+        let name: Vec<u8> = percent_encoding::percent_decode_str(last).collect();
         let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
         Ok(if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
             Kind::TarGz
@@ -755,26 +755,6 @@ fn shown_url(url: &url::Url) -> String {
         let _ = url.set_password(Some("redacted"));
     }
     url.to_string()
-}
-
-/// `%XX` decoding of a URL path segment (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |j: usize| b.get(j).and_then(|&c| (c as char).to_digit(16));
-        if b[i] == b'%'
-            && let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2))
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]

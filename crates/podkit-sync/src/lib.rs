@@ -388,9 +388,37 @@ impl Component for Sync {
         if a.repo.is_some() && (a.http_bearer_file.is_some() || a.sha256.is_some()) {
             return Err(StartError::usage("--http-bearer-file and --sha256 are for --http"));
         }
+        if a.http.is_some() {
+            let git_only = [
+                ("--verify-signatures", a.verify_signatures),
+                ("--username", a.username.is_some()),
+                ("--ssh-key-file", a.ssh_key_file.is_some()),
+                ("--ssh-known-hosts-file", a.ssh_known_hosts_file.is_some()),
+                ("--sparse-checkout-file", a.sparse_checkout_file.is_some()),
+                ("--filter", a.filter.is_some()),
+                ("--ref", a.reference != "HEAD"),
+            ];
+            if let Some((option, _)) = git_only.iter().find(|(_, given)| *given) {
+                return Err(StartError::usage(format!("{option} is for --repo (a git source), not --http")));
+            }
+        }
+        // Absolute, so the worktrees' paths and the link's relative target are computed from
+        // one place whatever the working directory.
+        self.args.root = std::path::absolute(&self.args.root)
+            .map_err(|e| StartError::usage(format!("--root {}: {e}", self.args.root.display())))?;
         let link = self.link();
         if link.parent().is_none_or(|p| p.as_os_str().is_empty()) || link == self.args.root {
             return Err(StartError::usage(format!("--link {}: name a path under a directory", link.display())));
+        }
+        if link.parent() == Some(self.args.root.as_path())
+            && link
+                .file_name()
+                .is_some_and(|n| [".git", ".worktrees", ".podkit-sync.json"].contains(&&*n.to_string_lossy()))
+        {
+            return Err(StartError::usage(format!(
+                "--link {}: that name is podkit's own under --root",
+                link.display()
+            )));
         }
         let (publisher, removed) = Publisher::open(&self.args.root, &link, self.args.keep, self.args.copy)
             .map_err(|e| StartError::usage(format!("--root {}: {e}", self.args.root.display())))?;
@@ -464,7 +492,7 @@ impl Component for Sync {
             None => None,
         };
         let source_name = match (&a.repo, &a.http) {
-            (Some(r), _) => format!("{r} {}", a.reference),
+            (Some(r), _) => format!("{} {}", git::shown_repo(r), a.reference),
             (_, Some(u)) => {
                 let mut u = u.clone().into_inner();
                 let _ = u.set_password(None);
@@ -545,6 +573,7 @@ impl Component for Sync {
         let mut failures = 0u64;
         let mut pending = Pending::default();
         let mut last_sync: Option<Instant> = None;
+        let mut first_sync = true;
         tracing::info!(source = %self.status.lock().unwrap_or_else(|p| p.into_inner()).source, root = %self.args.root.display(), "syncing");
         loop {
             if let Some(at) = last_sync {
@@ -566,10 +595,40 @@ impl Component for Sync {
             }
             last_sync = Some(Instant::now());
             let started = Instant::now();
-            let outcome = tokio::select! {
+            // Looking and fetching stop at once on SIGTERM (git is killed; what it left is
+            // removed at the next start). The publish itself, a few renames, always finishes.
+            let fetched = tokio::select! {
                 _ = ctx.shutdown.triggered() => break,
-                o = sync_once(&mut source, &mut publisher, &hooks, &mut pending, &self.metrics) => o,
+                f = fetch(&mut source, &publisher, &hooks, &self.metrics) => f,
             };
+            let outcome = match fetched {
+                Ok(Some(name)) => publish(&mut source, &mut publisher, name).await,
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let one_time = self.args.one_time;
+            match &outcome {
+                Ok(Some(name)) if one_time => {
+                    if let Err(e) = hooks.after_publish_once(&publisher.version_dir(name), name).await {
+                        return Err(SyncError::Failed(e));
+                    }
+                }
+                Ok(Some(name)) => hooks.after_publish(&mut pending, publisher.version_dir(name), name.clone()),
+                // At start, the hooks run for the version already published, as git-sync's do.
+                Ok(None) if first_sync => {
+                    if let Some(v) = publisher.current().map(|v| v.name.clone()) {
+                        if one_time {
+                            if let Err(e) = hooks.after_publish_once(&publisher.version_dir(&v), &v).await {
+                                return Err(SyncError::Failed(e));
+                            }
+                        } else {
+                            hooks.after_publish(&mut pending, publisher.version_dir(&v), v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            first_sync = false;
             self.metrics.duration.observe(started.elapsed().as_secs_f64());
             let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
             let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -616,18 +675,19 @@ impl Component for Sync {
     }
 }
 
-/// One sync: look, fetch if new, check, publish, tidy. `Ok(Some(version))` when it published.
-async fn sync_once(
+/// Looks for a new version and writes it; `Ok(Some(name))` when there is one to publish (its
+/// pre-publish hook passed).
+async fn fetch(
     source: &mut Source,
-    publisher: &mut Publisher,
+    publisher: &Publisher,
     hooks: &Hooks,
-    pending: &mut Pending,
     metrics: &Metrics,
 ) -> Result<Option<String>, String> {
     let current = publisher.current().map(|v| v.name.clone());
     let versions = publisher.versions_dir();
+    let complete = publisher.complete();
     let name = match source {
-        Source::Git(g) => match g.sync(&versions, current.as_deref()).await {
+        Source::Git(g) => match g.sync(&versions, current.as_deref(), &complete).await {
             Ok(n) => n,
             Err(e @ git::GitError::Unverified { .. }) => {
                 metrics.refused.inc();
@@ -645,7 +705,18 @@ async fn sync_once(
     };
     let Some(name) = name else { return Ok(None) };
     let dir = publisher.version_dir(&name);
-    hooks.before_publish(&dir, &name).await?;
+    if let Err(e) = hooks.before_publish(&dir, &name).await {
+        // A refused version is not kept (unless it is one published before).
+        if !complete.contains(&name) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
+    }
+    Ok(Some(name))
+}
+
+/// Publishes `name`, then tidies the repository. `Ok(Some(name))` once published.
+async fn publish(source: &mut Source, publisher: &mut Publisher, name: String) -> Result<Option<String>, String> {
     // Renames and fsyncs, and with --copy a whole tree copied: beside the runtime, which keeps
     // serving the admin endpoints meanwhile.
     let mut p = publisher.clone();
@@ -666,6 +737,5 @@ async fn sync_once(
     {
         tracing::warn!(error = %e, "tidying the repository failed (the version is published)");
     }
-    hooks.after_publish(pending, dir, name.clone());
     Ok(Some(name))
 }

@@ -5,9 +5,11 @@
 //! `renameat2(RENAME_EXCHANGE)`. Either way a reader sees the old version or the new one,
 //! never a mix, and a crash at any point leaves a complete version published.
 //!
-//! Which versions are complete is recorded in `ROOT/.podkit-sync.json` (written durably after
-//! each publish). At start, anything under `.worktrees` it does not list, and any temporary
-//! link or copy, is what a crash left behind: it is removed.
+//! Which versions are complete is recorded in `ROOT/.podkit-sync.json`, written durably before
+//! the switch (naming the version being published) and after it. At start, a publish that
+//! was under way is finished (the switch is done again: it is idempotent), and anything under
+//! `.worktrees` the file does not list, and any temporary link or copy, is what a crash left
+//! behind: it is removed.
 
 use std::fs;
 use std::io;
@@ -24,6 +26,9 @@ const TMP: &str = ".podkit-tmp-";
 struct State {
     /// Complete versions, the published one first.
     versions: Vec<Version>,
+    /// A complete version whose publish was under way: the link may point at it or not yet.
+    #[serde(default)]
+    publishing: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,22 +59,20 @@ impl Publisher {
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e),
         };
+        if let Some(dir) = link.parent() {
+            fs::create_dir_all(dir)?;
+        }
         let mut p = Publisher { root: root.to_path_buf(), link: link.to_path_buf(), keep, copy, state };
-        // A root another tool (git-sync) published into: its link's version is kept.
-        if p.state.versions.is_empty()
-            && let Some(name) = p.linked_name()
+        // A root another tool (git-sync) published into, or a link switched just before a
+        // crash: the version the link points at is the published one.
+        if let Some(name) = p.linked_name()
             && p.version_dir(&name).is_dir()
+            && p.current().is_none_or(|v| v.name != name)
         {
-            p.state.versions.push(Version { name, published_at: now() });
+            p.state.versions.retain(|v| v.name != name);
+            p.state.versions.insert(0, Version { name, published_at: now() });
         }
         let mut removed = Vec::new();
-        for e in fs::read_dir(root.join(VERSIONS))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !p.state.versions.iter().any(|v| v.name == name) {
-                remove_any(&e.path())?;
-                removed.push(name);
-            }
-        }
         if let Some(dir) = p.link.parent() {
             for e in fs::read_dir(dir)?.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -79,8 +82,27 @@ impl Publisher {
                 }
             }
         }
+        let listed = |p: &Publisher, name: &str| {
+            p.state.versions.iter().any(|v| v.name == name) || p.state.publishing.as_deref() == Some(name)
+        };
+        for e in fs::read_dir(root.join(VERSIONS))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !listed(&p, &name) {
+                remove_any(&e.path())?;
+                removed.push(name);
+            }
+        }
         // A listed version whose directory is gone (removed by hand) is forgotten.
         p.state.versions.retain(|v| p.root.join(VERSIONS).join(&v.name).is_dir());
+        if let Some(name) = p.state.publishing.clone() {
+            if p.version_dir(&name).is_dir() {
+                tracing::info!(version = %name, "finishing the publish a stop interrupted");
+                p.publish(&name)?;
+            } else {
+                p.state.publishing = None;
+                p.save()?;
+            }
+        }
         Ok((p, removed))
     }
 
@@ -99,6 +121,11 @@ impl Publisher {
         self.state.versions.first()
     }
 
+    /// The versions known to be whole (published now or before).
+    pub(crate) fn complete(&self) -> Vec<String> {
+        self.state.versions.iter().map(|v| v.name.clone()).collect()
+    }
+
     /// The version the link points at, by its target's last component.
     fn linked_name(&self) -> Option<String> {
         let target = fs::read_link(&self.link).ok()?;
@@ -108,37 +135,10 @@ impl Publisher {
     /// Publishes the complete version `name` (in [`Publisher::version_dir`]) and returns the
     /// names of the old versions removed beyond `--keep`.
     pub(crate) fn publish(&mut self, name: &str) -> io::Result<Vec<String>> {
-        let dir = self.link.parent().unwrap_or(Path::new("/")).to_path_buf();
-        if self.copy {
-            let tmp = dir.join(format!("{TMP}copy-{name}"));
-            remove_any(&tmp)?;
-            copy_tree(&self.version_dir(name), &tmp)?;
-            sync_tree_dir(&tmp)?;
-            match fs::symlink_metadata(&self.link) {
-                Ok(m) if m.is_dir() => {
-                    exchange(&tmp, &self.link)?;
-                    // `tmp` now holds the previous copy.
-                    remove_any(&tmp)?;
-                }
-                Ok(_) => {
-                    // A link (the root was published without --copy before): replaced once.
-                    fs::remove_file(&self.link)?;
-                    fs::rename(&tmp, &self.link)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(&tmp, &self.link)?,
-                Err(e) => return Err(e),
-            }
-        } else {
-            let tmp = dir.join(format!("{TMP}link-{name}"));
-            remove_any(&tmp)?;
-            std::os::unix::fs::symlink(relative_target(&dir, &self.version_dir(name)), &tmp)?;
-            if fs::symlink_metadata(&self.link).is_ok_and(|m| m.is_dir()) {
-                // A real directory (published with --copy before): replaced once.
-                fs::remove_dir_all(&self.link)?;
-            }
-            fs::rename(&tmp, &self.link)?;
-        }
-        fs::File::open(&dir)?.sync_all()?;
+        self.state.publishing = Some(name.to_string());
+        self.save()?;
+        self.switch(name)?;
+        self.state.publishing = None;
         self.state.versions.retain(|v| v.name != name);
         self.state.versions.insert(0, Version { name: name.to_string(), published_at: now() });
         let mut removed = Vec::new();
@@ -148,9 +148,45 @@ impl Publisher {
         }
         self.save()?;
         for name in &removed {
-            remove_any(&self.version_dir(name))?;
+            // The publish is done; a version that cannot be removed now is an orphan the next
+            // start removes.
+            if let Err(e) = remove_any(&self.version_dir(name)) {
+                tracing::warn!(version = %name, error = %e, "cannot remove an old version");
+            }
         }
         Ok(removed)
+    }
+
+    /// Points the link at `name` (or swaps its copy in), in one step. Idempotent.
+    fn switch(&self, name: &str) -> io::Result<()> {
+        let dir = self.link.parent().unwrap_or(Path::new("/")).to_path_buf();
+        // git writes a checkout without fsync: the version is made durable before anything
+        // can point at it.
+        nix::unistd::syncfs(fs::File::open(self.version_dir(name))?).map_err(io::Error::from)?;
+        let tmp = if self.copy {
+            let tmp = dir.join(format!("{TMP}copy-{name}"));
+            remove_any(&tmp)?;
+            copy_tree(&self.version_dir(name), &tmp)?;
+            sync_tree_dir(&tmp)?;
+            tmp
+        } else {
+            let tmp = dir.join(format!("{TMP}link-{name}"));
+            remove_any(&tmp)?;
+            std::os::unix::fs::symlink(relative_target(&dir, &self.version_dir(name)), &tmp)?;
+            tmp
+        };
+        match fs::symlink_metadata(&self.link) {
+            // A link or a directory, whichever this and the previous mode made: exchanged in
+            // one step, so even a switch between --copy and links is atomic.
+            Ok(_) => {
+                exchange(&tmp, &self.link)?;
+                fs::File::open(&dir)?.sync_all()?;
+                remove_any(&tmp)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(&tmp, &self.link)?,
+            Err(e) => return Err(e),
+        }
+        fs::File::open(&dir)?.sync_all()
     }
 
     fn save(&self) -> io::Result<()> {
@@ -165,9 +201,19 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// `target` as seen from `from`: relative when `target` is under `from`.
+/// `target` as seen from `from` (both absolute): a relative path, as git-sync writes it, so
+/// the link resolves wherever the volume is mounted.
 fn relative_target(from: &Path, target: &Path) -> PathBuf {
-    target.strip_prefix(from).map(Path::to_path_buf).unwrap_or_else(|_| target.to_path_buf())
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), target.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
@@ -264,6 +310,41 @@ mod tests {
         assert_eq!(p.current().unwrap().name, "a");
         assert!(removed.contains(&"b".to_string()) && removed.len() == 2, "{removed:?}");
         assert!(!p.version_dir("b").exists());
+    }
+
+    #[test]
+    fn a_publish_interrupted_after_the_switch_is_finished_at_the_next_start() {
+        let root = tempfile::tempdir().unwrap();
+        let link = root.path().join("current");
+        for copy in [false, true] {
+            let (mut p, _) = Publisher::open(root.path(), &link, 1, copy).unwrap();
+            let (a, b) = (format!("a{copy}"), format!("b{copy}"));
+            version(&p, &a, "old");
+            p.publish(&a).unwrap();
+            version(&p, &b, "new");
+            // Killed between the switch and the state's last save: the state still says
+            // "publishing b", the link may already point at it.
+            p.state.publishing = Some(b.clone());
+            p.save().unwrap();
+            p.switch(&b).unwrap();
+            drop(p);
+            let (p, _) = Publisher::open(root.path(), &link, 1, copy).unwrap();
+            assert_eq!(p.current().unwrap().name, b, "copy={copy}");
+            assert_eq!(fs::read_to_string(link.join("sub/file")).unwrap(), "new");
+            assert!(p.version_dir(&b).is_dir() && p.version_dir(&a).is_dir());
+        }
+    }
+
+    #[test]
+    fn links_outside_the_root_are_relative_too() {
+        assert_eq!(
+            relative_target(Path::new("/srv/www"), Path::new("/data/root/.worktrees/x")),
+            Path::new("../../data/root/.worktrees/x")
+        );
+        assert_eq!(
+            relative_target(Path::new("/data/root"), Path::new("/data/root/.worktrees/x")),
+            Path::new(".worktrees/x")
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! knows the secret (`--trigger-secret-file`, read again for each request), in one of three
 //! ways:
 //!
-//! - GitHub's `X-Hub-Signature-256: sha256=HEX`, the HMAC-SHA256 of the body (Gitea, Forgejo
-//!   and Bitbucket sign the same way);
+//! - GitHub's `X-Hub-Signature-256: sha256=HEX`, the HMAC-SHA256 of the body (Gitea and
+//!   Forgejo sign the same way);
 //! - GitLab's `X-Gitlab-Token: SECRET`;
 //! - `Authorization: Bearer SECRET`.
 //!
@@ -40,6 +40,9 @@ struct Shared {
     secret_file: PathBuf,
     wake: Arc<Notify>,
     counts: Family<TriggerLabel, Counter>,
+    /// When a refusal was last logged (Unix seconds): a client hammering the listener with
+    /// bad requests is counted, but logged at most once a second.
+    last_logged: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How a request proved (or failed to prove) it knows the secret.
@@ -99,7 +102,10 @@ async fn sync(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> (Stat
             (StatusCode::ACCEPTED, "sync requested\n")
         }
         Proof::Bad(why) => {
-            tracing::warn!(reason = why, "trigger refused");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if s.last_logged.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+                tracing::warn!(reason = why, "trigger refused (further refusals this second are only counted)");
+            }
             s.counts.get_or_create(&TriggerLabel { result: "refused" }).inc();
             (StatusCode::UNAUTHORIZED, "unauthorized\n")
         }
@@ -124,6 +130,7 @@ pub(crate) fn router(secret_file: PathBuf, wake: Arc<Notify>, counts: Family<Tri
         secret_file,
         wake,
         counts,
+        last_logged: Arc::default(),
     })
 }
 

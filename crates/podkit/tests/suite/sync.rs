@@ -61,7 +61,7 @@ impl Repo {
         let mut args = vec!["commit", "--quiet", "--allow-empty", "-m", "change"];
         args.extend_from_slice(extra);
         git(&self.work(), &args);
-        git(&self.work(), &["push", "--quiet", "--force", "origin", "HEAD:main"]);
+        git(&self.work(), &["push", "--quiet", "--force", "origin", "HEAD:refs/heads/main"]);
         git(&self.work(), &["rev-parse", "HEAD"])
     }
 
@@ -684,4 +684,109 @@ fn the_http_source_publishes_an_archive_asks_conditionally_and_refuses_escapes()
     let mut p = p;
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 0);
+}
+
+#[test]
+fn a_failed_checkout_is_never_published_and_is_done_again_next_time() {
+    let sub = Repo::new();
+    sub.commit(&[("lib.txt", "library")]);
+    let repo = Repo::new();
+    git(&repo.work(), &["submodule", "add", "--quiet", &sub.url(), "lib"]);
+    let hash = repo.commit(&[("app", "1")]);
+    // The submodule's repository goes away: the checkout of its commit cannot complete.
+    let moved = sub.dir.path().join("moved.git");
+    std::fs::rename(sub.origin(), &moved).unwrap();
+    let s = start(&repo.url(), &["--period", "1h"]);
+    let admin = s.p.admin();
+    assert_eventually!(
+        admin.get("/status").json()["last_error"].as_str().is_some_and(|e| e.contains("submodule")),
+        "{}",
+        admin.get("/status").json()
+    );
+    assert_eq!(s.version(), None, "a half checkout is not published");
+    assert!(!s.root.join(".worktrees").join(&hash).exists(), "and not kept under its name");
+    // Another try, even with nothing new upstream, is not fooled by a directory of that name.
+    s.p.signal(Signal::SIGHUP);
+    assert_eventually!(admin.metric_sum("podkit_sync_syncs_total") >= 2.0, "{}", s.p.stderr());
+    assert_eq!(s.version(), None);
+    std::fs::rename(&moved, sub.origin()).unwrap();
+    s.p.signal(Signal::SIGHUP);
+    s.wait_for(&hash);
+    assert_eq!(std::fs::read_to_string(s.site().join("lib/lib.txt")).unwrap(), "library");
+    // The version's .git points at the repository relatively: git works in it wherever the
+    // volume is mounted.
+    let dotgit = std::fs::read_to_string(s.site().join(".git")).unwrap();
+    assert!(dotgit.starts_with("gitdir: ../../.git/worktrees/"), "{dotgit}");
+    assert_eq!(git(&s.site(), &["rev-parse", "HEAD"]), hash);
+    s.stop();
+}
+
+#[test]
+fn a_branch_wins_over_a_tag_of_its_name_and_sha256_repositories_sync() {
+    let repo = Repo::new();
+    repo.commit(&[("f", "tagged")]);
+    git(&repo.work(), &["tag", "main"]);
+    git(&repo.work(), &["push", "--quiet", "origin", "refs/tags/main"]);
+    let branch = repo.commit(&[("f", "branch")]);
+    let s = start(&repo.url(), &["--ref", "main", "--period", "1h"]);
+    s.wait_for(&branch);
+    assert_eq!(std::fs::read_to_string(s.site().join("f")).unwrap(), "branch");
+    s.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "--quiet", "--object-format=sha256", "--initial-branch=main", "work"]);
+    let work = dir.path().join("work");
+    std::fs::write(work.join("f"), "sha256").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "one"]);
+    let hash = git(&work, &["rev-parse", "HEAD"]);
+    assert_eq!(hash.len(), 64);
+    let s = start(&format!("file://{}", work.display()), &["--period", "1h"]);
+    s.wait_for(&hash);
+    assert_eq!(std::fs::read_to_string(s.site().join("f")).unwrap(), "sha256");
+    s.stop();
+}
+
+#[test]
+fn one_time_waits_for_its_hooks_and_fails_when_they_fail() {
+    let repo = Repo::new();
+    repo.commit(&[("f", "x")]);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("hook-ran");
+    let root = dir.path().join("root").display().to_string();
+    let hook = format!("sh -c 'cat f > {}'", marker.display());
+    let (code, err) = run_plain(
+        &[
+            "sync",
+            "--one-time",
+            "--repo",
+            &repo.url(),
+            "--root",
+            &root,
+            "--admin",
+            "127.0.0.1:0",
+            "--exechook-command",
+            &hook,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x", "the hook ran before the exit");
+    let (code, err) = run_plain(
+        &[
+            "sync",
+            "--one-time",
+            "--repo",
+            &repo.url(),
+            "--root",
+            &root,
+            "--admin",
+            "127.0.0.1:0",
+            "--exechook-command",
+            "false",
+        ],
+        &[],
+    );
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("the exechook failed"), "{err}");
 }
