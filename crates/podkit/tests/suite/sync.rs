@@ -790,3 +790,107 @@ fn one_time_waits_for_its_hooks_and_fails_when_they_fail() {
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("the exechook failed"), "{err}");
 }
+
+/// git's smart HTTP (`git http-backend` as CGI) over the repositories under `base`, asking for
+/// basic authentication as `user:password`. Returns the address; requests without the right
+/// credentials get 401.
+fn git_http(base: &Path, user: &'static str, password: &'static str) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = base.to_path_buf();
+    let expected = {
+        let out =
+            Command::new("sh").arg("-c").arg(format!("printf '%s' '{user}:{password}' | base64")).output().unwrap();
+        format!("Basic {}", String::from_utf8(out.stdout).unwrap().trim())
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut out = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            let mut first = String::new();
+            if r.read_line(&mut first).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut headers = std::collections::HashMap::new();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let mut body = vec![0; headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0)];
+            let _ = r.read_exact(&mut body);
+            if headers.get("authorization") != Some(&expected) {
+                let _ = out.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            let mut parts = first.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let mut cgi = Command::new("git")
+                .arg("http-backend")
+                .env("GIT_PROJECT_ROOT", &base)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("REQUEST_METHOD", method)
+                .env("PATH_INFO", path)
+                .env("QUERY_STRING", query)
+                .env("CONTENT_TYPE", headers.get("content-type").cloned().unwrap_or_default())
+                .env("CONTENT_LENGTH", body.len().to_string())
+                .env("REMOTE_USER", user)
+                .env("HTTP_GIT_PROTOCOL", headers.get("git-protocol").cloned().unwrap_or_default())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            cgi.stdin.take().unwrap().write_all(&body).unwrap();
+            let reply = cgi.wait_with_output().unwrap().stdout;
+            // CGI headers, a blank line, the body: becomes an HTTP/1.1 answer.
+            let split = reply.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+            let split = split.or_else(|| reply.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+            let Some((at, sep)) = split else { continue };
+            let head = String::from_utf8_lossy(&reply[..at]).to_string();
+            let status = head.lines().find_map(|l| l.strip_prefix("Status: ")).unwrap_or("200 OK").to_string();
+            let payload = &reply[at + sep..];
+            let mut answer = format!("HTTP/1.1 {status}\r\n");
+            for l in head.lines().filter(|l| !l.starts_with("Status:")) {
+                answer.push_str(l.trim_end());
+                answer.push_str("\r\n");
+            }
+            answer.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", payload.len()));
+            let _ = out.write_all(answer.as_bytes()).and_then(|()| out.write_all(payload));
+        }
+    });
+    addr
+}
+
+#[test]
+fn https_style_credentials_come_from_a_file_and_a_wrong_password_is_reported() {
+    let repo = Repo::new();
+    let hash = repo.commit(&[("f", "private")]);
+    let addr = git_http(repo.dir.path(), "alice", "s3cret");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    std::fs::write(&good, "s3cret\n").unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "guess\n").unwrap();
+    let url = format!("http://{addr}/origin.git");
+    let s = start(&url, &["--period", "1h", "--username", "alice", "--password-file", good.to_str().unwrap()]);
+    s.wait_for(&hash);
+    assert_eq!(std::fs::read_to_string(s.site().join("f")).unwrap(), "private");
+    s.stop();
+    let s = start_in(dir, &url, &["--period", "1h", "--username", "alice", "--password-file", bad.to_str().unwrap()]);
+    let admin = s.p.admin();
+    assert_eventually!(
+        admin.get("/status").json()["last_error"].as_str().is_some_and(|e| e.contains("Authentication failed")),
+        "{}",
+        admin.get("/status").json()
+    );
+    assert!(!admin.ready());
+    assert!(!s.p.stderr().contains("guess"), "the password is never logged");
+    s.stop();
+}
