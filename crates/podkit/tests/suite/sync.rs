@@ -795,6 +795,17 @@ fn one_time_waits_for_its_hooks_and_fails_when_they_fail() {
 /// basic authentication as `user:password`. Returns the address; requests without the right
 /// credentials get 401.
 fn git_http(base: &Path, user: &'static str, password: &'static str) -> std::net::SocketAddr {
+    git_http_holding(base, user, password, std::sync::Arc::default())
+}
+
+/// [`git_http`], holding every fetch (`POST …/git-upload-pack`) unanswered while `hold` is
+/// non-zero, and counting each one held in it (so `hold - 1` fetches are held).
+fn git_http_holding(
+    base: &Path,
+    user: &'static str,
+    password: &'static str,
+    hold: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -831,6 +842,18 @@ fn git_http(base: &Path, user: &'static str, password: &'static str) -> std::net
             }
             let mut parts = first.split_whitespace();
             let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if method == "POST"
+                && target.ends_with("git-upload-pack")
+                && hold.load(std::sync::atomic::Ordering::SeqCst) > 0
+            {
+                hold.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // A fetch that never gets its pack: the connection stays open, unanswered.
+                std::thread::spawn(move || {
+                    let _keep = (out, r);
+                    std::thread::sleep(Duration::from_secs(3600));
+                });
+                continue;
+            }
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
             let mut cgi = Command::new("git")
                 .arg("http-backend")
@@ -893,4 +916,138 @@ fn https_style_credentials_come_from_a_file_and_a_wrong_password_is_reported() {
     assert!(!admin.ready());
     assert!(!s.p.stderr().contains("guess"), "the password is never logged");
     s.stop();
+}
+
+#[test]
+fn kill_9_during_a_fetch_and_during_a_publish() {
+    let repo = Repo::new();
+    let first = repo.commit(&[("f", "1")]);
+    let hold = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = git_http_holding(repo.dir.path(), "u", "p", hold.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "p").unwrap();
+    let root = dir.path().join("root");
+    let url = format!("http://{addr}/origin.git");
+    let args: Vec<String> =
+        ["sync", "--repo", &url, "--root", root.to_str().unwrap(), "--link", "site", "--period", "1h"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--username".into(), "u".into(), "--password-file".into(), password.display().to_string()])
+            .collect();
+    let start = |extra: &[&str]| {
+        let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+        a.extend_from_slice(extra);
+        Podkit::start(Mode::Subreaper, &a)
+    };
+    let version = |p: &Podkit| p.admin().get("/status").json()["version"].as_str().map(str::to_string);
+    let p = start(&["--copy"]);
+    assert_eventually!(version(&p).as_deref() == Some(first.as_str()), "{}", p.stderr());
+    drop(p);
+
+    // During a fetch: the server holds the pack; podkit is killed while it waits.
+    let second = repo.commit(&[("f", "2")]);
+    hold.store(1, std::sync::atomic::Ordering::SeqCst);
+    let mut p = start(&["--copy"]);
+    // The fetch is under way: the server holds it.
+    assert_eventually!(hold.load(std::sync::atomic::Ordering::SeqCst) >= 2, "no fetch came: {}", p.stderr());
+    p.signal(Signal::SIGKILL);
+    assert_eq!(p.wait(), 137);
+    assert_eq!(std::fs::read_to_string(root.join("site/f")).unwrap(), "1", "the old version stays");
+    assert!(!root.join(".worktrees").join(&second).exists());
+    hold.store(0, std::sync::atomic::Ordering::SeqCst);
+
+    // During a publish: a --copy of a tree of 3,000 files takes a while; killed once the state
+    // names the version being published.
+    let files: Vec<(String, String)> = (0..3000).map(|i| (format!("d{}/f{i}", i / 300), format!("{i}"))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).chain([("f", "3")]).collect();
+    let third = repo.commit(&refs);
+    let mut p = start(&["--copy"]);
+    let state = root.join(".podkit-sync.json");
+    assert_eventually!(
+        timeout = Duration::from_secs(60),
+        std::fs::read_to_string(&state).unwrap_or_default().contains(&format!("\"publishing\": \"{third}\"")),
+        "{}",
+        p.stderr()
+    );
+    p.signal(Signal::SIGKILL);
+    assert_eq!(p.wait(), 137);
+    let f = std::fs::read_to_string(root.join("site/f")).unwrap();
+    assert!(f == "1" || f == "3", "a whole version is published, not a mix: {f}");
+    // The next start finishes that publish, and cleans what the kill left.
+    let p = start(&["--copy"]);
+    assert_eventually!(
+        timeout = Duration::from_secs(60),
+        version(&p).as_deref() == Some(third.as_str()),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(std::fs::read_to_string(root.join("site/f")).unwrap(), "3");
+    assert_eq!(std::fs::read_to_string(root.join("site/d9/f2999")).unwrap(), "2999");
+    let leftovers: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".podkit-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn gpg_signatures_are_checked_against_the_given_keyring() {
+    let homes = tempfile::tempdir().unwrap();
+    let gpg = |home: &Path, args: &[&str]| {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .expect("gpg");
+        assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let home = |name: &str| {
+        let h = homes.path().join(name);
+        std::fs::create_dir(&h).unwrap();
+        std::fs::set_permissions(&h, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        h
+    };
+    let (signer, stranger, trusted) = (home("signer"), home("stranger"), home("trusted"));
+    gpg(&signer, &["--quick-gen-key", "Signer <signer@example.com>", "ed25519", "sign", "never"]);
+    gpg(&stranger, &["--quick-gen-key", "Stranger <stranger@example.com>", "ed25519", "sign", "never"]);
+    // podkit's keyring holds the signer's public key only.
+    let public = gpg(&signer, &["--export", "--armor", "signer@example.com"]);
+    let key_file = homes.path().join("signer.asc");
+    std::fs::write(&key_file, public).unwrap();
+    gpg(&trusted, &["--import", key_file.to_str().unwrap()]);
+
+    let repo = Repo::new();
+    let signed_by = |home: &Path, who: &str, content: &str| {
+        std::fs::write(repo.work().join("f"), content).unwrap();
+        git(&repo.work(), &["add", "-A"]);
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(repo.work())
+            .args(["-c", "user.name=Test", "-c", &format!("user.email={who}"), "-c", &format!("user.signingkey={who}")])
+            .args(["commit", "--quiet", "-S", "-m", content])
+            .env("GNUPGHOME", home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        git(&repo.work(), &["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
+        git(&repo.work(), &["rev-parse", "HEAD"])
+    };
+    let good = signed_by(&signer, "signer@example.com", "good");
+    let s = start(&repo.url(), &["--period", "1h", "--verify-signatures", "--gpg-home", trusted.to_str().unwrap()]);
+    s.wait_for(&good);
+    let bad = signed_by(&stranger, "stranger@example.com", "bad");
+    s.p.signal(Signal::SIGHUP);
+    let admin = s.p.admin();
+    assert_eventually!(admin.metric_sum("podkit_sync_verification_refusals_total") >= 1.0, "{}", s.p.stderr());
+    assert!(admin.get("/status").json()["last_error"].as_str().unwrap().contains(&bad));
+    assert_eq!(std::fs::read_to_string(s.site().join("f")).unwrap(), "good");
+    s.stop();
+    for h in [&signer, &stranger, &trusted] {
+        let _ = Command::new("gpgconf").env("GNUPGHOME", h).args(["--kill", "gpg-agent"]).output();
+    }
 }
