@@ -317,6 +317,15 @@ fn parse_server(s: &str) -> Result<Server, String> {
         Some((a, n)) => (a, Some(n.trim().to_string()).filter(|n| !n.is_empty())),
         None => (s, None),
     };
+    if let Some(n) = &name
+        && (n.contains(char::is_whitespace) || n.contains(':') || n.starts_with('-'))
+    {
+        // Most often a mis-indented next line that YAML folded into this one: taking it as a
+        // name would silently drop a server (nutcracker refuses it too).
+        return Err(format!(
+            "server name {n:?} has a space, a colon or a leading `-`; is the next server line indented differently?"
+        ));
+    }
     let (rest, weight) = addr.rsplit_once(':').ok_or("expected host:port:weight")?;
     let weight: u32 = weight.parse().map_err(|_| format!("weight {weight:?} is not a number"))?;
     if weight == 0 {
@@ -366,6 +375,11 @@ mod tests {
         assert!(err("a:\n  listen: 1.2.3.4:1\n  servers: [1.2.3.4:5:1]\n  hsah: md5\n").contains("hsah"));
         assert!(err("a:\n  listen: 1.2.3.4:1\n  hash: sha1\n  servers: [1.2.3.4:5:1]\n").contains("pool `a`: hash"));
         assert!(err("a:\n  listen: 1.2.3.4:1\n  servers: [1.2.3.4:5]\n").contains("weight"));
+        // A mis-indented second server folds into the first line's name.
+        assert!(
+            err("a:\n  listen: 1.2.3.4:1\n  servers:\n    - 1.2.3.4:5:1\n     - 1.2.3.4:6:1\n")
+                .contains("indented differently")
+        );
         assert!(err("a:\n  listen: 1.2.3.4:1\n  servers: [1.2.3.4:5:1, 1.2.3.4:5:2]\n").contains("twice"));
         assert!(err("a:\n  servers: [1.2.3.4:5:1]\n").contains("listen"));
         assert!(err("a:\n  listen: 1.2.3.4:1\n  hash_tag: \"{\"\n  servers: [1.2.3.4:5:1]\n").contains("hash_tag"));

@@ -26,7 +26,7 @@ pub use crate::exit::EX_USAGE;
 pub struct CommonArgs {
     /// Admin listener: healthz, readyz, metrics, logs, profile, config, lifecycle. Port 0 picks
     /// a free port (see --admin-addr-file).
-    #[arg(long, value_name = "ADDR", help_heading = "Admin and logging")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr, help_heading = "Admin and logging")]
     pub admin: SocketAddr,
 
     /// Write the admin listener's bound address to this file once it listens.
@@ -70,7 +70,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// A listener address: `IP:PORT`, or `localhost:PORT` (loopback). Other host names are not
+/// resolved: a listener binds an address.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| format!("{s}: {port:?} is not a port number"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| {
+        format!(
+            "{s}: expected IP:PORT such as 127.0.0.1:9190, [::1]:9190 or 0.0.0.0:9190 (localhost:PORT means 127.0.0.1)"
+        )
+    })
+}
+
 fn parse_log_filter(s: &str) -> Result<String, String> {
+    // tracing reads a bare word as a target to log at every level, so a misspelt level
+    // (`debugg`) would silence everything else. A bare word must be a level; a target is given
+    // with its level (`podkit_run=debug`) or as a module path (`podkit_run::reaper`).
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !d.contains(['=', ':', '[']);
+        if bare && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{d:?} is not a level (off, error, warn, info, debug, trace); give a target with its level, as in {d}=debug"
+            ));
+        }
+    }
     tracing_subscriber::EnvFilter::builder()
         .parse(s)
         .map(|_| s.to_string())
@@ -99,6 +125,9 @@ impl ConfigError {
         match self {
             ConfigError::Cli(e) => {
                 let _ = e.print();
+                if let Some(tip) = separator_tip(e) {
+                    eprintln!("{tip}");
+                }
                 if e.use_stderr() { EX_USAGE } else { 0 }
             }
             other => {
@@ -107,6 +136,21 @@ impl ConfigError {
             }
         }
     }
+}
+
+/// For a program given without `--` (`podkit run sleep 1`): where the `--` goes.
+fn separator_tip(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    if arg.starts_with('-') {
+        return None;
+    }
+    Some(format!(
+        "tip: a program to run goes after `--`, as in `podkit run [OPTIONS] -- {arg} …` (`podkit queue work [OPTIONS] -- {arg} …`)"
+    ))
 }
 
 // === impl Parsed ===
@@ -411,6 +455,23 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, FileValue>, ConfigError> {
 mod tests {
     use super::*;
     use clap::{FromArgMatches, Parser, Subcommand};
+
+    #[test]
+    fn a_misspelt_log_level_is_refused_and_real_filters_pass() {
+        assert!(parse_log_filter("debugg").unwrap_err().contains("not a level"));
+        assert!(parse_log_filter("info,warnn").unwrap_err().contains("\"warnn\""));
+        for ok in ["info", "DEBUG", "off", "info,podkit_run=debug", "podkit_run::reaper", "warn,hyper=off"] {
+            assert!(parse_log_filter(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_take_localhost_and_say_what_they_expect() {
+        assert_eq!(parse_listen_addr("localhost:9190").unwrap(), SocketAddr::from(([127, 0, 0, 1], 9190)));
+        assert_eq!(parse_listen_addr("0.0.0.0:0").unwrap().port(), 0);
+        assert!(parse_listen_addr("example.com:80").unwrap_err().contains("expected IP:PORT"));
+        assert!(parse_listen_addr("localhost:http").unwrap_err().contains("not a port number"));
+    }
 
     #[derive(Debug, Parser)]
     #[command(name = "podkit")]

@@ -29,7 +29,12 @@ fn parse_shards(text: &str, sep: char) -> Result<Vec<Vec<String>>, String> {
     for shard in text.split(sep).map(str::trim).filter(|s| !s.is_empty() && !s.starts_with('#')) {
         let mut replicas = Vec::new();
         for r in shard.split('|').map(str::trim).filter(|r| !r.is_empty()) {
-            let url = reqwest::Url::parse(r).map_err(|e| format!("leaf {r:?}: {e}"))?;
+            let url = reqwest::Url::parse(r).map_err(|e| match e {
+                url::ParseError::RelativeUrlWithoutBase => {
+                    format!("leaf {r:?}: not a URL; give http://{r} (a leaf is http://HOST:PORT[/PATH])")
+                }
+                e => format!("leaf {r:?}: {e}; expected http://HOST:PORT[/PATH]"),
+            })?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
                 return Err(format!("leaf {r:?}: expected http://HOST:PORT or https://HOST:PORT"));
             }

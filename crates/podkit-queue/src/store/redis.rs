@@ -202,14 +202,24 @@ fn sid_of(item: &Claimed) -> &str {
 
 impl RedisStore {
     pub(crate) async fn open(url: &str, max_item_size: usize) -> Result<RedisStore, StoreError> {
-        let err = |e: redis::RedisError| StoreError::Redis { url: url.to_string(), source: e };
+        // Messages, logs and metrics show the URL without its password.
+        let shown = shown_url(url);
+        let err = |e: redis::RedisError| StoreError::Redis { url: shown.clone(), source: e };
         let client = redis::Client::open(url).map_err(err)?;
-        let mut conn = tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client))
+        // One plain connection first: a refused connection, a wrong password or a database out
+        // of range is Redis' own error, at once. (The connection manager retries quietly, so
+        // alone it would only say, after the timeout, that nothing answered.)
+        let mut probe = tokio::time::timeout(Duration::from_secs(5), client.get_multiplexed_async_connection())
             .await
-            .map_err(|_| StoreError::Unreachable(url.to_string()))?
+            .map_err(|_| StoreError::Unreachable(shown.clone()))?
             .map_err(err)?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(err)?;
-        Ok(RedisStore { url: url.to_string(), conn, max_item_size })
+        let _: String = redis::cmd("PING").query_async(&mut probe).await.map_err(err)?;
+        drop(probe);
+        let conn = tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client))
+            .await
+            .map_err(|_| StoreError::Unreachable(shown.clone()))?
+            .map_err(err)?;
+        Ok(RedisStore { url: shown, conn, max_item_size })
     }
 
     fn err(&self, source: redis::RedisError) -> StoreError {
@@ -235,6 +245,17 @@ impl RedisStore {
 
     fn script(body: &str) -> redis::Script {
         redis::Script::new(&format!("{CHECK}\n{body}"))
+    }
+}
+
+/// `url` with its password replaced by `***`.
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
     }
 }
 

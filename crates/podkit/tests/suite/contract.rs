@@ -128,3 +128,50 @@ fn every_url_option_rejects_a_non_http_url_at_start() {
         assert!(stderr.contains("scheme \"ftp\" is not supported"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn mistakes_get_errors_that_name_what_is_wrong() {
+    // A misspelt log level would have silenced every log.
+    let (code, err) = run_plain(&["run", "--log-level", "debugg", "--", "true"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("\"debugg\" is not a level"), "{err}");
+    // A program given without `--`.
+    let (code, err) = run_plain(&["run", "sleep", "1"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("goes after `--`"), "{err}");
+    // A host name for a listener.
+    let (code, err) = run_plain(&["run", "--admin", "example.com:9190", "--", "true"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("expected IP:PORT"), "{err}");
+    // A leaf without its scheme.
+    let (code, err) = run_plain(&["scatter", "--leaves", "127.0.0.1:80"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("give http://127.0.0.1:80"), "{err}");
+    // A mis-indented server line in nutcracker.yml: refused, not read as a name.
+    let dir = tempfile::tempdir().unwrap();
+    let yml = dir.path().join("nutcracker.yml");
+    std::fs::write(&yml, "cache:\n  listen: 127.0.0.1:0\n  servers:\n    - 127.0.0.1:1:1\n     - 127.0.0.1:2:1\n")
+        .unwrap();
+    let (code, err) = run_plain(&["ambassador", "-c", yml.to_str().unwrap(), "-t"], &[]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("indented differently"), "{err}");
+}
+
+#[test]
+fn redis_store_errors_are_redis_own_at_once_and_never_show_the_password() {
+    let server = podkit_testkit::redis();
+    let mut conn = redis::Client::open(format!("redis://{}/0", server.addr)).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("right-one").query(&mut conn).unwrap();
+    let status = |url: &str| run_plain(&["queue", "status", "--store", url], &[]);
+    let (code, err) = status(&format!("redis://:hunter2@{}/0", server.addr));
+    assert_ne!(code, 0);
+    assert!(!err.contains("hunter2"), "the password is shown: {err}");
+    assert!(err.contains("***"), "{err}");
+    assert!(err.to_ascii_lowercase().contains("pass"), "Redis' own reason: {err}");
+    let (_, err) = status(&format!("redis://:right-one@{}/99", server.addr));
+    assert!(err.contains("DB index is out of range"), "{err}");
+    assert!(!err.contains("right-one"), "{err}");
+    let (_, err) = status(&format!("redis://127.0.0.1:{}/0", podkit_testkit::free_port()));
+    // Redis' own error, not the 5 s "no answer" that hid every cause.
+    assert!(err.contains("refused") && !err.contains("no answer"), "{err}");
+}
