@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 pub use admin::AdminBuilder;
 pub use config::CommonArgs;
-pub use exit::{EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ExitStatus, StartError};
+pub use exit::{EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ExitStatus, StartError, error_chain};
 pub use logs::LogRing;
 pub use readiness::Readiness;
 pub use shutdown::{Every, Reload, Shutdown, StopReason};

@@ -147,7 +147,7 @@ impl HttpSource {
             .timeout(opts.timeout)
             .user_agent(concat!("podkit-sync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("building the HTTP client: {}", chain(&e)))?;
+            .map_err(|e| format!("building the HTTP client: {}", podkit_core::error_chain(&e)))?;
         Ok(HttpSource { client, opts, shown, kind, limits: Limits::default(), last: None })
     }
 
@@ -245,14 +245,14 @@ impl HttpSource {
         if e.is_timeout() {
             return format!("GET {}: no answer within {:?}", self.shown, self.opts.timeout);
         }
-        format!("GET {}: {}", self.shown, chain(&e.without_url()))
+        format!("GET {}: {}", self.shown, podkit_core::error_chain(&e.without_url()))
     }
 
     fn body_error(&self, e: reqwest::Error) -> String {
         if e.is_timeout() {
             return format!("GET {}: the body did not arrive within {:?}", self.shown, self.opts.timeout);
         }
-        format!("GET {}: reading the body: {}", self.shown, chain(&e.without_url()))
+        format!("GET {}: reading the body: {}", self.shown, podkit_core::error_chain(&e.without_url()))
     }
 }
 
@@ -730,22 +730,6 @@ async fn error_body(resp: &mut reqwest::Response) -> String {
     buf.truncate(ERROR_BODY_BYTES);
     let text = String::from_utf8_lossy(&buf).trim().to_string();
     if text.is_empty() { "(empty body)".to_string() } else { text }
-}
-
-/// The error and its causes, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        // Some layers repeat their cause in their own message.
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// The URL for messages, with a password in it redacted.

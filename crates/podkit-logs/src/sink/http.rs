@@ -115,11 +115,7 @@ impl HttpOptions {
                         _ => return Err(format!("{given}: gzip={v}: expected true or false")),
                     }
                 }
-                "timeout" => {
-                    opts.timeout = podkit_core::Duration::parse_positive(&v)
-                        .map_err(|e| format!("{given}: timeout={v}: {e}"))?
-                        .get()
-                }
+                "timeout" => opts.timeout = super::parse_timeout(given, &v)?,
                 "ca" => opts.ca = Some(file()?),
                 "bearer_file" => bearer = Some(file()?),
                 "password_file" => password_file = Some(file()?),
@@ -287,10 +283,12 @@ impl HttpTarget {
                 req.header(AUTHORIZATION, v)
             }
         };
-        let resp = req.send().await.map_err(|e| SendError::Retry(error_chain(&e)))?;
+        let resp = req.send().await.map_err(|e| SendError::Retry(podkit_core::error_chain(&e)))?;
         let status = resp.status();
-        let body =
-            resp.bytes().await.map_err(|e| SendError::Retry(format!("reading the answer: {}", error_chain(&e))))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| SendError::Retry(format!("reading the answer: {}", podkit_core::error_chain(&e))))?;
         Ok(Answer { status, body })
     }
 }
@@ -315,18 +313,6 @@ impl Answer {
             _ => SendError::Retry(why),
         }
     }
-}
-
-/// An error and its causes, on one line (reqwest's own message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// `http(s)://…`: the batch as NDJSON in one POST.

@@ -163,6 +163,11 @@ pub(crate) fn parse_sink(s: &str) -> Result<SinkUrl, String> {
     }
 }
 
+/// A sink URL's `timeout=` option, for every network sink.
+fn parse_timeout(given: &str, v: &str) -> Result<std::time::Duration, String> {
+    podkit_core::Duration::parse_positive(v).map(|d| d.get()).map_err(|e| format!("{given}: timeout={v}: {e}"))
+}
+
 /// Why a batch was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {

@@ -51,11 +51,7 @@ impl RedisOptions {
                             .ok_or_else(|| format!("{given}: maxlen={v}: a positive number"))?,
                     )
                 }
-                "timeout" => {
-                    timeout = podkit_core::Duration::parse_positive(&v)
-                        .map_err(|e| format!("{given}: timeout={v}: {e}"))?
-                        .get()
-                }
+                "timeout" => timeout = super::parse_timeout(given, &v)?,
                 other => {
                     return Err(format!("{given}: unknown option {other} (known: stream, marks, maxlen, timeout)"));
                 }

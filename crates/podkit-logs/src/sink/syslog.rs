@@ -116,11 +116,7 @@ impl SyslogOptions {
                     }
                     o.sd_id = v.into_owned();
                 }
-                ("timeout", _) => {
-                    o.timeout = podkit_core::Duration::parse_positive(&v)
-                        .map_err(|e| format!("{given}: timeout={v}: {e}"))?
-                        .get()
-                }
+                ("timeout", _) => o.timeout = super::parse_timeout(given, &v)?,
                 ("ca", Some(t)) if v.starts_with('/') => t.ca = Some(PathBuf::from(&*v)),
                 ("ca", Some(_)) => return Err(format!("{given}: ca={v}: give an absolute path")),
                 ("server_name", Some(t)) => t.server_name = Some(v.into_owned()),
