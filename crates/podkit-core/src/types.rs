@@ -66,6 +66,14 @@ impl Serialize for Duration {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Duration {
+    /// Config files write durations as humans do (`2s`, `500ms`), the same form as the flags.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<Duration> for std::time::Duration {
     fn from(d: Duration) -> Self {
         d.0

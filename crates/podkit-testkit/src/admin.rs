@@ -30,10 +30,7 @@ impl Answer {
 
 impl AdminClient {
     pub fn new(addr: SocketAddr) -> Self {
-        static PROVIDER: Once = Once::new();
-        PROVIDER.call_once(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        });
+        install_crypto_provider();
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .no_proxy()
@@ -143,4 +140,12 @@ impl AdminClient {
     pub fn shutdown(&self) -> Answer {
         self.post("/lifecycle/shutdown")
     }
+}
+
+/// Makes rustls use `ring`, so that a `reqwest` client can be built in a test. Idempotent.
+pub fn install_crypto_provider() {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

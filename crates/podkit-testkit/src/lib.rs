@@ -12,11 +12,11 @@ mod admin;
 pub mod leaf;
 mod servers;
 
-pub use admin::AdminClient;
+pub use admin::{AdminClient, install_crypto_provider};
 pub use leaf::TestLeaf;
 pub use servers::{
     EtcdCluster, Server, SyslogTransport, etcd, etcd_tls, free_port, git_daemon, memcached, memcached_on, nats,
-    nutcracker, redis, require_program, rsyslog, rsyslog_on, sshd,
+    nutcracker, prometheus, redis, redis_exporter, require_program, rsyslog, rsyslog_on, sshd,
 };
 
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message

@@ -618,3 +618,42 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// Debian's prometheus-redis-exporter, translating the Redis at `redis`: the adapter's peer.
+/// Its /metrics is at `addr`.
+pub fn redis_exporter(redis: SocketAddr) -> Server {
+    let program = require_program("prometheus-redis-exporter", "prometheus-redis-exporter");
+    start(
+        "redis-exporter",
+        program,
+        1,
+        &|_, p| vec![format!("--redis.addr=redis://{redis}"), format!("--web.listen-address=127.0.0.1:{}", p[0])],
+        &|a, _| http_get_contains(a, "/metrics", "redis_up"),
+    )
+}
+
+/// A Prometheus server scraping `targets` (HOST:PORT, path /metrics) every second. Its HTTP API
+/// is at `addr`.
+pub fn prometheus(targets: &[SocketAddr]) -> Server {
+    let program = require_program("prometheus", "prometheus");
+    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    start(
+        "prometheus",
+        program,
+        1,
+        &|dir, p| {
+            let conf = dir.join("prometheus.yml");
+            let yaml = format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: podkit\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            );
+            std::fs::write(&conf, yaml).expect("write prometheus.yml");
+            vec![
+                format!("--config.file={}", conf.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{}", p[0]),
+            ]
+        },
+        &|a, _| http_get_contains(a, "/-/ready", "Ready"),
+    )
+}

@@ -84,6 +84,14 @@ commands! {
         after_help = "Example:\n  podkit sync --repo https://github.com/org/site --ref main --root /srv --link site\n  podkit sync --one-time --repo git@github.com:org/config.git --root /config --ssh-key-file /etc/git/key"
     )]
     Sync(podkit_sync::SyncArgs),
+
+    /// Metrics adapter: one Prometheus /metrics over memcached, Redis, twemproxy (or podkit
+    /// ambassador) and other /metrics endpoints, under the names their exporters use, so
+    /// existing dashboards keep working.
+    #[command(
+        after_help = "Example:\n  podkit adapter --memcached 127.0.0.1:11211 --redis redis://127.0.0.1:6379 --listen 0.0.0.0:9199\n  podkit adapter --config adapter.yaml\n\nPodkit's own options can also come from PODKIT_* variables or --options FILE."
+    )]
+    Adapter(podkit_adapter::AdapterArgs),
 }
 
 /// Pattern containers for distributed systems, as one small binary: run it beside any app and

@@ -25,6 +25,7 @@ fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
         ("ambassador", s(&["ambassador", "-c", &pools, "-s", "0"])),
         ("logs", s(&["logs", "--path", &format!("{}/*.log", d("logs")), "--state-dir", &d("logs-state")])),
         ("scatter", s(&["scatter", "--leaves", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"])),
+        ("adapter", s(&["adapter", "--memcached", "127.0.0.1:1", "--listen", "127.0.0.1:0"])),
         ("sync", s(&["sync", "--repo", &format!("file://{}", d("no-repo.git")), "--root", &d("sync-root")])),
         (
             "queue",

@@ -4,6 +4,7 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod adapter;
 mod ambassador;
 mod contract;
 mod elect;

@@ -1,0 +1,115 @@
+//! The adapter's file (`--config adapter.yaml`): its sources. Every key is checked: an unknown one is an error that names it.
+//!
+//! ```yaml
+//! sources:
+//!   - memcached: 127.0.0.1:11211
+//!   - redis: redis://127.0.0.1:6379
+//!     password_file: /etc/redis/password
+//!   - twemproxy: 127.0.0.1:22222
+//!   - prometheus: http://127.0.0.1:9191/metrics
+//!     labels: {container: elect}
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use podkit_core::Duration;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    #[serde(default)]
+    pub(crate) sources: Vec<SourceConfig>,
+}
+
+/// One source: exactly one of the kind keys, plus its options.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceConfig {
+    /// Names the source in podkit's own series and logs (default: its address).
+    pub(crate) name: Option<String>,
+    pub(crate) memcached: Option<String>,
+    pub(crate) redis: Option<String>,
+    pub(crate) twemproxy: Option<String>,
+    pub(crate) prometheus: Option<String>,
+    /// Bound on one scrape of this source (default: --timeout).
+    pub(crate) timeout: Option<Duration>,
+    /// Labels put on every series of this source.
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+    // Redis
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+}
+
+/// The kinds of source, as the config keys and `/scrape?kind=` name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SourceKind {
+    Memcached,
+    Redis,
+    Twemproxy,
+    Prometheus,
+}
+
+impl SourceKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Memcached => "memcached",
+            SourceKind::Redis => "redis",
+            SourceKind::Twemproxy => "twemproxy",
+            SourceKind::Prometheus => "prometheus",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<SourceKind> {
+        Some(match s {
+            "memcached" => SourceKind::Memcached,
+            "redis" => SourceKind::Redis,
+            "twemproxy" | "nutcracker" | "ambassador" => SourceKind::Twemproxy,
+            "prometheus" => SourceKind::Prometheus,
+            _ => return None,
+        })
+    }
+
+    /// The source's own `up` gauge, where its exporter has one.
+    pub(crate) fn up_metric(self) -> Option<&'static str> {
+        match self {
+            SourceKind::Memcached => Some("memcached_up"),
+            SourceKind::Redis => Some("redis_up"),
+            SourceKind::Twemproxy => Some("twemproxy_up"),
+            SourceKind::Prometheus => None,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The kind and address, when exactly one kind key is given.
+    pub(crate) fn kind(&self) -> Result<(SourceKind, &str), String> {
+        let given: Vec<(SourceKind, &str)> = [
+            (SourceKind::Memcached, &self.memcached),
+            (SourceKind::Redis, &self.redis),
+            (SourceKind::Twemproxy, &self.twemproxy),
+            (SourceKind::Prometheus, &self.prometheus),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect();
+        match given.as_slice() {
+            [one] => Ok(*one),
+            [] => Err("give one of memcached:, redis:, twemproxy: or prometheus: with the address".into()),
+            many => Err(format!(
+                "give one kind per source, not {}",
+                many.iter().map(|(k, _)| format!("{}:", k.as_str())).collect::<Vec<_>>().join(" and ")
+            )),
+        }
+    }
+}
+
+/// Reads and checks the file. Errors name the file and, from the YAML parser, the line.
+pub(crate) fn load(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+}

@@ -1,0 +1,581 @@
+//! `podkit adapter`: the adapter pattern. One Prometheus `/metrics` over the programs beside
+//! it (memcached, Redis, twemproxy or `podkit ambassador`, other `/metrics` endpoints), under
+//! the metric names their usual exporters use, so dashboards carry over. See docs/adapter.md.
+//!
+//! Every scrape asks every source at once, each bounded by its own timeout: a dead or slow
+//! source shows `up 0` and never delays or fails the others.
+
+mod config;
+mod conn;
+pub mod expo;
+mod memcached;
+pub mod promtext;
+mod redis;
+mod twemproxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::Args;
+use podkit_core::{AdminBuilder, CommonArgs, Component, Context, Listen, StartError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::config::SourceKind;
+use crate::config::{FileConfig, SourceConfig};
+use crate::expo::{Labels, Scrape};
+
+/// The admin listener's default address for `podkit adapter`.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9198";
+
+/// Options of `podkit adapter`. Their doc comments are the `--help` text.
+#[derive(Debug, Clone, Args)]
+pub struct AdapterArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The adapter's file: its sources, each with its options and labels (see
+    /// docs/adapter.md). Podkit's own options file is --options here.
+    #[arg(short = 'c', long = "config", id = "sources_file", value_name = "FILE")]
+    pub sources_file: Option<PathBuf>,
+
+    /// Serve the translated metrics here, at /metrics and /scrape (apart from the admin port,
+    /// so Prometheus scrapes it as it would scrape an exporter).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9199", value_parser = podkit_core::config::parse_listen_addr)]
+    pub listen: SocketAddr,
+
+    /// Write the metrics listener's bound address to this file once it listens.
+    #[arg(long, value_name = "FILE")]
+    pub listen_addr_file: Option<PathBuf>,
+
+    /// A memcached server to translate (HOST:PORT); repeatable.
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Sources")]
+    pub memcached: Vec<String>,
+
+    /// A Redis server to translate (redis://[user:password@]host:port, rediss:// for TLS);
+    /// repeatable.
+    #[arg(long, value_name = "URL", help_heading = "Sources")]
+    pub redis: Vec<String>,
+
+    /// A twemproxy (nutcracker) or podkit ambassador stats port (HOST:PORT); repeatable.
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Sources")]
+    pub twemproxy: Vec<String>,
+
+    /// Another process's /metrics endpoint to re-export; repeatable.
+    #[arg(long, value_name = "URL", help_heading = "Sources")]
+    pub prometheus: Vec<podkit_core::HttpUrl>,
+
+    /// Bound on each source's scrape, unless the source sets its own.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Sources")]
+    pub timeout: podkit_core::Duration,
+
+    /// Hosts /scrape?target= may ask (comma-separated; `*` allows any). Without it, only
+    /// loopback targets: /scrape makes podkit connect where the caller says.
+    #[arg(
+        long,
+        value_name = "HOSTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,localhost,::1",
+        help_heading = "Sources"
+    )]
+    pub scrape_allow: Vec<String>,
+}
+
+/// Errors that end `podkit adapter`.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("the metrics listener failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl podkit_core::ExitStatus for AdapterError {
+    fn exit_status(&self) -> i32 {
+        podkit_core::EX_UNAVAILABLE
+    }
+}
+
+// === impl Source ===
+
+enum Collector {
+    Memcached(memcached::MemcachedSource),
+    Redis(redis::RedisSource),
+    Twemproxy(twemproxy::TwemproxySource),
+    Prometheus(PromSource),
+}
+
+struct PromSource {
+    url: reqwest::Url,
+    client: reqwest::Client,
+}
+
+/// One configured source.
+struct Source {
+    name: String,
+    kind: SourceKind,
+    labels: Labels,
+    timeout: Duration,
+    collector: Collector,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl Source {
+    fn build(cfg: &SourceConfig, default_timeout: Duration, client: &reqwest::Client) -> Result<Source, String> {
+        let (kind, addr) = cfg.kind()?;
+        let name = cfg.name.clone().unwrap_or_else(|| shown(addr));
+        let err = |e: String| format!("source {name} ({} {}): {e}", kind.as_str(), shown(addr));
+        for k in cfg.labels.keys() {
+            if !expo::valid_label_name(k) {
+                return Err(err(format!("label name {k:?} is not valid; expected [a-zA-Z_][a-zA-Z0-9_]*")));
+            }
+        }
+        let redis_only = [
+            ("password_file", cfg.password_file.is_some()),
+            ("ca_file", cfg.ca_file.is_some()),
+            ("cert_file", cfg.cert_file.is_some()),
+            ("key_file", cfg.key_file.is_some()),
+        ];
+        if kind != SourceKind::Redis
+            && let Some((k, _)) = redis_only.iter().find(|(_, given)| *given)
+        {
+            return Err(err(format!("{k} is for redis: sources")));
+        }
+        let collector = match kind {
+            SourceKind::Memcached => {
+                Collector::Memcached(memcached::MemcachedSource::new(host_port(addr).map_err(err)?))
+            }
+            SourceKind::Twemproxy => {
+                Collector::Twemproxy(twemproxy::TwemproxySource::new(host_port(addr).map_err(err)?))
+            }
+            SourceKind::Redis => Collector::Redis(
+                redis::RedisSource::new(redis::RedisOptions {
+                    url: addr.to_string(),
+                    password_file: cfg.password_file.clone(),
+                    ca_file: cfg.ca_file.clone(),
+                    cert_file: cfg.cert_file.clone(),
+                    key_file: cfg.key_file.clone(),
+                })
+                .map_err(err)?,
+            ),
+            SourceKind::Prometheus => {
+                let url: podkit_core::HttpUrl = addr.parse().map_err(err)?;
+                Collector::Prometheus(PromSource { url: url.into_inner(), client: client.clone() })
+            }
+        };
+        Ok(Source {
+            name,
+            kind,
+            labels: cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            timeout: cfg.timeout.map(|t| t.get()).unwrap_or(default_timeout),
+            collector,
+        })
+    }
+
+    /// Scrapes the source into `out` (with its labels), bounded by its timeout. Returns
+    /// whether it answered, and the error if not.
+    async fn scrape(&self, out: &mut Scrape) -> Result<(), String> {
+        let collect = async {
+            match &self.collector {
+                Collector::Memcached(m) => m.collect(out, self.timeout).await,
+                Collector::Redis(r) => r.collect(out, self.timeout).await,
+                Collector::Twemproxy(t) => t.collect(out, self.timeout).await,
+                Collector::Prometheus(p) => p.collect(out, &self.labels).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, collect).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+}
+
+impl PromSource {
+    async fn collect(&self, out: &mut Scrape, labels: &Labels) -> Result<(), String> {
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .header(
+                header::ACCEPT,
+                "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1",
+            )
+            .send()
+            .await
+            .map_err(|e| podkit_core::error_chain(&e))?;
+        if !resp.status().is_success() {
+            return Err(format!("{} answered {}", self.url, resp.status()));
+        }
+        let body = resp.text().await.map_err(|e| podkit_core::error_chain(&e))?;
+        // The source's labels are added while parsing (its own same-named labels become
+        // exported_*), not by the scrape's base.
+        let mut own = Scrape::new();
+        promtext::parse_into(&body, labels, &mut own).map_err(|e| format!("{}: {e}", self.url))?;
+        out.merge(own);
+        Ok(())
+    }
+}
+
+/// `host:port` checked (a port is required; names are resolved at each connect).
+fn host_port(addr: &str) -> Result<String, String> {
+    let addr = addr.strip_prefix("tcp://").unwrap_or(addr);
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(addr.to_string()),
+        _ => Err(format!("{addr:?}: expected HOST:PORT")),
+    }
+}
+
+/// An address as logs and labels show it: a URL's password replaced by `***`.
+fn shown(addr: &str) -> String {
+    match url::Url::parse(addr) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => addr.to_string(),
+    }
+}
+
+/// Scrapes every source at once into one scrape, with podkit's per-source series.
+async fn scrape_all(sources: &[Source], metrics: &Metrics) -> Scrape {
+    let results = futures_util::future::join_all(sources.iter().map(|s| async move {
+        let started = Instant::now();
+        let mut out = Scrape::with_base(if matches!(s.collector, Collector::Prometheus(_)) {
+            Labels::new()
+        } else {
+            s.labels.clone()
+        });
+        let r = s.scrape(&mut out).await;
+        (s, out, r, started.elapsed())
+    }))
+    .await;
+    let mut all = Scrape::new();
+    for (s, mut out, r, took) in results {
+        let l = [("source", s.name.as_str()), ("kind", s.kind.as_str())];
+        let up = match r {
+            Ok(()) => 1.0,
+            Err(e) => {
+                tracing::warn!(source = %s.name, kind = s.kind.as_str(), error = %e, "scrape failed");
+                if let Some(up) = s.kind.up_metric().filter(|up| out.family(up).is_none()) {
+                    out.gauge(up, up_help(s.kind), &[], 0.0);
+                }
+                0.0
+            }
+        };
+        metrics
+            .scrapes
+            .get_or_create(&ScrapeLabel { source: s.name.clone(), result: if up == 1.0 { "ok" } else { "error" } })
+            .inc();
+        all.merge(out);
+        all.gauge("podkit_adapter_source_up", "Whether the source answered the last scrape (1) or not (0)", &l, up);
+        all.gauge(
+            "podkit_adapter_source_scrape_duration_seconds",
+            "How long the source's scrape took",
+            &l,
+            took.as_secs_f64(),
+        );
+    }
+    if all.conflicts > 0 {
+        metrics.conflicts.inc_by(all.conflicts);
+    }
+    all
+}
+
+fn up_help(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Memcached => "Could the memcached server be reached.",
+        SourceKind::Redis => "Information about the Redis instance",
+        _ => "Whether the stats port answered (1) or not (0)",
+    }
+}
+
+// === impl Adapter ===
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScrapeLabel {
+    source: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Metrics {
+    scrapes: Family<ScrapeLabel, Counter>,
+    conflicts: Counter,
+}
+
+/// The `podkit adapter` component.
+pub struct Adapter {
+    args: AdapterArgs,
+    sources: Vec<Source>,
+    listener: Option<tokio::net::TcpListener>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter").field("args", &self.args).field("sources", &self.sources).finish_non_exhaustive()
+    }
+}
+
+impl Adapter {
+    /// Reads the file and the flags, and builds every source; every error names the source.
+    pub fn new(args: AdapterArgs) -> Result<Adapter, String> {
+        let mut file = match &args.sources_file {
+            Some(p) => config::load(p)?,
+            None => FileConfig::default(),
+        };
+        let flag = |f: fn(&mut SourceConfig, String), v: &str| {
+            let mut c = SourceConfig::default();
+            f(&mut c, v.to_string());
+            c
+        };
+        file.sources.extend(args.memcached.iter().map(|a| flag(|c, v| c.memcached = Some(v), a)));
+        file.sources.extend(args.redis.iter().map(|a| flag(|c, v| c.redis = Some(v), a)));
+        file.sources.extend(args.twemproxy.iter().map(|a| flag(|c, v| c.twemproxy = Some(v), a)));
+        file.sources.extend(args.prometheus.iter().map(|a| flag(|c, v| c.prometheus = Some(v), a.as_str())));
+        if file.sources.is_empty() {
+            return Err(
+                "no source: give --memcached, --redis, --twemproxy or --prometheus, or sources in --config FILE".into(),
+            );
+        }
+        podkit_core::http::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .user_agent(concat!("podkit-adapter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let mut sources: Vec<Source> = Vec::new();
+        for (i, cfg) in file.sources.iter().enumerate() {
+            let s = Source::build(cfg, args.timeout.get(), &client).map_err(|e| format!("sources[{i}]: {e}"))?;
+            if let Some(other) = sources.iter().find(|o| o.name == s.name) {
+                return Err(format!(
+                    "sources[{i}]: the name {:?} is taken by another {} source; give each a name:",
+                    s.name,
+                    other.kind.as_str()
+                ));
+            }
+            // Two sources of one kind would write the same series: their labels must differ.
+            if let Some(other) =
+                sources.iter().find(|o| o.kind == s.kind && o.labels == s.labels && s.kind != SourceKind::Prometheus)
+            {
+                return Err(format!(
+                    "sources[{i}]: {} and {} are both {} sources with the same labels, so their series would collide; give each labels: (e.g. {{instance: …}}), or scrape them through /scrape?target=",
+                    other.name,
+                    s.name,
+                    s.kind.as_str()
+                ));
+            }
+            sources.push(s);
+        }
+        Ok(Adapter { args, sources, listener: None, metrics: Metrics::default() })
+    }
+}
+
+impl podkit_core::Command for AdapterArgs {
+    const NAME: &'static str = "adapter";
+
+    fn augment(cmd: clap::Command) -> clap::Command {
+        // --config is the adapter's own file here; podkit's options file is --options.
+        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN).mut_arg("config", |a| {
+            a.long("options").help(
+                "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
+            )
+        })
+    }
+
+    fn main(self, effective: serde_json::Value) -> i32 {
+        let common = self.common.clone();
+        match Adapter::new(self) {
+            Ok(a) => podkit_core::launch(a, &common, effective),
+            Err(e) => {
+                eprintln!("error: {e}");
+                podkit_core::EX_USAGE
+            }
+        }
+    }
+}
+
+impl Component for Adapter {
+    const NAME: &'static str = "adapter";
+    const DEFAULT_ADMIN: &'static str = DEFAULT_ADMIN;
+    type Error = AdapterError;
+
+    async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        self.listener = Some(
+            podkit_core::listen(&Listen {
+                addr: self.args.listen,
+                addr_file: self.args.listen_addr_file.as_deref(),
+                what: "metrics listener",
+                option: "--listen",
+            })
+            .await?,
+        );
+        Ok(())
+    }
+
+    fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
+        let reg = admin.metrics();
+        reg.register("scrapes", "Source scrapes, by source and result (ok, error)", self.metrics.scrapes.clone());
+        reg.register(
+            "series_conflicts",
+            "Series left out of a scrape because their name came with another type",
+            self.metrics.conflicts.clone(),
+        );
+        // The adapter serves as soon as it listens: a source that is down is reported in its
+        // own `up` series, which is what Prometheus needs to see.
+        ctx.readiness.ready("listening");
+    }
+
+    async fn run(self, ctx: Context) -> Result<i32, AdapterError> {
+        let listener = self.listener.expect("prepared before run");
+        tracing::info!(
+            sources = ?self.sources.iter().map(|s| format!("{} {}", s.kind.as_str(), s.name)).collect::<Vec<_>>(),
+            "translating"
+        );
+        let state = Arc::new(Served {
+            sources: self.sources,
+            metrics: self.metrics,
+            timeout: self.args.timeout.get(),
+            allow: self.args.scrape_allow,
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(|e| AdapterError::Serve(std::io::Error::other(e)))?,
+        });
+        let app = axum::Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/scrape", get(scrape_handler))
+            .route("/", get(|| async { "podkit adapter: /metrics, /scrape?target=…&kind=…\n" }))
+            .with_state(state);
+        let stop = ctx.shutdown.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                stop.triggered().await;
+            })
+            .await
+            .map_err(AdapterError::Serve)?;
+        Ok(0)
+    }
+}
+
+struct Served {
+    sources: Vec<Source>,
+    metrics: Metrics,
+    timeout: Duration,
+    allow: Vec<String>,
+    client: reqwest::Client,
+}
+
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The body, gzipped when the scraper accepts it (Prometheus does).
+fn respond(headers: &HeaderMap, body: String) -> Response {
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().split(';').next() == Some("gzip")));
+    if gzip {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+        if enc.write_all(body.as_bytes()).is_ok()
+            && let Ok(z) = enc.finish()
+        {
+            return ([(header::CONTENT_TYPE, TEXT_FORMAT), (header::CONTENT_ENCODING, "gzip")], z).into_response();
+        }
+    }
+    ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
+}
+
+async fn metrics_handler(State(s): State<Arc<Served>>, headers: HeaderMap) -> Response {
+    let scrape = scrape_all(&s.sources, &s.metrics).await;
+    respond(&headers, scrape.render())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ScrapeQuery {
+    target: String,
+    kind: Option<String>,
+}
+
+/// The exporters' multi-target form: `/scrape?target=redis://host:port`, or
+/// `target=host:port&kind=memcached`.
+async fn scrape_handler(
+    State(s): State<Arc<Served>>,
+    headers: HeaderMap,
+    q: Result<Query<ScrapeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
+    let Ok(Query(q)) = q else {
+        return bad(
+            "give ?target=ADDRESS (and &kind=memcached|redis|twemproxy|prometheus unless the address says it)\n".into(),
+        );
+    };
+    let kind = match q.kind.as_deref() {
+        Some(k) => match SourceKind::parse(k) {
+            Some(k) => k,
+            None => return bad(format!("kind {k:?}: expected memcached, redis, twemproxy or prometheus\n")),
+        },
+        None if q.target.starts_with("redis://") || q.target.starts_with("rediss://") => SourceKind::Redis,
+        None if q.target.starts_with("http://") || q.target.starts_with("https://") => SourceKind::Prometheus,
+        None => return bad(format!("target {:?}: add &kind=memcached|redis|twemproxy|prometheus\n", q.target)),
+    };
+    let host = target_host(&q.target);
+    if !s.allow.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(&host)) {
+        return (StatusCode::FORBIDDEN, format!("target host {host:?} is not in --scrape-allow\n")).into_response();
+    }
+    let mut cfg = SourceConfig::default();
+    match kind {
+        SourceKind::Memcached => cfg.memcached = Some(q.target.clone()),
+        SourceKind::Redis => cfg.redis = Some(q.target.clone()),
+        SourceKind::Twemproxy => cfg.twemproxy = Some(q.target.clone()),
+        SourceKind::Prometheus => cfg.prometheus = Some(q.target.clone()),
+    }
+    let source = match Source::build(&cfg, s.timeout, &s.client) {
+        Ok(src) => src,
+        Err(e) => return bad(format!("{e}\n")),
+    };
+    let scrape = scrape_all(std::slice::from_ref(&source), &s.metrics).await;
+    respond(&headers, scrape.render())
+}
+
+/// The host a target names, for the allow list.
+fn target_host(target: &str) -> String {
+    if let Ok(u) = url::Url::parse(target)
+        && let Some(h) = u.host_str()
+    {
+        return h.trim_start_matches('[').trim_end_matches(']').to_string();
+    }
+    let t = target.strip_prefix("tcp://").unwrap_or(target);
+    let host = t.rsplit_once(':').map_or(t, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_hosts() {
+        assert_eq!(target_host("redis://:pw@10.0.0.1:6379/2"), "10.0.0.1");
+        assert_eq!(target_host("127.0.0.1:11211"), "127.0.0.1");
+        assert_eq!(target_host("[::1]:11211"), "::1");
+        assert_eq!(target_host("http://localhost:9/metrics"), "localhost");
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(host_port("127.0.0.1:11211").is_ok());
+        assert!(host_port("cache:11211").is_ok());
+        assert!(host_port("127.0.0.1").is_err());
+        assert_eq!(shown("redis://u:secret@h:1"), "redis://u:***@h:1");
+    }
+}
