@@ -457,6 +457,12 @@ impl Component for Adapter {
             .route("/", get(|| async { "podkit adapter: /metrics, /scrape?target=…&kind=…\n" }))
             .with_state(state);
         let stop = ctx.shutdown.clone();
+        // Headers and body go out in separate writes: without TCP_NODELAY the body can wait
+        // for the scraper's delayed ACK.
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 stop.triggered().await;
