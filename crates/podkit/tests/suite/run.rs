@@ -482,7 +482,11 @@ fn restart_always_until_stopped() {
     let admin = p.admin();
     assert!(admin.metric("podkit_run_restarts_total").unwrap() >= 2.0);
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait(), 0, "the last run exited 0");
+    // The stop ends the restarts. Its status is the last run's: 0 when the signal lands between
+    // runs (or in the program's trap), 143 when it lands as a run starts, before its trap is
+    // set (seen on a loaded machine).
+    let status = p.wait();
+    assert!(status == 0 || status == 143, "status {status}");
 }
 
 // === configuration ===
