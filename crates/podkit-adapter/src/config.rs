@@ -74,12 +74,12 @@ impl SourceKind {
         })
     }
 
-    /// The source's own `up` gauge, where its exporter has one.
-    pub(crate) fn up_metric(self) -> Option<&'static str> {
+    /// The source's own `up` gauge and its HELP, where its exporter has one.
+    pub(crate) fn up_metric(self) -> Option<(&'static str, &'static str)> {
         match self {
-            SourceKind::Memcached => Some("memcached_up"),
-            SourceKind::Redis => Some("redis_up"),
-            SourceKind::Twemproxy => Some("twemproxy_up"),
+            SourceKind::Memcached => Some(("memcached_up", "Could the memcached server be reached.")),
+            SourceKind::Redis => Some(("redis_up", "Information about the Redis instance")),
+            SourceKind::Twemproxy => Some(("twemproxy_up", "Whether the stats port answered (1) or not (0)")),
             SourceKind::Prometheus => None,
         }
     }

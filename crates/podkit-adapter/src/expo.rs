@@ -120,14 +120,13 @@ impl Scrape {
         labels: &[(&str, &str)],
         value: f64,
     ) {
-        let labels =
-            self.base.iter().cloned().chain(labels.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string()))).collect();
+        let labels = labels.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
         self.add_sample(name, help, kind, Sample { suffix, labels, value });
     }
 
     /// Adds a sample whose labels are already owned. The base labels go first.
     pub fn add_sample(&mut self, name: &str, help: &str, kind: Kind, mut sample: Sample) {
-        if !self.base.is_empty() && !sample.labels.iter().any(|(k, _)| self.base.iter().any(|(b, _)| b == k)) {
+        if !self.base.is_empty() {
             let mut labels = self.base.clone();
             labels.append(&mut sample.labels);
             sample.labels = labels;

@@ -133,8 +133,8 @@ impl std::fmt::Debug for Source {
 impl Source {
     fn build(cfg: &SourceConfig, default_timeout: Duration, client: &reqwest::Client) -> Result<Source, String> {
         let (kind, addr) = cfg.kind()?;
-        let name = cfg.name.clone().unwrap_or_else(|| shown(addr));
-        let err = |e: String| format!("source {name} ({} {}): {e}", kind.as_str(), shown(addr));
+        let name = cfg.name.clone().unwrap_or_else(|| podkit_core::http::shown_url(addr));
+        let err = |e: String| format!("source {name} ({} {}): {e}", kind.as_str(), podkit_core::http::shown_url(addr));
         for k in cfg.labels.keys() {
             if !expo::valid_label_name(k) {
                 return Err(err(format!("label name {k:?} is not valid; expected [a-zA-Z_][a-zA-Z0-9_]*")));
@@ -234,17 +234,6 @@ fn host_port(addr: &str) -> Result<String, String> {
     }
 }
 
-/// An address as logs and labels show it: a URL's password replaced by `***`.
-fn shown(addr: &str) -> String {
-    match url::Url::parse(addr) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => addr.to_string(),
-    }
-}
-
 /// Scrapes every source at once into one scrape, with podkit's per-source series.
 async fn scrape_all(sources: &[Source], metrics: &Metrics) -> Scrape {
     let results = futures_util::future::join_all(sources.iter().map(|s| async move {
@@ -265,12 +254,12 @@ async fn scrape_all(sources: &[Source], metrics: &Metrics) -> Scrape {
             Ok(()) => 1.0,
             Err(e) => {
                 tracing::warn!(source = %s.name, kind = s.kind.as_str(), error = %e, "scrape failed");
-                if let Some(up) = s.kind.up_metric().filter(|up| out.family(up).is_none()) {
-                    out.gauge(up, up_help(s.kind), &[], 0.0);
-                }
                 0.0
             }
         };
+        if let Some((name, help)) = s.kind.up_metric() {
+            out.gauge(name, help, &[], up);
+        }
         metrics
             .scrapes
             .get_or_create(&ScrapeLabel { source: s.name.clone(), result: if up == 1.0 { "ok" } else { "error" } })
@@ -288,14 +277,6 @@ async fn scrape_all(sources: &[Source], metrics: &Metrics) -> Scrape {
         metrics.conflicts.inc_by(all.conflicts);
     }
     all
-}
-
-fn up_help(kind: SourceKind) -> &'static str {
-    match kind {
-        SourceKind::Memcached => "Could the memcached server be reached.",
-        SourceKind::Redis => "Information about the Redis instance",
-        _ => "Whether the stats port answered (1) or not (0)",
-    }
 }
 
 // === impl Adapter ===
@@ -316,6 +297,7 @@ struct Metrics {
 pub struct Adapter {
     args: AdapterArgs,
     sources: Vec<Source>,
+    client: reqwest::Client,
     listener: Option<tokio::net::TcpListener>,
     metrics: Metrics,
 }
@@ -347,12 +329,10 @@ impl Adapter {
                 "no source: give --memcached, --redis, --twemproxy or --prometheus, or sources in --config FILE".into(),
             );
         }
-        podkit_core::http::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .user_agent(concat!("podkit-adapter/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        // One client for every endpoint source and /scrape; each scrape is bounded by its
+        // source's own timeout, not by the client.
+        let client =
+            podkit_core::http::client(podkit_core::Duration::MAX.get()).map_err(|e| format!("HTTP client: {e}"))?;
         let mut sources: Vec<Source> = Vec::new();
         for (i, cfg) in file.sources.iter().enumerate() {
             let s = Source::build(cfg, args.timeout.get(), &client).map_err(|e| format!("sources[{i}]: {e}"))?;
@@ -376,7 +356,7 @@ impl Adapter {
             }
             sources.push(s);
         }
-        Ok(Adapter { args, sources, listener: None, metrics: Metrics::default() })
+        Ok(Adapter { args, sources, client, listener: None, metrics: Metrics::default() })
     }
 }
 
@@ -385,11 +365,7 @@ impl podkit_core::Command for AdapterArgs {
 
     fn augment(cmd: clap::Command) -> clap::Command {
         // --config is the adapter's own file here; podkit's options file is --options.
-        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN).mut_arg("config", |a| {
-            a.long("options").help(
-                "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
-            )
-        })
+        podkit_core::config::with_own_config_file(cmd, DEFAULT_ADMIN)
     }
 
     fn main(self, effective: serde_json::Value) -> i32 {
@@ -446,10 +422,7 @@ impl Component for Adapter {
             metrics: self.metrics,
             timeout: self.args.timeout.get(),
             allow: self.args.scrape_allow,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .map_err(|e| AdapterError::Serve(std::io::Error::other(e)))?,
+            client: self.client,
         });
         let app = axum::Router::new()
             .route("/metrics", get(metrics_handler))
@@ -555,7 +528,7 @@ async fn scrape_handler(
 
 /// The host a target names, for the allow list.
 fn target_host(target: &str) -> String {
-    if let Ok(u) = url::Url::parse(target)
+    if let Ok(u) = reqwest::Url::parse(target)
         && let Some(h) = u.host_str()
     {
         return h.trim_start_matches('[').trim_end_matches(']').to_string();
@@ -582,6 +555,6 @@ mod tests {
         assert!(host_port("127.0.0.1:11211").is_ok());
         assert!(host_port("cache:11211").is_ok());
         assert!(host_port("127.0.0.1").is_err());
-        assert_eq!(shown("redis://u:secret@h:1"), "redis://u:***@h:1");
+        assert_eq!(podkit_core::http::shown_url("redis://u:secret@h:1"), "redis://u:***@h:1");
     }
 }

@@ -39,9 +39,9 @@ impl MemcachedSource {
             .map_err(|e| format!("{}: {e}", self.conn.addr()))?;
         self.conn.put(conn).await;
         let stats = split(&lines)?;
-        let ok = translate(&stats, out);
-        out.gauge("memcached_up", "Could the memcached server be reached.", &[], if ok { 1.0 } else { 0.0 });
-        if ok { Ok(()) } else { Err("some stats could not be read (see memcached_up)".into()) }
+        // Like the exporter, a stat that cannot be read sets `memcached_up` to 0 (the caller
+        // writes it) and the rest is still served.
+        if translate(&stats, out) { Ok(()) } else { Err("some stats could not be read".into()) }
     }
 }
 
@@ -89,8 +89,11 @@ fn split(lines: &[String]) -> Result<Stats, String> {
     Ok(s)
 }
 
-/// (stat, name, kind, help) for `stats`.
-const GLOBAL: &[(&str, &str, Kind, &str)] = &[
+/// A stat and its series: (stat, name, kind, help).
+type Row = (&'static str, &'static str, Kind, &'static str);
+
+/// `stats`.
+const GLOBAL: &[Row] = &[
     ("uptime", "memcached_uptime_seconds", Kind::Counter, "Number of seconds since the server started."),
     ("time", "memcached_time_seconds", Kind::Gauge, "current UNIX time according to the server."),
     (
@@ -210,7 +213,7 @@ const GLOBAL: &[(&str, &str, Kind, &str)] = &[
 ];
 
 /// Exported only when the server runs extstore (`extstore_limit_maxbytes` is reported).
-const EXTSTORE: &[(&str, &str, Kind, &str)] = &[
+const EXTSTORE: &[Row] = &[
     (
         "extstore_compact_lost",
         "memcached_extstore_compact_lost_total",
@@ -323,17 +326,32 @@ const EXTSTORE: &[(&str, &str, Kind, &str)] = &[
 ];
 
 /// `stats settings`, exported when the LRU crawler is on (as the exporter does).
-const CRAWLER: &[(&str, &str, &str)] = &[
-    ("lru_crawler_sleep", "memcached_lru_crawler_sleep", "Microseconds to sleep between LRU crawls."),
-    ("lru_crawler_tocrawl", "memcached_lru_crawler_to_crawl", "Max items to crawl per slab per run."),
-    ("hot_lru_pct", "memcached_lru_crawler_hot_percent", "Percent of slab memory reserved for HOT LRU."),
-    ("warm_lru_pct", "memcached_lru_crawler_warm_percent", "Percent of slab memory reserved for WARM LRU."),
-    ("hot_max_factor", "memcached_lru_crawler_hot_max_factor", "Set idle age of HOT LRU to COLD age * this"),
-    ("warm_max_factor", "memcached_lru_crawler_warm_max_factor", "Set idle age of WARM LRU to COLD age * this"),
+const CRAWLER: &[Row] = &[
+    ("lru_crawler_sleep", "memcached_lru_crawler_sleep", Kind::Gauge, "Microseconds to sleep between LRU crawls."),
+    ("lru_crawler_tocrawl", "memcached_lru_crawler_to_crawl", Kind::Gauge, "Max items to crawl per slab per run."),
+    ("hot_lru_pct", "memcached_lru_crawler_hot_percent", Kind::Gauge, "Percent of slab memory reserved for HOT LRU."),
+    (
+        "warm_lru_pct",
+        "memcached_lru_crawler_warm_percent",
+        Kind::Gauge,
+        "Percent of slab memory reserved for WARM LRU.",
+    ),
+    (
+        "hot_max_factor",
+        "memcached_lru_crawler_hot_max_factor",
+        Kind::Gauge,
+        "Set idle age of HOT LRU to COLD age * this",
+    ),
+    (
+        "warm_max_factor",
+        "memcached_lru_crawler_warm_max_factor",
+        Kind::Gauge,
+        "Set idle age of WARM LRU to COLD age * this",
+    ),
 ];
 
 /// `stats items` per slab class.
-const ITEMS: &[(&str, &str, Kind, &str)] = &[
+const ITEMS: &[Row] = &[
     ("number", "memcached_slab_current_items", Kind::Gauge, "Number of items currently stored in this slab class."),
     (
         "age",
@@ -428,25 +446,33 @@ const ITEMS: &[(&str, &str, Kind, &str)] = &[
 ];
 
 /// `stats slabs` per slab class.
-const SLABS: &[(&str, &str, &str)] = &[
+const SLABS: &[Row] = &[
     (
         "chunk_size",
         "memcached_slab_chunk_size_bytes",
+        Kind::Gauge,
         "Number of bytes allocated to each chunk within this slab class.",
     ),
-    ("chunks_per_page", "memcached_slab_chunks_per_page", "Number of chunks within a single page for this slab class."),
-    ("total_pages", "memcached_slab_current_pages", "Number of pages allocated to this slab class."),
-    ("total_chunks", "memcached_slab_current_chunks", "Number of chunks allocated to this slab class."),
-    ("used_chunks", "memcached_slab_chunks_used", "Number of chunks allocated to an item."),
-    ("free_chunks", "memcached_slab_chunks_free", "Number of chunks not yet allocated items."),
+    (
+        "chunks_per_page",
+        "memcached_slab_chunks_per_page",
+        Kind::Gauge,
+        "Number of chunks within a single page for this slab class.",
+    ),
+    ("total_pages", "memcached_slab_current_pages", Kind::Gauge, "Number of pages allocated to this slab class."),
+    ("total_chunks", "memcached_slab_current_chunks", Kind::Gauge, "Number of chunks allocated to this slab class."),
+    ("used_chunks", "memcached_slab_chunks_used", Kind::Gauge, "Number of chunks allocated to an item."),
+    ("free_chunks", "memcached_slab_chunks_free", Kind::Gauge, "Number of chunks not yet allocated items."),
     (
         "free_chunks_end",
         "memcached_slab_chunks_free_end",
+        Kind::Gauge,
         "Number of free chunks at the end of the last allocated page.",
     ),
     (
         "mem_requested",
         "memcached_slab_mem_requested_bytes",
+        Kind::Gauge,
         "Number of bytes of memory actual items take up within a slab.",
     ),
 ];
@@ -465,26 +491,14 @@ fn timeval(v: &str) -> Option<f64> {
 /// Translates the answers; false when a stat could not be read (then `memcached_up` is 0, as
 /// the exporter reports it, and the rest is still exported).
 pub(crate) fn translate(s: &Stats, out: &mut Scrape) -> bool {
-    let mut ok = true;
-    let num = |m: &HashMap<String, String>, k: &str, ok: &mut bool| -> Option<f64> {
-        let v = m.get(k)?;
-        let n = v.parse::<f64>().ok();
-        if n.is_none() {
-            *ok = false;
-        }
-        n
-    };
+    let mut r = Reader { ok: true };
     out.gauge(
         "memcached_version",
         "The version of this memcached server.",
         &[("version", s.global.get("version").map_or("", String::as_str))],
         1.0,
     );
-    for (stat, name, kind, help) in GLOBAL {
-        if let Some(v) = num(&s.global, stat, &mut ok) {
-            out.add(name, help, *kind, "", &[], v);
-        }
-    }
+    r.rows(out, &s.global, GLOBAL, &[]);
     for (stat, name, help) in [
         ("rusage_user", "memcached_process_user_cpu_seconds_total", "Accumulated user time for this process."),
         ("rusage_system", "memcached_process_system_cpu_seconds_total", "Accumulated system time for this process."),
@@ -492,77 +506,66 @@ pub(crate) fn translate(s: &Stats, out: &mut Scrape) -> bool {
         if let Some(v) = s.global.get(stat) {
             match timeval(v) {
                 Some(v) => out.counter(name, help, &[], v),
-                None => ok = false,
+                None => r.ok = false,
             }
         }
     }
     for op in OPS {
         for (status, stat) in [("hit", format!("{op}_hits")), ("miss", format!("{op}_misses"))] {
-            if let Some(v) = num(&s.global, &stat, &mut ok) {
+            if let Some(v) = r.num(&s.global, &stat) {
                 out.counter("memcached_commands_total", COMMANDS_HELP, &[("command", op), ("status", status)], v);
             }
         }
     }
-    if let Some(v) = num(&s.global, "cas_badval", &mut ok) {
+    if let Some(v) = r.num(&s.global, "cas_badval") {
         out.counter("memcached_commands_total", COMMANDS_HELP, &[("command", "cas"), ("status", "badval")], v);
     }
-    if let Some(v) = num(&s.global, "cmd_flush", &mut ok) {
+    if let Some(v) = r.num(&s.global, "cmd_flush") {
         out.counter("memcached_commands_total", COMMANDS_HELP, &[("command", "flush"), ("status", "hit")], v);
     }
     // memcached counts CAS commands in cmd_set again.
-    match ["cmd_set", "cas_misses", "cas_hits", "cas_badval"].map(|k| num(&s.global, k, &mut ok)) {
+    match ["cmd_set", "cas_misses", "cas_hits", "cas_badval"].map(|k| r.num(&s.global, k)) {
         [Some(set), Some(m), Some(h), Some(b)] => out.counter(
             "memcached_commands_total",
             COMMANDS_HELP,
             &[("command", "set"), ("status", "hit")],
             set - (m + h + b),
         ),
-        _ => ok = false,
+        _ => r.ok = false,
     }
     if s.global.contains_key("extstore_limit_maxbytes") {
-        for (stat, name, kind, help) in EXTSTORE {
-            if let Some(v) = num(&s.global, stat, &mut ok) {
-                out.add(name, help, *kind, "", &[], v);
-            }
-        }
+        r.rows(out, &s.global, EXTSTORE, &[]);
     }
-    if let Some(v) = num(&s.settings, "maxconns", &mut ok) {
+    if let Some(v) = r.num(&s.settings, "maxconns") {
         out.gauge("memcached_max_connections", "Maximum number of clients allowed.", &[], v);
     }
     if s.settings.get("lru_crawler").map(String::as_str) == Some("yes") {
         out.gauge("memcached_lru_crawler_enabled", "Whether the LRU crawler is enabled.", &[], 1.0);
-        for (stat, name, help) in CRAWLER {
-            if let Some(v) = num(&s.settings, stat, &mut ok) {
-                out.gauge(name, help, &[], v);
+        r.rows(out, &s.settings, CRAWLER, &[]);
+        let thread = match s.settings.get("lru_maintainer_thread").map(String::as_str) {
+            Some("yes") => Some(1.0),
+            Some("no") => Some(0.0),
+            Some(_) => {
+                r.ok = false;
+                None
             }
-        }
-        match s.settings.get("lru_maintainer_thread").map(String::as_str) {
-            Some("yes") => {
-                out.gauge("memcached_lru_crawler_maintainer_thread", "Split LRU mode and background threads.", &[], 1.0)
-            }
-            Some("no") => {
-                out.gauge("memcached_lru_crawler_maintainer_thread", "Split LRU mode and background threads.", &[], 0.0)
-            }
-            Some(_) => ok = false,
-            None => {}
+            None => None,
+        };
+        if let Some(v) = thread {
+            out.gauge("memcached_lru_crawler_maintainer_thread", "Split LRU mode and background threads.", &[], v);
         }
     }
     for (slab, items) in &s.items {
         let id = slab.to_string();
-        let l = [("slab", id.as_str())];
-        for (stat, name, kind, help) in ITEMS {
-            if let Some(v) = num(items, stat, &mut ok) {
-                out.add(name, help, *kind, "", &l, v);
-            }
-        }
+        r.rows(out, items, ITEMS, &[("slab", &id)]);
         for (stat, lru) in
             [("hits_to_hot", "hot"), ("hits_to_warm", "warm"), ("hits_to_cold", "cold"), ("hits_to_temp", "temporary")]
         {
-            if let Some(v) = num(items, stat, &mut ok) {
+            if let Some(v) = r.num(items, stat) {
                 out.counter(
                     "memcached_slab_lru_hits_total",
                     "Number of get_hits to the LRU.",
-                    &[("slab", id.as_str()), ("lru", lru)],
+                    &[("slab", &id), ("lru", lru)],
                     v,
                 );
             }
@@ -570,45 +573,52 @@ pub(crate) fn translate(s: &Stats, out: &mut Scrape) -> bool {
     }
     for (slab, stats) in &s.slabs {
         let id = slab.to_string();
-        let l = [("slab", id.as_str())];
+        let command = |command, status| [("slab", id.as_str()), ("command", command), ("status", status)];
         for op in OPS {
-            if let Some(v) = num(stats, &format!("{op}_hits"), &mut ok) {
-                out.counter(
-                    "memcached_slab_commands_total",
-                    SLAB_COMMANDS_HELP,
-                    &[("slab", &id), ("command", op), ("status", "hit")],
-                    v,
-                );
+            if let Some(v) = r.num(stats, &format!("{op}_hits")) {
+                out.counter("memcached_slab_commands_total", SLAB_COMMANDS_HELP, &command(op, "hit"), v);
             }
         }
-        if let Some(v) = num(stats, "cas_badval", &mut ok) {
-            out.counter(
-                "memcached_slab_commands_total",
-                SLAB_COMMANDS_HELP,
-                &[("slab", &id), ("command", "cas"), ("status", "badval")],
-                v,
-            );
+        if let Some(v) = r.num(stats, "cas_badval") {
+            out.counter("memcached_slab_commands_total", SLAB_COMMANDS_HELP, &command("cas", "badval"), v);
         }
-        match ["cmd_set", "cas_hits", "cas_badval"].map(|k| num(stats, k, &mut ok)) {
-            [Some(set), Some(h), Some(b)] => out.counter(
-                "memcached_slab_commands_total",
-                SLAB_COMMANDS_HELP,
-                &[("slab", &id), ("command", "set"), ("status", "hit")],
-                set - (h + b),
-            ),
-            _ => ok = false,
-        }
-        for (stat, name, help) in SLABS {
-            // mem_requested moved from `stats slabs` to `stats items` in 1.5.17: a gauge here.
-            if *stat == "mem_requested" && s.items.get(slab).is_some_and(|i| i.contains_key("mem_requested")) {
-                continue;
+        match ["cmd_set", "cas_hits", "cas_badval"].map(|k| r.num(stats, k)) {
+            [Some(set), Some(h), Some(b)] => {
+                out.counter("memcached_slab_commands_total", SLAB_COMMANDS_HELP, &command("set", "hit"), set - (h + b))
             }
-            if let Some(v) = num(stats, stat, &mut ok) {
-                out.gauge(name, help, &l, v);
+            _ => r.ok = false,
+        }
+        // mem_requested moved from `stats slabs` to `stats items` in 1.5.17 (a counter there,
+        // a gauge here): only one of them is exported.
+        let in_items = s.items.get(slab).is_some_and(|i| i.contains_key("mem_requested"));
+        let rows: Vec<Row> = SLABS.iter().copied().filter(|row| !(in_items && row.0 == "mem_requested")).collect();
+        r.rows(out, stats, &rows, &[("slab", &id)]);
+    }
+    r.ok
+}
+
+/// Reads stat values, remembering whether one could not be read.
+struct Reader {
+    ok: bool,
+}
+
+impl Reader {
+    /// The stat's value: None when the server does not report it, or (remembered) when it is
+    /// not a number.
+    fn num(&mut self, m: &HashMap<String, String>, k: &str) -> Option<f64> {
+        let n = m.get(k)?.parse::<f64>().ok();
+        self.ok &= n.is_some();
+        n
+    }
+
+    /// One series per row whose stat the server reports.
+    fn rows(&mut self, out: &mut Scrape, m: &HashMap<String, String>, rows: &[Row], labels: &[(&str, &str)]) {
+        for (stat, name, kind, help) in rows {
+            if let Some(v) = self.num(m, stat) {
+                out.add(name, help, *kind, "", labels, v);
             }
         }
     }
-    ok
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use redis::aio::MultiplexedConnection;
@@ -97,7 +98,7 @@ impl RedisSource {
     }
 
     /// One scrape. On any error the kept connection is dropped, so the next scrape starts
-    /// clean; `redis_up` is then 0 (added by the caller).
+    /// clean.
     pub(crate) async fn collect(&self, out: &mut Scrape, timeout: Duration) -> Result<(), String> {
         let r = self.try_collect(out, timeout).await;
         if r.is_err() {
@@ -184,7 +185,6 @@ impl RedisSource {
                 micros as f64 / 1e6,
             );
         }
-        out.gauge("redis_up", "Information about the Redis instance", &[], 1.0);
         Ok(())
     }
 }
@@ -341,6 +341,10 @@ const COUNTERS: &[(&str, &str)] = &[
     ("storage_provider_read_misses", "storage_provider_read_misses"),
 ];
 
+/// The two tables as maps, built once.
+static GAUGE_MAP: LazyLock<HashMap<&str, &str>> = LazyLock::new(|| GAUGES.iter().copied().collect());
+static COUNTER_MAP: LazyLock<HashMap<&str, &str>> = LazyLock::new(|| COUNTERS.iter().copied().collect());
+
 const INSTANCE_LABELS: [&str; 9] = [
     "role",
     "redis_version",
@@ -375,8 +379,7 @@ fn parts(v: &str) -> Option<Vec<(&str, &str)>> {
 /// Translates an `INFO ALL` answer. `databases` is the number of DBs to report (those without
 /// keys as 0), from `CONFIG GET databases`.
 pub(crate) fn translate_info(info: &str, databases: u32, out: &mut Scrape) {
-    let gauges: HashMap<&str, &str> = GAUGES.iter().copied().collect();
-    let counters: HashMap<&str, &str> = COUNTERS.iter().copied().collect();
+    let (gauges, counters) = (&*GAUGE_MAP, &*COUNTER_MAP);
     let mut values: HashMap<&str, &str> = HashMap::new();
     let mut section = "";
     let (mut master_host, mut master_port) = ("", "");

@@ -116,7 +116,6 @@ pub(crate) fn translate(doc: &Value, out: &mut Scrape) -> Result<(), String> {
             }
         }
     }
-    out.gauge("twemproxy_up", "Whether the stats port answered (1) or not (0)", &[], 1.0);
     Ok(())
 }
 

@@ -165,11 +165,7 @@ impl podkit_core::Command for AmbassadorArgs {
     fn augment(cmd: clap::Command) -> clap::Command {
         // --config is twemproxy's file here, as for nutcracker; podkit's own option file is
         // --options.
-        podkit_core::config::with_admin_default(cmd, DEFAULT_ADMIN).mut_arg("config", |a| {
-            a.long("options").help(
-                "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
-            )
-        })
+        podkit_core::config::with_own_config_file(cmd, DEFAULT_ADMIN)
     }
 
     fn main(self, effective: serde_json::Value) -> i32 {

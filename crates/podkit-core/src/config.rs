@@ -172,6 +172,16 @@ pub fn with_admin_default(cmd: Command, addr: &'static str) -> Command {
     cmd.mut_arg("admin", |a| a.default_value(addr).required(false))
 }
 
+/// For a command whose `--config` is a file of its own (nutcracker.yml, adapter.yaml): sets its
+/// default admin address and renames podkit's common options file to `--options`.
+pub fn with_own_config_file(cmd: Command, admin: &'static str) -> Command {
+    with_admin_default(cmd, admin).mut_arg("config", |a| {
+        a.long("options").help(
+            "Read podkit's options from a YAML or TOML file whose keys are the long option names. Flags and PODKIT_* variables take precedence over it.",
+        )
+    })
+}
+
 /// Gives every long option of `cmd` (and its subcommands) a `PODKIT_<NAME>` environment
 /// variable.
 pub fn with_env(cmd: Command) -> Command {

@@ -3,6 +3,18 @@
 use std::sync::Once;
 use std::time::Duration;
 
+/// `url` as messages, logs and labels show it: its password replaced by `***`. Text that is
+/// not a URL is shown as it is.
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Makes rustls use `ring`; every reqwest client is built after this. Idempotent.
 pub fn install_crypto_provider() {
     static PROVIDER: Once = Once::new();

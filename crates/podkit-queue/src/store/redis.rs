@@ -203,7 +203,7 @@ fn sid_of(item: &Claimed) -> &str {
 impl RedisStore {
     pub(crate) async fn open(url: &str, max_item_size: usize) -> Result<RedisStore, StoreError> {
         // Messages, logs and metrics show the URL without its password.
-        let shown = shown_url(url);
+        let shown = podkit_core::http::shown_url(url);
         let err = |e: redis::RedisError| StoreError::Redis { url: shown.clone(), source: e };
         let client = redis::Client::open(url).map_err(err)?;
         // One plain connection first: a refused connection, a wrong password or a database out
@@ -245,17 +245,6 @@ impl RedisStore {
 
     fn script(body: &str) -> redis::Script {
         redis::Script::new(&format!("{CHECK}\n{body}"))
-    }
-}
-
-/// `url` with its password replaced by `***`.
-fn shown_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 

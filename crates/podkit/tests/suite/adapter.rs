@@ -4,15 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use podkit_testkit::{
-    assert_eventually, memcached, memcached_on, nutcracker, prometheus, redis, redis_exporter, require_program,
-    wait_for_file,
+    assert_eventually, memcached, memcached_on, nutcracker, prometheus, redis, redis_exporter, wait_for_file,
 };
 
-use crate::support::{Mode, Podkit, run_plain};
+use crate::support::{Mode, Podkit, promtool, run_plain};
 
 /// Starts the adapter with `args`; returns it and its metrics address.
 fn adapter(args: &[&str]) -> (Podkit, String) {
@@ -84,17 +82,7 @@ fn parse(body: &str) -> Parsed {
 /// What `promtool check metrics` says about a body: its lint complaints. A body it cannot
 /// parse fails the test.
 fn promtool_complaints(body: &str) -> BTreeSet<String> {
-    let promtool = require_program("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (_, said) = promtool(body);
     assert!(
         !said.contains("error while linting") && !said.contains("parsing error"),
         "promtool cannot read it: {said}\n{body}"

@@ -6,12 +6,8 @@
 // Tests start servers and podkit itself directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use crate::support::{Mode, Podkit, run_plain};
+use crate::support::{Mode, Podkit, promtool, run_plain};
 use nix::sys::signal::Signal;
-use podkit_testkit::require_program;
 
 /// Each command with arguments that start it on embedded defaults in `dir`.
 fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
@@ -46,18 +42,8 @@ fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
 }
 
 fn promtool_check(what: &str, body: &str) {
-    let promtool = require_program("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "{what}: promtool check metrics: {said}\n{body}");
+    let (ok, said) = promtool(body);
+    assert!(ok && said.trim().is_empty(), "{what}: promtool check metrics: {said}\n{body}");
 }
 
 #[test]

@@ -219,3 +219,19 @@ impl TestHttp {
         format!("http://{}{path}", self.addr)
     }
 }
+
+/// Runs `promtool check metrics` on `body`: whether it passed, and what it said (lint
+/// complaints, or why it could not parse the body).
+pub(crate) fn promtool(body: &str) -> (bool, String) {
+    let promtool = podkit_testkit::require_program("promtool", "prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
