@@ -8,6 +8,12 @@
 //!   - twemproxy: 127.0.0.1:22222
 //!   - prometheus: http://127.0.0.1:9191/metrics
 //!     labels: {container: elect}
+//!   - json: http://127.0.0.1:8080/status
+//!     module: status
+//! modules:                  # json_exporter's modules, as its config.yml writes them
+//!   status:
+//!     metrics:
+//!       - {name: app_queue_length, path: '{.queue.length}', valuetype: gauge}
 //! ```
 
 use std::collections::BTreeMap;
@@ -21,6 +27,11 @@ use serde::Deserialize;
 pub(crate) struct FileConfig {
     #[serde(default)]
     pub(crate) sources: Vec<SourceConfig>,
+    /// JSON modules, in json_exporter's format.
+    #[serde(default)]
+    pub(crate) modules: BTreeMap<String, crate::json::ModuleConfig>,
+    /// json_exporter's own config.yml, whose `modules:` are read as they are.
+    pub(crate) json_exporter_config: Option<PathBuf>,
 }
 
 /// One source: exactly one of the kind keys, plus its options.
@@ -33,6 +44,9 @@ pub(crate) struct SourceConfig {
     pub(crate) redis: Option<String>,
     pub(crate) twemproxy: Option<String>,
     pub(crate) prometheus: Option<String>,
+    pub(crate) json: Option<String>,
+    /// The JSON module that reads this source (default: `default`).
+    pub(crate) module: Option<String>,
     /// Bound on one scrape of this source (default: --timeout).
     pub(crate) timeout: Option<Duration>,
     /// Labels put on every series of this source.
@@ -52,6 +66,7 @@ pub(crate) enum SourceKind {
     Redis,
     Twemproxy,
     Prometheus,
+    Json,
 }
 
 impl SourceKind {
@@ -61,6 +76,7 @@ impl SourceKind {
             SourceKind::Redis => "redis",
             SourceKind::Twemproxy => "twemproxy",
             SourceKind::Prometheus => "prometheus",
+            SourceKind::Json => "json",
         }
     }
 
@@ -70,6 +86,7 @@ impl SourceKind {
             "redis" => SourceKind::Redis,
             "twemproxy" | "nutcracker" | "ambassador" => SourceKind::Twemproxy,
             "prometheus" => SourceKind::Prometheus,
+            "json" => SourceKind::Json,
             _ => return None,
         })
     }
@@ -80,7 +97,7 @@ impl SourceKind {
             SourceKind::Memcached => Some(("memcached_up", "Could the memcached server be reached.")),
             SourceKind::Redis => Some(("redis_up", "Information about the Redis instance")),
             SourceKind::Twemproxy => Some(("twemproxy_up", "Whether the stats port answered (1) or not (0)")),
-            SourceKind::Prometheus => None,
+            SourceKind::Prometheus | SourceKind::Json => None,
         }
     }
 }
@@ -93,13 +110,14 @@ impl SourceConfig {
             (SourceKind::Redis, &self.redis),
             (SourceKind::Twemproxy, &self.twemproxy),
             (SourceKind::Prometheus, &self.prometheus),
+            (SourceKind::Json, &self.json),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
         .collect();
         match given.as_slice() {
             [one] => Ok(*one),
-            [] => Err("give one of memcached:, redis:, twemproxy: or prometheus: with the address".into()),
+            [] => Err("give one of memcached:, redis:, twemproxy:, prometheus: or json: with the address".into()),
             many => Err(format!(
                 "give one kind per source, not {}",
                 many.iter().map(|(k, _)| format!("{}:", k.as_str())).collect::<Vec<_>>().join(" and ")
@@ -110,6 +128,15 @@ impl SourceConfig {
 
 /// Reads and checks the file. Errors name the file and, from the YAML parser, the line.
 pub(crate) fn load(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-    serde_saphyr::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+    read_yaml(path, "--config")
+}
+
+/// Reads json_exporter's config.yml: its `modules:`.
+pub(crate) fn load_json_exporter(path: &Path, what: &str) -> Result<crate::json::ExporterFile, String> {
+    read_yaml(path, what)
+}
+
+fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| format!("{what} {}: {e}", path.display()))
 }

@@ -50,6 +50,8 @@ pub struct Sample {
     pub suffix: &'static str,
     pub labels: Labels,
     pub value: f64,
+    /// Milliseconds since the epoch, when the source gives the sample's own time.
+    pub timestamp_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,7 +123,7 @@ impl Scrape {
         value: f64,
     ) {
         let labels = labels.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
-        self.add_sample(name, help, kind, Sample { suffix, labels, value });
+        self.add_sample(name, help, kind, Sample { suffix, labels, value, timestamp_ms: None });
     }
 
     /// Adds a sample whose labels are already owned. The base labels go first.
@@ -177,6 +179,9 @@ impl Scrape {
                 write_labels(&mut out, &s.labels);
                 out.push(' ');
                 write_value(&mut out, s.value);
+                if let Some(ts) = s.timestamp_ms {
+                    let _ = write!(out, " {ts}");
+                }
                 out.push('\n');
             }
         }

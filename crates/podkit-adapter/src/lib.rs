@@ -1,5 +1,6 @@
 //! `podkit adapter`: the adapter pattern. One Prometheus `/metrics` over the programs beside
-//! it (memcached, Redis, twemproxy or `podkit ambassador`, other `/metrics` endpoints), under
+//! it (memcached, Redis, twemproxy or `podkit ambassador`, JSON status pages, other `/metrics`
+//! endpoints), under
 //! the metric names their usual exporters use, so dashboards carry over. See docs/adapter.md.
 //!
 //! Every scrape asks every source at once, each bounded by its own timeout: a dead or slow
@@ -8,11 +9,13 @@
 mod config;
 mod conn;
 pub mod expo;
+mod json;
 mod memcached;
 pub mod promtext;
 mod redis;
 mod twemproxy;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +75,14 @@ pub struct AdapterArgs {
     #[arg(long, value_name = "URL", help_heading = "Sources")]
     pub prometheus: Vec<podkit_core::HttpUrl>,
 
+    /// A JSON document to translate with the `default` module; repeatable.
+    #[arg(long, value_name = "URL", help_heading = "Sources")]
+    pub json: Vec<podkit_core::HttpUrl>,
+
+    /// json_exporter's config.yml: its modules, as they are.
+    #[arg(long, value_name = "FILE", help_heading = "Sources")]
+    pub json_config: Option<PathBuf>,
+
     /// Bound on each source's scrape, unless the source sets its own.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Sources")]
     pub timeout: podkit_core::Duration,
@@ -108,6 +119,7 @@ enum Collector {
     Redis(redis::RedisSource),
     Twemproxy(twemproxy::TwemproxySource),
     Prometheus(PromSource),
+    Json(json::JsonSource),
 }
 
 struct PromSource {
@@ -115,10 +127,32 @@ struct PromSource {
     client: reqwest::Client,
 }
 
+/// The JSON modules by name.
+type Modules = BTreeMap<String, Arc<json::Module>>;
+
+/// What a translation left out (a series it could not read), for the scrape's log line and
+/// `podkit_adapter_source_translation_errors`.
+#[derive(Debug, Default)]
+pub(crate) struct Problems {
+    pub(crate) count: u64,
+    pub(crate) first: Option<String>,
+}
+
+impl Problems {
+    pub(crate) fn add(&mut self, what: String) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(what);
+        }
+    }
+}
+
 /// One configured source.
 struct Source {
     name: String,
     kind: SourceKind,
+    /// A JSON source's module name, as configured.
+    module: Option<String>,
     labels: Labels,
     timeout: Duration,
     collector: Collector,
@@ -131,7 +165,12 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
-    fn build(cfg: &SourceConfig, default_timeout: Duration, client: &reqwest::Client) -> Result<Source, String> {
+    fn build(
+        cfg: &SourceConfig,
+        default_timeout: Duration,
+        client: &reqwest::Client,
+        modules: &Modules,
+    ) -> Result<Source, String> {
         let (kind, addr) = cfg.kind()?;
         let name = cfg.name.clone().unwrap_or_else(|| podkit_core::http::shown_url(addr));
         let err = |e: String| format!("source {name} ({} {}): {e}", kind.as_str(), podkit_core::http::shown_url(addr));
@@ -150,6 +189,9 @@ impl Source {
             && let Some((k, _)) = redis_only.iter().find(|(_, given)| *given)
         {
             return Err(err(format!("{k} is for redis: sources")));
+        }
+        if kind != SourceKind::Json && cfg.module.is_some() {
+            return Err(err("module is for json: sources".into()));
         }
         let collector = match kind {
             SourceKind::Memcached => {
@@ -172,25 +214,39 @@ impl Source {
                 let url: podkit_core::HttpUrl = addr.parse().map_err(err)?;
                 Collector::Prometheus(PromSource { url: url.into_inner(), client: client.clone() })
             }
+            SourceKind::Json => {
+                let url: podkit_core::HttpUrl = addr.parse().map_err(err)?;
+                let name = cfg.module.as_deref().unwrap_or("default");
+                let module = modules.get(name).ok_or_else(|| {
+                    err(format!(
+                        "no JSON module {name:?}; the modules are {:?} (from modules: in --config, or --json-config)",
+                        modules.keys().collect::<Vec<_>>()
+                    ))
+                })?;
+                Collector::Json(json::JsonSource::new(url.into_inner(), module.clone()))
+            }
         };
         Ok(Source {
             name,
             kind,
+            module: cfg.module.clone(),
             labels: cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             timeout: cfg.timeout.map(|t| t.get()).unwrap_or(default_timeout),
             collector,
         })
     }
 
-    /// Scrapes the source into `out` (with its labels), bounded by its timeout. Returns
-    /// whether it answered, and the error if not.
-    async fn scrape(&self, out: &mut Scrape) -> Result<(), String> {
+    /// Scrapes the source into `out` (with its labels), bounded by its timeout. Returns what
+    /// the translation left out, or why the source did not answer.
+    async fn scrape(&self, out: &mut Scrape) -> Result<Problems, String> {
+        let none = |r: Result<(), String>| r.map(|()| Problems::default());
         let collect = async {
             match &self.collector {
-                Collector::Memcached(m) => m.collect(out, self.timeout).await,
-                Collector::Redis(r) => r.collect(out, self.timeout).await,
-                Collector::Twemproxy(t) => t.collect(out, self.timeout).await,
-                Collector::Prometheus(p) => p.collect(out, &self.labels).await,
+                Collector::Memcached(m) => none(m.collect(out, self.timeout).await),
+                Collector::Redis(r) => none(r.collect(out, self.timeout).await),
+                Collector::Twemproxy(t) => none(t.collect(out, self.timeout).await),
+                Collector::Prometheus(p) => none(p.collect(out, &self.labels).await),
+                Collector::Json(j) => j.collect(out, self.timeout).await,
             }
         };
         match tokio::time::timeout(self.timeout, collect).await {
@@ -250,11 +306,16 @@ async fn scrape_all(sources: &[Source], metrics: &Metrics) -> Scrape {
     let mut all = Scrape::new();
     for (s, mut out, r, took) in results {
         let l = [("source", s.name.as_str()), ("kind", s.kind.as_str())];
-        let up = match r {
-            Ok(()) => 1.0,
+        let (up, left_out) = match r {
+            Ok(p) => {
+                if let Some(first) = &p.first {
+                    tracing::warn!(source = %s.name, kind = s.kind.as_str(), left_out = p.count, first = %first, "series left out of the scrape");
+                }
+                (1.0, p.count)
+            }
             Err(e) => {
                 tracing::warn!(source = %s.name, kind = s.kind.as_str(), error = %e, "scrape failed");
-                0.0
+                (0.0, 0)
             }
         };
         if let Some((name, help)) = s.kind.up_metric() {
@@ -271,6 +332,12 @@ async fn scrape_all(sources: &[Source], metrics: &Metrics) -> Scrape {
             "How long the source's scrape took",
             &l,
             took.as_secs_f64(),
+        );
+        all.gauge(
+            "podkit_adapter_source_translation_errors",
+            "Series of the source left out of this scrape because they could not be read",
+            &l,
+            left_out as f64,
         );
     }
     if all.conflicts > 0 {
@@ -297,6 +364,9 @@ struct Metrics {
 pub struct Adapter {
     args: AdapterArgs,
     sources: Vec<Source>,
+    modules: Modules,
+    /// Found while reading the config, logged once podkit's log is set up.
+    warnings: Vec<String>,
     client: reqwest::Client,
     listener: Option<tokio::net::TcpListener>,
     metrics: Metrics,
@@ -324,18 +394,23 @@ impl Adapter {
         file.sources.extend(args.redis.iter().map(|a| flag(|c, v| c.redis = Some(v), a)));
         file.sources.extend(args.twemproxy.iter().map(|a| flag(|c, v| c.twemproxy = Some(v), a)));
         file.sources.extend(args.prometheus.iter().map(|a| flag(|c, v| c.prometheus = Some(v), a.as_str())));
+        file.sources.extend(args.json.iter().map(|a| flag(|c, v| c.json = Some(v), a.as_str())));
         if file.sources.is_empty() {
             return Err(
-                "no source: give --memcached, --redis, --twemproxy or --prometheus, or sources in --config FILE".into(),
+                "no source: give --memcached, --redis, --twemproxy, --prometheus or --json, or sources in --config FILE"
+                    .into(),
             );
         }
+        let mut warnings = Vec::new();
+        let modules = json_modules(&args, &file, &mut warnings)?;
         // One client for every endpoint source and /scrape; each scrape is bounded by its
         // source's own timeout, not by the client.
         let client =
             podkit_core::http::client(podkit_core::Duration::MAX.get()).map_err(|e| format!("HTTP client: {e}"))?;
         let mut sources: Vec<Source> = Vec::new();
         for (i, cfg) in file.sources.iter().enumerate() {
-            let s = Source::build(cfg, args.timeout.get(), &client).map_err(|e| format!("sources[{i}]: {e}"))?;
+            let s =
+                Source::build(cfg, args.timeout.get(), &client, &modules).map_err(|e| format!("sources[{i}]: {e}"))?;
             if let Some(other) = sources.iter().find(|o| o.name == s.name) {
                 return Err(format!(
                     "sources[{i}]: the name {:?} is taken by another {} source; give each a name:",
@@ -344,9 +419,10 @@ impl Adapter {
                 ));
             }
             // Two sources of one kind would write the same series: their labels must differ.
-            if let Some(other) =
-                sources.iter().find(|o| o.kind == s.kind && o.labels == s.labels && s.kind != SourceKind::Prometheus)
-            {
+            // (Endpoints bring their own names; JSON sources share names only through a module.)
+            if let Some(other) = sources.iter().find(|o| {
+                o.kind == s.kind && o.labels == s.labels && s.kind != SourceKind::Prometheus && o.module == s.module
+            }) {
                 return Err(format!(
                     "sources[{i}]: {} and {} are both {} sources with the same labels, so their series would collide; give each labels: (e.g. {{instance: …}}), or scrape them through /scrape?target=",
                     other.name,
@@ -356,8 +432,32 @@ impl Adapter {
             }
             sources.push(s);
         }
-        Ok(Adapter { args, sources, client, listener: None, metrics: Metrics::default() })
+        Ok(Adapter { args, sources, modules, warnings, client, listener: None, metrics: Metrics::default() })
     }
+}
+
+/// Compiles the JSON modules: those of --config's `modules:` and those of json_exporter's own
+/// file (`json_exporter_config:` or --json-config).
+fn json_modules(args: &AdapterArgs, file: &FileConfig, warnings: &mut Vec<String>) -> Result<Modules, String> {
+    let mut all: Vec<(String, String, json::ModuleConfig)> =
+        file.modules.iter().map(|(k, v)| ("--config modules".to_string(), k.clone(), v.clone())).collect();
+    for (path, what) in [(&file.json_exporter_config, "json_exporter_config"), (&args.json_config, "--json-config")] {
+        if let Some(p) = path {
+            let f = config::load_json_exporter(p, what)?;
+            all.extend(f.modules.into_iter().map(|(k, v)| (format!("{what} {}", p.display()), k, v)));
+        }
+    }
+    let mut modules = Modules::new();
+    for (from, name, cfg) in all {
+        if modules.contains_key(&name) {
+            return Err(format!("{from}: module {name:?} is defined twice"));
+        }
+        let mut warn = Vec::new();
+        let m = json::Module::compile(&cfg, &mut warn).map_err(|e| format!("{from}: module {name}: {e}"))?;
+        warnings.extend(warn.into_iter().map(|w| format!("module {name}: {w}")));
+        modules.insert(name, Arc::new(m));
+    }
+    Ok(modules)
 }
 
 impl podkit_core::Command for AdapterArgs {
@@ -399,6 +499,9 @@ impl Component for Adapter {
     }
 
     fn setup(&mut self, admin: &mut AdminBuilder, ctx: &Context) {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
         let reg = admin.metrics();
         reg.register("scrapes", "Source scrapes, by source and result (ok, error)", self.metrics.scrapes.clone());
         reg.register(
@@ -423,11 +526,18 @@ impl Component for Adapter {
             timeout: self.args.timeout.get(),
             allow: self.args.scrape_allow,
             client: self.client,
+            modules: self.modules,
         });
         let app = axum::Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/scrape", get(scrape_handler))
-            .route("/", get(|| async { "podkit adapter: /metrics, /scrape?target=…&kind=…\n" }))
+            .route("/probe", get(probe_handler))
+            .route(
+                "/",
+                get(|| async {
+                    "podkit adapter: /metrics, /scrape?target=…&kind=…, /probe?module=…&target=…\n"
+                }),
+            )
             .with_state(state);
         let stop = ctx.shutdown.clone();
         // Headers and body go out in separate writes: without TCP_NODELAY the body can wait
@@ -452,6 +562,7 @@ struct Served {
     timeout: Duration,
     allow: Vec<String>,
     client: reqwest::Client,
+    modules: Modules,
 }
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -483,29 +594,49 @@ async fn metrics_handler(State(s): State<Arc<Served>>, headers: HeaderMap) -> Re
 struct ScrapeQuery {
     target: String,
     kind: Option<String>,
+    module: Option<String>,
 }
 
 /// The exporters' multi-target form: `/scrape?target=redis://host:port`, or
-/// `target=host:port&kind=memcached`.
+/// `target=host:port&kind=memcached`, or `target=URL&kind=json&module=NAME`.
 async fn scrape_handler(
     State(s): State<Arc<Served>>,
     headers: HeaderMap,
     q: Result<Query<ScrapeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    scrape_one(s, headers, q, None).await
+}
+
+/// json_exporter's `/probe?module=NAME&target=URL`, so its Prometheus jobs carry over.
+async fn probe_handler(
+    State(s): State<Arc<Served>>,
+    headers: HeaderMap,
+    q: Result<Query<ScrapeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    scrape_one(s, headers, q, Some(SourceKind::Json)).await
+}
+
+async fn scrape_one(
+    s: Arc<Served>,
+    headers: HeaderMap,
+    q: Result<Query<ScrapeQuery>, axum::extract::rejection::QueryRejection>,
+    default_kind: Option<SourceKind>,
+) -> Response {
+    const KINDS: &str = "memcached|redis|twemproxy|prometheus|json";
     let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
     let Ok(Query(q)) = q else {
-        return bad(
-            "give ?target=ADDRESS (and &kind=memcached|redis|twemproxy|prometheus unless the address says it)\n".into(),
-        );
+        return bad(format!("give ?target=ADDRESS (and &kind={KINDS} unless the address says it)\n"));
     };
-    let kind = match q.kind.as_deref() {
-        Some(k) => match SourceKind::parse(k) {
+    let kind = match (q.kind.as_deref(), default_kind) {
+        (Some(k), _) => match SourceKind::parse(k) {
             Some(k) => k,
-            None => return bad(format!("kind {k:?}: expected memcached, redis, twemproxy or prometheus\n")),
+            None => return bad(format!("kind {k:?}: expected one of {KINDS}\n")),
         },
-        None if q.target.starts_with("redis://") || q.target.starts_with("rediss://") => SourceKind::Redis,
-        None if q.target.starts_with("http://") || q.target.starts_with("https://") => SourceKind::Prometheus,
-        None => return bad(format!("target {:?}: add &kind=memcached|redis|twemproxy|prometheus\n", q.target)),
+        (None, Some(k)) => k,
+        (None, None) if q.module.is_some() => SourceKind::Json,
+        (None, None) if q.target.starts_with("redis://") || q.target.starts_with("rediss://") => SourceKind::Redis,
+        (None, None) if q.target.starts_with("http://") || q.target.starts_with("https://") => SourceKind::Prometheus,
+        (None, None) => return bad(format!("target {:?}: add &kind={KINDS}\n", q.target)),
     };
     let host = target_host(&q.target);
     if !s.allow.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(&host)) {
@@ -517,8 +648,12 @@ async fn scrape_handler(
         SourceKind::Redis => cfg.redis = Some(q.target.clone()),
         SourceKind::Twemproxy => cfg.twemproxy = Some(q.target.clone()),
         SourceKind::Prometheus => cfg.prometheus = Some(q.target.clone()),
+        SourceKind::Json => {
+            cfg.json = Some(q.target.clone());
+            cfg.module = q.module.clone();
+        }
     }
-    let source = match Source::build(&cfg, s.timeout, &s.client) {
+    let source = match Source::build(&cfg, s.timeout, &s.client, &s.modules) {
         Ok(src) => src,
         Err(e) => return bad(format!("{e}\n")),
     };

@@ -59,7 +59,12 @@ pub fn parse_into(body: &str, add: &Labels, into: &mut Scrape) -> Result<(), Par
         let (family, suffix) = if keep_name { (name.as_str(), "") } else { (family, suffix) };
         let help =
             helps.get(family).or_else(|| helps.get(name.trim_end_matches("_total"))).cloned().unwrap_or_default();
-        into.add_sample(family, &help, kind, Sample { suffix, labels: relabel(labels, add), value });
+        into.add_sample(
+            family,
+            &help,
+            kind,
+            Sample { suffix, labels: relabel(labels, add), value, timestamp_ms: None },
+        );
     }
     Ok(())
 }

@@ -402,6 +402,25 @@ fn bad_configuration_is_refused_before_anything_starts() {
             ],
             "is for redis",
         ),
+        (
+            vec![
+                "adapter".into(),
+                "--config".into(),
+                write("f.yaml", "sources:\n  - json: http://127.0.0.1:1/\n    module: app\n"),
+            ],
+            "no JSON module \"app\"",
+        ),
+        (
+            vec![
+                "adapter".into(),
+                "--config".into(),
+                write(
+                    "g.yaml",
+                    "sources:\n  - json: http://127.0.0.1:1/\nmodules:\n  default:\n    metrics:\n    - {name: x, path: '{.a[?(@.b ==}'}\n",
+                ),
+            ],
+            "module default: metrics[0] (x): path",
+        ),
     ];
     for (args, says) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -409,4 +428,139 @@ fn bad_configuration_is_refused_before_anything_starts() {
         assert_eq!(code, 64, "{args:?}: {out}");
         assert!(out.contains(says), "{args:?} should say {says:?}: {out}");
     }
+}
+
+/// Starts `podkit elect` (the app whose JSON status page is translated) and waits until it leads.
+fn elect_leading(dir: &std::path::Path) -> (Podkit, String) {
+    let addr_file = dir.join("elect.addr");
+    let backend = format!("file://{}", dir.join("leases").display());
+    let p = Podkit::start(
+        Mode::Subreaper,
+        &[
+            "elect",
+            "--id",
+            "web-1",
+            "--backend",
+            &backend,
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-addr-file",
+            addr_file.to_str().unwrap(),
+        ],
+    );
+    let url = format!("http://{}/v1/elections/default", wait_for_file(&addr_file, Duration::from_secs(10)).trim());
+    assert_eventually!(get(&url).contains("\"is_leader\":true"), "elect never led: {}", get(&url));
+    (p, url)
+}
+
+#[test]
+fn a_json_status_page_becomes_series_through_a_module_and_through_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_elect, status) = elect_leading(dir.path());
+    // The module is json_exporter's format, inline in the adapter's file.
+    let config = dir.path().join("adapter.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"sources:
+  - json: {status}
+    module: election
+    labels: {{container: elect}}
+modules:
+  election:
+    metrics:
+    - name: election_is_leader
+      path: '{{.is_leader}}'
+      valuetype: gauge
+      help: Whether this replica leads
+      labels: {{leader: '{{.leader}}', election: '{{.election}}'}}
+    - name: election
+      type: object
+      path: '{{$}}'
+      valuetype: counter
+      values: {{terms_total: '{{.token}}'}}
+    - name: election_missing
+      path: '{{.no_such_field}}'
+"#
+        ),
+    )
+    .unwrap();
+    let (_a, url) = adapter(&["--config", config.to_str().unwrap()]);
+    let body = get(&format!("{url}/metrics"));
+    let p = parse(&body);
+    assert_eq!(p.values.get("election_is_leader{container=elect,election=default,leader=web-1}"), Some(&1.0), "{body}");
+    assert_eq!(p.families.get("election_is_leader").map(|f| f.0.as_str()), Some("gauge"));
+    assert_eq!(p.values.get("election_terms_total{container=elect}"), Some(&1.0), "{body}");
+    assert_eq!(p.families.get("election_terms_total").map(|f| f.0.as_str()), Some("counter"));
+    // The field that is not there is left out, counted, and the source is still up.
+    assert!(!body.contains("election_missing"), "{body}");
+    let source = format!("kind=json,source={status}");
+    assert_eq!(p.values.get(&format!("podkit_adapter_source_translation_errors{{{source}}}")), Some(&1.0), "{body}");
+    assert_eq!(p.values.get(&format!("podkit_adapter_source_up{{{source}}}")), Some(&1.0), "{body}");
+    assert!(promtool_complaints(&body).is_empty(), "{body}");
+
+    // json_exporter's own /probe form, as its Prometheus jobs ask it.
+    let probe = get(&format!("{url}/probe?module=election&target={status}"));
+    assert!(probe.contains("election_is_leader{election=\"default\",leader=\"web-1\"} 1"), "{probe}");
+    let r = reqwest::blocking::get(format!("{url}/probe?module=nope&target={status}")).unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("no JSON module \"nope\""));
+}
+
+#[test]
+fn json_exporters_own_config_file_works_as_it_is_with_auth_post_and_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = crate::support::TestHttp::start(None);
+    *app.reply.lock().unwrap() =
+        r#"{"values": [{"id": "id-A", "count": 1, "state": "ACTIVE"}, {"id": "id-B", "count": 2, "state": "INACTIVE"}]}"#
+            .to_string();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    // json_exporter's config.yml, including the camel-case key it ignores.
+    let exporter = dir.path().join("config.yml");
+    std::fs::write(
+        &exporter,
+        format!(
+            r#"modules:
+  default:
+    headers: {{X-Probe: podkit}}
+    body: {{content: '{{"q": 1}}'}}
+    valid_status_codes: [200, 203]
+    http_client_config:
+      bearer_token_file: {}
+    metrics:
+    - name: example_value
+      type: object
+      path: '{{.values[?(@.state == "ACTIVE")]}}'
+      epochTimestamp: '{{.timestamp}}'
+      labels: {{id: '{{.id}}'}}
+      values: {{count: '{{.count}}', active: 1}}
+"#,
+            token.display()
+        ),
+    )
+    .unwrap();
+    let (_a, url) = adapter(&["--json", &app.url("/status"), "--json-config", exporter.to_str().unwrap()]);
+    let body = get(&format!("{url}/metrics"));
+    assert!(body.contains("example_value_count{id=\"id-A\"} 1\n"), "{body}");
+    assert!(body.contains("example_value_active{id=\"id-A\"} 1\n"), "{body}");
+    assert!(!body.contains("id-B"), "{body}");
+    let headers = app.headers.lock().unwrap().last().cloned().unwrap();
+    for h in ["authorization: bearer s3cret", "x-probe: podkit", "accept: application/json"] {
+        assert!(headers.iter().any(|l| l == h), "{h} not sent: {headers:?}");
+    }
+    assert_eq!(app.seen.lock().unwrap().last().unwrap(), "POST /status HTTP/1.1");
+    assert_eq!(app.bodies.lock().unwrap().last().unwrap(), r#"{"q": 1}"#);
+    let up = format!("podkit_adapter_source_up{{kind=json,source={}}}", app.url("/status"));
+    // 203 is listed, so it is an answer.
+    app.status.store(203, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(parse(&get(&format!("{url}/metrics"))).values.get(&up), Some(&1.0));
+    // A status not in valid_status_codes, and a body that is not JSON: the source is down.
+    app.status.store(500, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(parse(&get(&format!("{url}/metrics"))).values.get(&up), Some(&0.0));
+    app.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    *app.reply.lock().unwrap() = "<html>not json</html>".into();
+    let body = get(&format!("{url}/metrics"));
+    assert_eq!(parse(&body).values.get(&up), Some(&0.0), "{body}");
+    assert!(!body.contains("example_value"), "{body}");
 }

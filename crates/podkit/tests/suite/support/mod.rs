@@ -164,13 +164,17 @@ pub(crate) fn run_plain(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 }
 
 /// A one-route HTTP server: records each request line in `seen` (and in `log`, if given) and
-/// answers with the status in `status`.
+/// answers with the status in `status` and the body in `reply`.
 pub(crate) struct TestHttp {
     pub addr: std::net::SocketAddr,
     pub status: Arc<AtomicU16>,
     pub seen: Arc<Mutex<Vec<String>>>,
     /// Request bodies, in arrival order.
     pub bodies: Arc<Mutex<Vec<String>>>,
+    /// Request headers (lower-cased `name: value` lines), in arrival order.
+    pub headers: Arc<Mutex<Vec<Vec<String>>>>,
+    /// What each request is answered with (`hello` at first).
+    pub reply: Arc<Mutex<String>>,
 }
 
 impl TestHttp {
@@ -180,7 +184,9 @@ impl TestHttp {
         let status = Arc::new(AtomicU16::new(200));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let (st, sn, bd) = (status.clone(), seen.clone(), bodies.clone());
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(Mutex::new("hello".to_string()));
+        let (st, sn, bd, hd, rp) = (status.clone(), seen.clone(), bodies.clone(), headers.clone(), reply.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -190,15 +196,19 @@ impl TestHttp {
                     continue;
                 }
                 let mut len = 0usize;
+                let mut these = Vec::new();
                 loop {
                     let mut h = String::new();
                     if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                         break;
                     }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    let lower = h.trim_end().to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
                         len = v.trim().parse().unwrap_or(0);
                     }
+                    these.push(lower);
                 }
+                hd.lock().unwrap().push(these);
                 let mut body = vec![0; len];
                 let _ = reader.read_exact(&mut body);
                 bd.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
@@ -209,10 +219,15 @@ impl TestHttp {
                 }
                 sn.lock().unwrap().push(line);
                 let code = st.load(Ordering::SeqCst);
-                let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+                let body = rp.lock().unwrap().clone();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
             }
         });
-        TestHttp { addr, status, seen, bodies }
+        TestHttp { addr, status, seen, bodies, headers, reply }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
