@@ -10,6 +10,8 @@
 //!     labels: {container: elect}
 //!   - json: http://127.0.0.1:8080/status
 //!     module: status
+//!   - statsd: 127.0.0.1:9125     # UDP and TCP, as statsd_exporter listens
+//!     mapping_file: /etc/statsd/mapping.yml
 //! modules:                  # json_exporter's modules, as its config.yml writes them
 //!   status:
 //!     metrics:
@@ -47,6 +49,19 @@ pub(crate) struct SourceConfig {
     pub(crate) json: Option<String>,
     /// The JSON module that reads this source (default: `default`).
     pub(crate) module: Option<String>,
+    /// A StatsD listener: UDP and TCP on this address.
+    pub(crate) statsd: Option<String>,
+    /// statsd_exporter's mapping file.
+    pub(crate) mapping_file: Option<PathBuf>,
+    /// StatsD over UDP and over TCP (default: both).
+    pub(crate) udp: Option<bool>,
+    pub(crate) tcp: Option<bool>,
+    /// StatsD over a Unix datagram socket at this path, too.
+    pub(crate) unixgram: Option<PathBuf>,
+    /// The StatsD datagram sockets' receive buffer, in bytes.
+    pub(crate) read_buffer: Option<usize>,
+    /// Where the StatsD listener writes its bound address.
+    pub(crate) addr_file: Option<PathBuf>,
     /// Bound on one scrape of this source (default: --timeout).
     pub(crate) timeout: Option<Duration>,
     /// Labels put on every series of this source.
@@ -67,6 +82,7 @@ pub(crate) enum SourceKind {
     Twemproxy,
     Prometheus,
     Json,
+    Statsd,
 }
 
 impl SourceKind {
@@ -77,6 +93,7 @@ impl SourceKind {
             SourceKind::Twemproxy => "twemproxy",
             SourceKind::Prometheus => "prometheus",
             SourceKind::Json => "json",
+            SourceKind::Statsd => "statsd",
         }
     }
 
@@ -87,6 +104,7 @@ impl SourceKind {
             "twemproxy" | "nutcracker" | "ambassador" => SourceKind::Twemproxy,
             "prometheus" => SourceKind::Prometheus,
             "json" => SourceKind::Json,
+            "statsd" => SourceKind::Statsd,
             _ => return None,
         })
     }
@@ -97,7 +115,7 @@ impl SourceKind {
             SourceKind::Memcached => Some(("memcached_up", "Could the memcached server be reached.")),
             SourceKind::Redis => Some(("redis_up", "Information about the Redis instance")),
             SourceKind::Twemproxy => Some(("twemproxy_up", "Whether the stats port answered (1) or not (0)")),
-            SourceKind::Prometheus | SourceKind::Json => None,
+            SourceKind::Prometheus | SourceKind::Json | SourceKind::Statsd => None,
         }
     }
 }
@@ -111,13 +129,16 @@ impl SourceConfig {
             (SourceKind::Twemproxy, &self.twemproxy),
             (SourceKind::Prometheus, &self.prometheus),
             (SourceKind::Json, &self.json),
+            (SourceKind::Statsd, &self.statsd),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
         .collect();
         match given.as_slice() {
             [one] => Ok(*one),
-            [] => Err("give one of memcached:, redis:, twemproxy:, prometheus: or json: with the address".into()),
+            [] => {
+                Err("give one of memcached:, redis:, twemproxy:, prometheus:, json: or statsd: with the address".into())
+            }
             many => Err(format!(
                 "give one kind per source, not {}",
                 many.iter().map(|(k, _)| format!("{}:", k.as_str())).collect::<Vec<_>>().join(" and ")

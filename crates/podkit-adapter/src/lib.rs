@@ -13,6 +13,7 @@ mod json;
 mod memcached;
 pub mod promtext;
 mod redis;
+mod statsd;
 mod twemproxy;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,19 @@ pub struct AdapterArgs {
     #[arg(long, value_name = "FILE", help_heading = "Sources")]
     pub json_config: Option<PathBuf>,
 
+    /// Listen for StatsD on this address, over UDP and TCP (statsd_exporter's :9125; a bare
+    /// :PORT means every interface, as there).
+    #[arg(long, value_name = "ADDR", help_heading = "Sources")]
+    pub statsd: Option<String>,
+
+    /// statsd_exporter's mapping file, for --statsd.
+    #[arg(long, value_name = "FILE", requires = "statsd", help_heading = "Sources")]
+    pub statsd_mapping_config: Option<PathBuf>,
+
+    /// Write the StatsD listener's bound address to this file, for --statsd.
+    #[arg(long, value_name = "FILE", requires = "statsd", help_heading = "Sources")]
+    pub statsd_addr_file: Option<PathBuf>,
+
     /// Bound on each source's scrape, unless the source sets its own.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Sources")]
     pub timeout: podkit_core::Duration,
@@ -120,6 +134,7 @@ enum Collector {
     Twemproxy(twemproxy::TwemproxySource),
     Prometheus(PromSource),
     Json(json::JsonSource),
+    Statsd(Arc<statsd::Statsd>),
 }
 
 struct PromSource {
@@ -193,6 +208,19 @@ impl Source {
         if kind != SourceKind::Json && cfg.module.is_some() {
             return Err(err("module is for json: sources".into()));
         }
+        let statsd_only = [
+            ("mapping_file", cfg.mapping_file.is_some()),
+            ("udp", cfg.udp.is_some()),
+            ("tcp", cfg.tcp.is_some()),
+            ("unixgram", cfg.unixgram.is_some()),
+            ("read_buffer", cfg.read_buffer.is_some()),
+            ("addr_file", cfg.addr_file.is_some()),
+        ];
+        if kind != SourceKind::Statsd
+            && let Some((k, _)) = statsd_only.iter().find(|(_, given)| *given)
+        {
+            return Err(err(format!("{k} is for statsd: sources")));
+        }
         let collector = match kind {
             SourceKind::Memcached => {
                 Collector::Memcached(memcached::MemcachedSource::new(host_port(addr).map_err(err)?))
@@ -225,6 +253,21 @@ impl Source {
                 })?;
                 Collector::Json(json::JsonSource::new(url.into_inner(), module.clone()))
             }
+            SourceKind::Statsd => {
+                let listen = match addr.strip_prefix(':') {
+                    Some(port) => format!("0.0.0.0:{port}"),
+                    None => addr.to_string(),
+                };
+                let opts = statsd::Options {
+                    addr: podkit_core::config::parse_listen_addr(&listen).map_err(err)?,
+                    udp: cfg.udp.unwrap_or(true),
+                    tcp: cfg.tcp.unwrap_or(true),
+                    unixgram: cfg.unixgram.clone(),
+                    addr_file: cfg.addr_file.clone(),
+                    read_buffer: cfg.read_buffer,
+                };
+                Collector::Statsd(Arc::new(statsd::Statsd::new(opts, cfg.mapping_file.as_deref()).map_err(err)?))
+            }
         };
         Ok(Source {
             name,
@@ -247,6 +290,10 @@ impl Source {
                 Collector::Twemproxy(t) => none(t.collect(out, self.timeout).await),
                 Collector::Prometheus(p) => none(p.collect(out, &self.labels).await),
                 Collector::Json(j) => j.collect(out, self.timeout).await,
+                Collector::Statsd(s) => {
+                    s.collect(out);
+                    Ok(Problems::default())
+                }
             }
         };
         match tokio::time::timeout(self.timeout, collect).await {
@@ -370,6 +417,7 @@ pub struct Adapter {
     client: reqwest::Client,
     listener: Option<tokio::net::TcpListener>,
     metrics: Metrics,
+    statsd_metrics: statsd::Metrics,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -395,9 +443,15 @@ impl Adapter {
         file.sources.extend(args.twemproxy.iter().map(|a| flag(|c, v| c.twemproxy = Some(v), a)));
         file.sources.extend(args.prometheus.iter().map(|a| flag(|c, v| c.prometheus = Some(v), a.as_str())));
         file.sources.extend(args.json.iter().map(|a| flag(|c, v| c.json = Some(v), a.as_str())));
+        if let Some(addr) = &args.statsd {
+            let mut c = flag(|c, v| c.statsd = Some(v), addr);
+            c.mapping_file = args.statsd_mapping_config.clone();
+            c.addr_file = args.statsd_addr_file.clone();
+            file.sources.push(c);
+        }
         if file.sources.is_empty() {
             return Err(
-                "no source: give --memcached, --redis, --twemproxy, --prometheus or --json, or sources in --config FILE"
+                "no source: give --memcached, --redis, --twemproxy, --prometheus, --json or --statsd, or sources in --config FILE"
                     .into(),
             );
         }
@@ -432,7 +486,21 @@ impl Adapter {
             }
             sources.push(s);
         }
-        Ok(Adapter { args, sources, modules, warnings, client, listener: None, metrics: Metrics::default() })
+        for s in &sources {
+            if let Collector::Statsd(st) = &s.collector {
+                warnings.extend(st.warnings().iter().map(|w| format!("source {}: mapping_file {w}", s.name)));
+            }
+        }
+        Ok(Adapter {
+            args,
+            sources,
+            modules,
+            warnings,
+            client,
+            listener: None,
+            metrics: Metrics::default(),
+            statsd_metrics: statsd::Metrics::default(),
+        })
     }
 }
 
@@ -486,6 +554,13 @@ impl Component for Adapter {
     type Error = AdapterError;
 
     async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        for s in &self.sources {
+            if let Collector::Statsd(st) = &s.collector {
+                st.bind().await.map_err(|e| {
+                    StartError::usage(format!("source {} (statsd): cannot listen: {e}; choose another address", s.name))
+                })?;
+            }
+        }
         self.listener = Some(
             podkit_core::listen(&Listen {
                 addr: self.args.listen,
@@ -509,6 +584,20 @@ impl Component for Adapter {
             "Series left out of a scrape because their name came with another type",
             self.metrics.conflicts.clone(),
         );
+        let statsd: Vec<_> = self
+            .sources
+            .iter()
+            .filter_map(|s| match &s.collector {
+                Collector::Statsd(st) => Some((s.name.clone(), st.clone())),
+                _ => None,
+            })
+            .collect();
+        if !statsd.is_empty() {
+            self.statsd_metrics.register(reg);
+            for (name, st) in statsd {
+                st.counters(&self.statsd_metrics, &name);
+            }
+        }
         // The adapter serves as soon as it listens: a source that is down is reported in its
         // own `up` series, which is what Prometheus needs to see.
         ctx.readiness.ready("listening");
@@ -516,6 +605,11 @@ impl Component for Adapter {
 
     async fn run(self, ctx: Context) -> Result<i32, AdapterError> {
         let listener = self.listener.expect("prepared before run");
+        for s in &self.sources {
+            if let Collector::Statsd(st) = &s.collector {
+                st.start(ctx.shutdown.token().clone(), &ctx.tasks);
+            }
+        }
         tracing::info!(
             sources = ?self.sources.iter().map(|s| format!("{} {}", s.kind.as_str(), s.name)).collect::<Vec<_>>(),
             "translating"
@@ -651,6 +745,9 @@ async fn scrape_one(
         SourceKind::Json => {
             cfg.json = Some(q.target.clone());
             cfg.module = q.module.clone();
+        }
+        SourceKind::Statsd => {
+            return bad("a StatsD source is a listener, not a target: its series are in /metrics\n".into());
         }
     }
     let source = match Source::build(&cfg, s.timeout, &s.client, &s.modules) {

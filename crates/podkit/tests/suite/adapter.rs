@@ -564,3 +564,110 @@ fn json_exporters_own_config_file_works_as_it_is_with_auth_post_and_statuses() {
     assert_eq!(parse(&body).values.get(&up), Some(&0.0), "{body}");
     assert!(!body.contains("example_value"), "{body}");
 }
+
+/// Starts the adapter with a StatsD listener on a free port; returns it, its metrics URL and
+/// the StatsD address.
+fn statsd_adapter(dir: &std::path::Path, extra: &[&str]) -> (Podkit, String, SocketAddr) {
+    let addr_file = dir.join("statsd.addr");
+    let mut args = vec!["--statsd", "127.0.0.1:0", "--statsd-addr-file", addr_file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (p, url) = adapter(&args);
+    let statsd: SocketAddr = wait_for_file(&addr_file, Duration::from_secs(10)).trim().parse().unwrap();
+    (p, url, statsd)
+}
+
+#[test]
+fn statsd_lines_over_udp_and_tcp_become_the_mapped_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("mapping.yml");
+    std::fs::write(
+        &mapping,
+        r#"defaults:
+  observer_type: histogram
+  histogram_options: {buckets: [0.05, 0.5, 5]}
+mappings:
+- match: "shop.*.orders"
+  name: "shop_orders_total"
+  labels: {region: "$1", job: shop}
+- match: "shop.debug.*"
+  action: drop
+  name: dropped
+- match: "shop.*.checkout_time"
+  observer_type: summary
+  name: "shop_checkout_seconds"
+  labels: {region: "$1"}
+"#,
+    )
+    .unwrap();
+    let (a, url, statsd) = statsd_adapter(dir.path(), &["--statsd-mapping-config", mapping.to_str().unwrap()]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // One packet, several lines, as clients batch them.
+    let packet = "shop.eu.orders:1|c\nshop.eu.orders:3|c|@0.5\nshop.us.orders:2|c\n\
+                  queue.depth:10|g\nqueue.depth:+5|g\nqueue.depth:-3|g\n\
+                  render:120|ms\nrender:2500|ms\nrender:40|ms|@0.25\n\
+                  shop.debug.trace:1|c\n\
+                  shop.eu.checkout_time:300|ms\n\
+                  api.requests:1|c|#route:home,code:200\n\
+                  not a statsd line\nsets:1|s\n";
+    udp.send_to(packet.as_bytes(), statsd).unwrap();
+    // The same series over TCP, lines ending in CRLF as some clients write them.
+    let mut tcp = TcpStream::connect(statsd).unwrap();
+    tcp.write_all(b"shop.eu.orders:4|c\r\napi.requests:1|c|#route:home,code:200\r\n").unwrap();
+    drop(tcp);
+    let scrape = || get(&format!("{url}/metrics"));
+    assert_eventually!(
+        parse(&scrape()).values.get("api_requests{code=200,route=home}") == Some(&2.0),
+        "the TCP lines never arrived: {}",
+        scrape()
+    );
+    let body = scrape();
+    let p = parse(&body);
+    let v = |k: &str| p.values.get(k).copied();
+    // 1 + 3 at a rate of 0.5 + 4 over TCP.
+    assert_eq!(v("shop_orders_total{job=shop,region=eu}"), Some(11.0), "{body}");
+    assert_eq!(v("shop_orders_total{job=shop,region=us}"), Some(2.0), "{body}");
+    assert_eq!(p.families["shop_orders_total"].0, "counter");
+    assert_eq!(v("queue_depth{}"), Some(12.0), "{body}");
+    // Timers in seconds, unmapped into the default histogram; 40 ms at 0.25 counts four times.
+    assert_eq!(p.families["render"].0, "histogram");
+    assert_eq!(v("render_bucket{le=0.05}"), Some(4.0), "{body}");
+    assert_eq!(v("render_bucket{le=0.5}"), Some(5.0), "{body}");
+    assert_eq!(v("render_bucket{le=+Inf}"), Some(6.0), "{body}");
+    assert_eq!(v("render_count{}"), Some(6.0), "{body}");
+    assert!((v("render_sum{}").unwrap() - 2.78).abs() < 1e-9, "{body}");
+    assert_eq!(p.families["shop_checkout_seconds"].0, "summary");
+    assert_eq!(v("shop_checkout_seconds{quantile=0.5,region=eu}").map(|q| (q * 100.0).round()), Some(30.0));
+    assert!(!body.contains("debug") && !body.contains("sets"), "{body}");
+    // promtool reads it; its only lint is the unmapped counter's name, which is the app's.
+    let lints = promtool_complaints(&body);
+    assert!(lints.iter().all(|l| l.contains("api_requests") && l.contains("_total")), "{lints:?}");
+    // The lines that were not used are counted on the admin port, by reason.
+    let admin = a.admin().get("/metrics").body;
+    for line in [
+        "podkit_adapter_statsd_sample_errors_total{source=\"127.0.0.1:0\",reason=\"malformed_line\"} 1",
+        "podkit_adapter_statsd_sample_errors_total{source=\"127.0.0.1:0\",reason=\"illegal_event\"} 1",
+        "podkit_adapter_statsd_events_dropped_total{source=\"127.0.0.1:0\"} 1",
+        "podkit_adapter_statsd_tcp_connections_total{source=\"127.0.0.1:0\"} 1",
+    ] {
+        assert!(admin.lines().any(|l| l == line), "{line} not in\n{admin}");
+    }
+}
+
+#[test]
+fn a_statsd_metric_with_another_type_or_label_set_is_rejected_and_counted_and_the_rest_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, url, statsd) = statsd_adapter(dir.path(), &[]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"jobs:1|c|#queue:mail\njobs:1|g|#queue:mail\njobs:1|c|#queue:mail,pri:high\nok:7|g\n", statsd)
+        .unwrap();
+    let scrape = || parse(&get(&format!("{url}/metrics")));
+    assert_eventually!(scrape().values.get("ok{}") == Some(&7.0), "nothing arrived");
+    let p = scrape();
+    assert_eq!(p.values.get("jobs{queue=mail}"), Some(&1.0));
+    assert_eq!(p.families["jobs"], ("counter".to_string(), ["queue".to_string()].into()));
+    let admin = a.admin().get("/metrics").body;
+    for reason in ["type", "labels"] {
+        let line = format!("podkit_adapter_statsd_conflicts_total{{source=\"127.0.0.1:0\",reason=\"{reason}\"}} 1");
+        assert!(admin.lines().any(|l| l == line), "{line} not in\n{admin}");
+    }
+}
