@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -71,6 +72,23 @@ fn parse_wait(s: Option<&str>, field: &str) -> Result<Option<Duration>, ApiError
     }
 }
 
+/// `token=`: taken as text and parsed here, so a bad value gets the API's JSON error naming
+/// the parameter rather than axum's plain-text rejection.
+fn parse_token(s: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(s) = s else { return Ok(None) };
+    s.parse().map(Some).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("token={s}: expected a whole number, the \"token\" of an earlier answer"),
+        )
+    })
+}
+
+/// A query string axum cannot read at all (bad percent-encoding): the same JSON error.
+fn bad_query(e: QueryRejection) -> Response {
+    ApiError(StatusCode::BAD_REQUEST, format!("bad query string: {}", e.body_text())).into_response()
+}
+
 /// `GET /`: `{"name": LEADER}`, what the Kubernetes leader-elector sidecar answered, for the
 /// first election.
 async fn compat(State(api): State<Api>) -> Json<serde_json::Value> {
@@ -86,14 +104,22 @@ async fn list(State(api): State<Api>) -> Json<serde_json::Value> {
 #[derive(Debug, Deserialize)]
 struct StatusQuery {
     wait: Option<String>,
-    token: Option<u64>,
+    token: Option<String>,
     leader: Option<String>,
 }
 
 /// `GET /v1/elections/NAME[?wait=30s&token=N&leader=ID]`: with `wait`, a long poll that answers
 /// as soon as the token or the leader differs from what the caller saw (or this replica's own
 /// leadership changes), or when `wait` runs out.
-async fn status(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<StatusQuery>) -> Response {
+async fn status(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<StatusQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     let election = match api.find(&name) {
         Ok(e) => e,
         Err(e) => return e.into_response(),
@@ -102,20 +128,23 @@ async fn status(State(api): State<Api>, Path(name): Path<String>, Query(q): Quer
         Ok(w) => w,
         Err(e) => return e.into_response(),
     };
+    let token = match parse_token(q.token.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
     let mut changes = election.subscribe();
     let first = election.status();
     let Some(wait) = wait else {
         return Json(first).into_response();
     };
     let differs = |s: &crate::election::Status| {
-        q.token.is_some_and(|t| t != s.token)
+        token.is_some_and(|t| t != s.token)
             || q.leader.as_ref().is_some_and(|l| Some(l) != s.leader.as_ref())
             || s.is_leader != first.is_leader
             || s.leader != first.leader
             || s.token != first.token
     };
-    if q.token.is_some_and(|t| t != first.token) || q.leader.as_ref().is_some_and(|l| Some(l) != first.leader.as_ref())
-    {
+    if token.is_some_and(|t| t != first.token) || q.leader.as_ref().is_some_and(|l| Some(l) != first.leader.as_ref()) {
         return Json(first).into_response();
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -150,7 +179,15 @@ struct CampaignQuery {
 
 /// `POST /v1/elections/NAME/campaign[?timeout=30s]` (becomeLeader): 200 with the token once
 /// this replica leads, 408 at the timeout (the campaign goes on).
-async fn campaign(State(api): State<Api>, Path(name): Path<String>, Query(q): Query<CampaignQuery>) -> Response {
+async fn campaign(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<CampaignQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     let election = match api.find(&name) {
         Ok(e) => e,
         Err(e) => return e.into_response(),

@@ -44,7 +44,12 @@ pub struct ElectArgs {
     pub backend: BackendUrl,
 
     /// The HTTP API for the app.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4040")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:4040",
+        value_parser = podkit_core::config::parse_listen_addr
+    )]
     pub listen: SocketAddr,
 
     /// Write the API listener's bound address to this file once it listens (with --listen
@@ -306,10 +311,10 @@ impl Component for Elect {
         match backend {
             Prepared::File(b) => self.serve(b, listener, runner, ctx).await,
             Prepared::Etcd(opts) => {
-                let described = opts.endpoints.join(",");
+                // The error names the endpoints: "cannot reach etcd 127.0.0.1:2379: …".
                 let b = EtcdBackend::connect(opts)
                     .await
-                    .map_err(|e| ElectError::Unavailable(format!("cannot reach etcd at {described}: {e}")))?;
+                    .map_err(|e| ElectError::Unavailable(format!("cannot reach {e}")))?;
                 self.serve(b, listener, runner, ctx).await
             }
         }

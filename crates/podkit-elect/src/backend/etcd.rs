@@ -64,14 +64,24 @@ impl EtcdBackend {
             }
             co = co.with_tls(t);
         }
+        let endpoints = opts.endpoints.join(",");
+        let fail = |reason: String| BackendError::Etcd { endpoints: endpoints.clone(), reason };
+        let timed_out = || fail(format!("no answer within {:?}", opts.timeout));
         let mut client = tokio::time::timeout(opts.timeout, Client::connect(urls, Some(co)))
             .await
-            .map_err(|_| BackendError::Timeout(opts.timeout))??;
+            .map_err(|_| timed_out())?
+            .map_err(|e| fail(reason(&e)))?;
         // A connection is lazy; ask something so an unreachable cluster fails here.
         tokio::time::timeout(opts.timeout, client.status())
             .await
-            .map_err(|_| BackendError::Timeout(opts.timeout))??;
+            .map_err(|_| timed_out())?
+            .map_err(|e| fail(reason(&e)))?;
         Ok(EtcdBackend { client, prefix: opts.prefix, endpoints: opts.endpoints })
+    }
+
+    /// An etcd error as this backend reports it: with the endpoints it talks to.
+    fn err(&self, e: etcd_client::Error) -> BackendError {
+        BackendError::Etcd { endpoints: self.endpoints.join(","), reason: reason(&e) }
     }
 
     fn key(&self, election: &str) -> String {
@@ -82,6 +92,44 @@ impl EtcdBackend {
         let ttl = self.client.clone().lease_time_to_live(lease, None).await.ok()?.ttl();
         (ttl >= 0).then(|| Duration::from_secs(ttl as u64))
     }
+}
+
+/// What went wrong, for an operator. etcd-client displays a failed request through tonic's
+/// `Status`, whose Display ends in the Debug dump of its source (`tonic::transport::Error(
+/// Transport, ConnectError(…))`); this gives the gRPC code and etcd's message instead, or, when
+/// the request never reached etcd, the transport error's chain (`tcp connect error: Connection
+/// refused (os error 111)`), whose code (always "unavailable") and message say less.
+pub(crate) fn reason(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
+            Some(source) => transport_chain(source),
+            None if status.message().is_empty() => code_name(status.code()),
+            None => format!("{}: {}", code_name(status.code()), status.message()),
+        },
+        etcd_client::Error::TransportError(t) => transport_chain(t),
+        other => other.to_string(),
+    }
+}
+
+/// tonic's transport error says only "transport error"; what happened is in its sources.
+fn transport_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.source() {
+        Some(source) => podkit_core::error_chain(source),
+        None => e.to_string(),
+    }
+}
+
+/// A gRPC code as words (`PermissionDenied` → `permission denied`). The code's own Display is
+/// a sentence ("Some requested entity was not found") that reads badly before etcd's message.
+fn code_name(code: impl std::fmt::Debug) -> String {
+    let mut out = String::new();
+    for c in format!("{code:?}").chars() {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// etcd lease TTLs are whole seconds; round up so etcd never ends a lease before the sidecar's
@@ -102,13 +150,13 @@ impl Backend for EtcdBackend {
         }
         let mut c = self.client.clone();
         let key = self.key(election);
-        let lease = c.lease_grant(ttl_secs(ttl), None).await?.id();
+        let lease = c.lease_grant(ttl_secs(ttl), None).await.map_err(|e| self.err(e))?.id();
         let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
             key.clone(),
             id,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-        let resp = c.txn(txn).await?;
+        let resp = c.txn(txn).await.map_err(|e| self.err(e))?;
         if resp.succeeded() {
             let token = resp.header().map(|h| h.revision()).unwrap_or_default() as u64;
             return Ok(Acquired::Won(Lease { election: election.to_string(), token, handle: lease }));
@@ -120,9 +168,9 @@ impl Backend for EtcdBackend {
 
     async fn renew(&self, lease: &Lease, _ttl: Duration) -> Result<bool, BackendError> {
         let mut c = self.client.clone();
-        let (mut keeper, mut stream) = c.lease_keep_alive(lease.handle).await?;
-        keeper.keep_alive().await?;
-        let alive = match stream.message().await? {
+        let (mut keeper, mut stream) = c.lease_keep_alive(lease.handle).await.map_err(|e| self.err(e))?;
+        keeper.keep_alive().await.map_err(|e| self.err(e))?;
+        let alive = match stream.message().await.map_err(|e| self.err(e))? {
             Some(r) => r.ttl() > 0,
             None => false,
         };
@@ -131,7 +179,7 @@ impl Backend for EtcdBackend {
         }
         // The lease lives; the key must still be the one this leadership created (an operator
         // may have deleted it by hand).
-        let resp = c.get(self.key(&lease.election), None).await?;
+        let resp = c.get(self.key(&lease.election), None).await.map_err(|e| self.err(e))?;
         Ok(resp.kvs().first().is_some_and(|kv| kv.create_revision() as u64 == lease.token))
     }
 
@@ -140,12 +188,12 @@ impl Backend for EtcdBackend {
             Ok(_) => Ok(()),
             // Already expired or revoked: released all the same.
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.err(e)),
         }
     }
 
     async fn observe(&self, election: &str) -> Result<Observed, BackendError> {
-        let resp = self.client.clone().get(self.key(election), None).await?;
+        let resp = self.client.clone().get(self.key(election), None).await.map_err(|e| self.err(e))?;
         let version = resp.header().map(|h| h.revision()).unwrap_or_default();
         let Some(kv) = resp.kvs().first() else {
             return Ok(Observed { version, ..Observed::default() });
@@ -160,14 +208,14 @@ impl Backend for EtcdBackend {
         let opts = WatchOptions::new().with_start_revision(since.version + 1);
         let wait = async {
             // Dropping the stream ends the watch.
-            let mut stream = c.watch(self.key(election), Some(opts)).await?;
+            let mut stream = c.watch(self.key(election), Some(opts)).await.map_err(|e| self.err(e))?;
             loop {
                 match stream.message().await {
                     Ok(Some(resp)) if resp.canceled() => break Ok(()), // compacted: look again
                     Ok(Some(resp)) if !resp.events().is_empty() => break Ok(()),
                     Ok(Some(_)) => continue,
                     Ok(None) => break Ok(()),
-                    Err(e) => break Err(BackendError::from(e)),
+                    Err(e) => break Err(self.err(e)),
                 }
             }
         };

@@ -42,8 +42,10 @@ pub(crate) enum Acquired {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendError {
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    /// An etcd request failed; `reason` is already written for an operator (see
+    /// [`etcd::reason`]): tonic's own Display ends in a Debug dump of the transport error.
+    #[error("etcd {endpoints}: {reason}")]
+    Etcd { endpoints: String, reason: String },
     #[error("lease file {path}: {source}")]
     File {
         path: String,
@@ -52,6 +54,8 @@ pub(crate) enum BackendError {
     },
     #[error("lease file {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
+    /// The memory backend's cut link; real backends bound their own requests.
+    #[cfg(test)]
     #[error("the backend did not answer within {0:?}")]
     Timeout(Duration),
 }

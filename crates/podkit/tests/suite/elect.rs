@@ -313,7 +313,19 @@ fn etcd_over_tls_with_a_user_and_password() {
         &[],
     );
     assert_eq!(code, 69, "{stderr}");
-    assert!(stderr.contains("cannot reach etcd"), "{stderr}");
+    // etcd's own answer, with its gRPC code, not tonic's Debug dump of it.
+    let expected = format!("cannot reach etcd {}: invalid argument: etcdserver: authentication failed", etcd.addr);
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("code: '"), "{stderr}");
+
+    // Without the CA podkit speaks plain HTTP/2 to a TLS port: the transport error's chain.
+    let (code, stderr) = run_plain(
+        &["elect", "--backend", &backend, "--etcd-timeout", "2s", "--admin", "127.0.0.1:0", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, 69, "{stderr}");
+    assert!(stderr.contains(&format!("cannot reach etcd {}: ", etcd.addr)), "{stderr}");
+    assert!(!stderr.contains("tonic::") && !stderr.contains("code: '"), "{stderr}");
 }
 
 // === file backend ===
@@ -377,6 +389,15 @@ fn api_manual_campaign_resign_long_poll_and_compat() {
 
     let bad = b.api.get("/v1/elections/x?wait=soon");
     assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().unwrap().starts_with("wait=soon: "), "{}", bad.body);
+    // A bad token gets the same JSON error, naming the parameter, the value and what is expected.
+    let bad = b.api.get("/v1/elections/x?wait=5s&token=latest");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let error = bad.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.starts_with("token=latest: expected a whole number"), "{}", bad.body);
+    let bad = b.api.get("/v1/elections/x?wait=5s&wait=6s");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.json()["error"].as_str().is_some_and(|e| e.starts_with("bad query string")), "{}", bad.body);
 }
 
 #[test]
@@ -448,7 +469,32 @@ fn bad_input_gets_clear_errors() {
         &[],
     );
     assert_eq!(got, 69, "{stderr}");
-    assert!(stderr.contains("cannot reach etcd") && stderr.contains(&port.to_string()), "{stderr}");
+    // The endpoint and the transport error's chain, not tonic's Debug output of it
+    // (`source: tonic::transport::Error(Transport, ConnectError(… Os { code: 111 …`).
+    let expected = format!("cannot reach etcd 127.0.0.1:{port}: tcp connect error: Connection refused");
+    assert!(stderr.contains(&expected), "{stderr}");
+    for debug in ["tonic::", "ConnectError(", "Os {", "code: '"] {
+        assert!(!stderr.contains(debug), "{debug}: {stderr}");
+    }
+}
+
+#[test]
+fn listen_takes_localhost_port_as_admin_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = format!("file://{}", dir.path().join("leases").display());
+    let addr_file = dir.path().join("api.addr");
+    let addr_arg = addr_file.to_str().unwrap();
+    let p = Podkit::start(
+        Mode::Subreaper,
+        &["elect", "--backend", &backend, "--listen", "localhost:0", "--listen-addr-file", addr_arg],
+    );
+    let api = AdminClient::from_addr_file(&addr_file);
+    assert!(api.base().contains("127.0.0.1:"), "{} {}", api.base(), p.stderr());
+    assert_eventually!(api.get("/v1/elections/default").json()["is_leader"] == true, "{}", p.stderr());
+
+    let (got, stderr) = run_plain(&["elect", "--listen", "localhost:http"], &[]);
+    assert_eq!(got, 64, "{stderr}");
+    assert!(stderr.contains("is not a port number"), "{stderr}");
 }
 
 #[test]
