@@ -11,6 +11,7 @@
 //! [`Reaper::spawn`]: reaper::Reaper::spawn
 
 pub mod command;
+pub mod contain;
 pub mod exec;
 pub mod hook;
 pub mod output;

@@ -613,19 +613,31 @@ impl Pipeline {
         // Drained: every stage has nothing pending or running at one moment. Nothing can appear
         // later, because only a running item of an earlier stage adds items to the next.
         let mut every = ctx.shutdown.every(Duration::from_millis(200));
+        let mut failed = false;
         while every.tick().await {
             if let Ok(all) = store.counts(None).await {
                 let busy = all.iter().filter(|c| queues.contains(&c.queue)).any(|c| c.pending + c.running > 0);
                 if !busy {
                     let done: u64 = all.iter().filter(|c| queues.last() == Some(&c.queue)).map(|c| c.done).sum();
                     let dead: u64 = all.iter().filter(|c| queues.contains(&c.queue)).map(|c| c.dead).sum();
-                    tracing::info!(stages = queues.len(), done_at_last_stage = done, dead, "pipeline drained");
+                    if dead > 0 {
+                        let per: Vec<String> = all
+                            .iter()
+                            .filter(|c| queues.contains(&c.queue) && c.dead > 0)
+                            .map(|c| format!("{}: {}", c.queue, c.dead))
+                            .collect();
+                        tracing::warn!(stages = queues.len(), done_at_last_stage = done, dead, dead_by_stage = %per.join(", "),
+                            "pipeline drained with dead items; `podkit queue dead` shows why, `podkit queue retry` runs them again");
+                        failed = true;
+                    } else {
+                        tracing::info!(stages = queues.len(), done_at_last_stage = done, "pipeline drained");
+                    }
                     ctx.shutdown.trigger(podkit_core::StopReason::Completed);
                     break;
                 }
             }
         }
-        let mut code = 0;
+        let mut code = if failed { 1 } else { 0 };
         for r in running {
             code = code.max(r.await.unwrap_or(70));
         }

@@ -103,6 +103,13 @@ impl<S: Store> Worker<S> {
             store = %self.store.describe(), queue = %self.settings.queue, concurrency = self.settings.concurrency,
             "worker started"
         );
+        if matches!(self.settings.stage, Stage::Exec(_)) {
+            let tmp = std::env::temp_dir();
+            let swept = tokio::task::spawn_blocking(move || sweep_stale_attempts(&tmp)).await.unwrap_or(0);
+            if swept > 0 {
+                tracing::info!(directories = swept, "removed the item directories of workers that died");
+            }
+        }
         ctx.tasks.spawn(self.clone().gauge_loop(ctx.clone()));
         let mut slots = Vec::new();
         for slot in 0..self.settings.concurrency {
@@ -120,6 +127,21 @@ impl<S: Store> Worker<S> {
             }
         }
         if !ctx.shutdown.is_triggered() {
+            // Drained (--exit-when-empty): a batch whose items died did not succeed.
+            if let Ok(counts) = self.store.counts(Some(&self.settings.queue)).await
+                && let Some(c) = counts.first()
+            {
+                if c.dead > 0 {
+                    tracing::warn!(
+                        queue = %self.settings.queue, done = c.done, dead = c.dead,
+                        "drained with dead items; `podkit queue dead --queue {}` shows why, `podkit queue retry` runs them again",
+                        self.settings.queue
+                    );
+                    code = code.max(1);
+                } else {
+                    tracing::info!(queue = %self.settings.queue, done = c.done, "drained");
+                }
+            }
             ctx.shutdown.trigger(podkit_core::StopReason::Completed);
         }
         code
@@ -127,6 +149,10 @@ impl<S: Store> Worker<S> {
 
     async fn slot(self: Arc<Self>, slot: usize, ctx: Context) -> Result<(), i32> {
         let s = &self.settings;
+        // While the app of --http cannot be reached, items are given back and the slot waits.
+        let mut unreachable =
+            podkit_core::backoff::BackoffPolicy::exact(Duration::from_millis(100), Duration::from_secs(5)).start();
+        let mut down = false;
         loop {
             if ctx.shutdown.is_triggered() {
                 return Ok(());
@@ -153,8 +179,29 @@ impl<S: Store> Worker<S> {
                 return Ok(());
             }
             self.metrics.in_flight.inc();
-            self.process(item, &ctx).await;
+            let reached = self.process(item, &ctx).await;
             self.metrics.in_flight.dec();
+            match reached {
+                Reached::Yes => {
+                    if down {
+                        tracing::info!(slot, "the app answers again");
+                        ctx.readiness.ready("app");
+                        down = false;
+                    }
+                    unreachable.reset();
+                }
+                Reached::No(error) => {
+                    if !down {
+                        tracing::warn!(slot, %error, "the app cannot be reached; items wait (not counted as attempts) until it can");
+                        ctx.readiness.not_ready("app", format!("the app cannot be reached: {error}"));
+                        down = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(unreachable.next_delay()) => {}
+                        _ = ctx.shutdown.triggered() => {}
+                    }
+                }
+            }
         }
     }
 
@@ -173,8 +220,9 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    /// One attempt at one item, with its lease renewed while it runs.
-    async fn process(&self, item: Claimed, ctx: &Context) {
+    /// One attempt at one item, with its lease renewed while it runs. Says whether the stage
+    /// could be reached at all.
+    async fn process(&self, item: Claimed, ctx: &Context) -> Reached {
         let s = &self.settings;
         let started = Instant::now();
         tracing::debug!(id = %item.id, attempt = item.attempt, "running item");
@@ -200,7 +248,7 @@ impl<S: Store> Worker<S> {
                         Ok(false) => {
                             tracing::warn!(id = %item.id, "lost the item's lease (another worker has it): abandoning this attempt");
                             self.count("lost");
-                            return;
+                            return Reached::Yes;
                         }
                         Err(e) => tracing::warn!(id = %item.id, error = %e, "cannot renew the lease; retrying"),
                     }
@@ -220,7 +268,7 @@ impl<S: Store> Worker<S> {
                 Err(e) => tracing::error!(id = %item.id, error = %e, "cannot release the item; its lease will expire"),
             }
             self.count("released");
-            return;
+            return Reached::Yes;
         };
         match result {
             Ok(output) => match self.store.complete(&item, &s.owner, output).await {
@@ -242,6 +290,14 @@ impl<S: Store> Worker<S> {
                 tracing::warn!(id = %item.id, "lost the item's lease before its output was written; discarded");
                 self.count("lost");
             }
+            Err(f) if f.unreachable => {
+                // Not an attempt: the item did not get to the app.
+                if let Err(e) = self.store.release(&item, &s.owner).await {
+                    tracing::error!(id = %item.id, error = %e, "cannot give the item back; its lease will expire");
+                }
+                self.count("released");
+                return Reached::No(f.error);
+            }
             Err(f) => {
                 let dead = item.attempt >= s.max_attempts;
                 if dead {
@@ -257,6 +313,7 @@ impl<S: Store> Worker<S> {
                 }
             }
         }
+        Reached::Yes
     }
 
     fn count(&self, result: &'static str) {
@@ -277,7 +334,11 @@ impl<S: Store> Worker<S> {
                     .body(item.input.clone())
                     .send()
                     .await
-                    .map_err(|e| Failure::new(format!("POST {url}: {e}")))?;
+                    .map_err(|e| {
+                        let f = Failure::new(format!("POST {url}: {}", podkit_core::error_chain(&e)));
+                        // Refused or unresolvable: the app is not up (yet); not the item's fault.
+                        if e.is_connect() { Failure { unreachable: true, ..f } } else { f }
+                    })?;
                 let status = resp.status();
                 let body = resp.bytes().await.map_err(|e| Failure::new(format!("reading the answer of {url}: {e}")))?;
                 if !status.is_success() {
@@ -290,10 +351,16 @@ impl<S: Store> Worker<S> {
             }
             Stage::Exec(template) => {
                 let dir = tempfile::Builder::new()
-                    .prefix("podkit-item-")
+                    .prefix(ATTEMPT_PREFIX)
                     .tempdir()
                     .map_err(|e| Failure::new(format!("cannot create the item directory: {e}")))?;
-                let name = safe_name(item.name.as_deref().unwrap_or("input"));
+                // Who owns it, for the sweep of a worker that died without cleaning up.
+                std::fs::write(dir.path().join(OWNER_FILE), owner_stamp())
+                    .map_err(|e| Failure::new(format!("cannot write in the item directory: {e}")))?;
+                // The paths the command sees hold only [A-Za-z0-9._-]: a pushed file's name can
+                // never become shell syntax in `sh -c '… {input} …'`. The name itself is data,
+                // in $PODKIT_ITEM_NAME.
+                let name = path_safe_name(item.name.as_deref().unwrap_or("input"));
                 let input = dir.path().join("in").join(&name);
                 let output = dir.path().join("out").join(&name);
                 for d in [input.parent(), output.parent()].into_iter().flatten() {
@@ -311,8 +378,18 @@ impl<S: Store> Worker<S> {
                         a.replace("{input}", &input.to_string_lossy()).replace("{output}", &output.to_string_lossy())
                     })
                     .collect();
+                // Contained: the item's whole process tree (and its directory) goes if this
+                // worker is killed, even with SIGKILL.
+                let argv: Vec<String> = podkit_process::contain::wrap(
+                    &argv.into_iter().map(OsString::from).collect::<Vec<_>>(),
+                    Some(dir.path()),
+                )
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
                 let argv = Argv::new(argv).map_err(Failure::new)?;
                 let env = vec![
+                    ("PODKIT_ITEM_NAME".to_string(), item.name.clone().unwrap_or_default()),
                     ("PODKIT_ITEM_ID".to_string(), item.id.clone()),
                     ("PODKIT_ATTEMPT".to_string(), item.attempt.to_string()),
                     ("PODKIT_QUEUE".to_string(), item.queue.clone()),
@@ -408,6 +485,14 @@ impl<S: Store> Worker<S> {
     }
 }
 
+/// Whether an attempt reached its stage.
+#[derive(Debug)]
+enum Reached {
+    Yes,
+    /// The app of `--http` could not be connected to.
+    No(String),
+}
+
 /// Why an attempt failed.
 #[derive(Debug)]
 struct Failure {
@@ -415,17 +500,86 @@ struct Failure {
     exit_status: Option<i32>,
     stderr_tail: String,
     lost: bool,
+    /// The app could not be connected to: the item is given back, not failed.
+    unreachable: bool,
 }
 
 impl Failure {
     fn new(error: impl Into<String>) -> Self {
-        Self { error: error.into(), exit_status: None, stderr_tail: String::new(), lost: false }
+        Self { error: error.into(), exit_status: None, stderr_tail: String::new(), lost: false, unreachable: false }
     }
 
     /// The lease went to another worker: not a failure of the item, nothing to record.
     fn lost() -> Self {
         Self { lost: true, ..Self::new("the lease was lost") }
     }
+}
+
+/// The prefix of an attempt's private directory in `$TMPDIR`.
+pub(crate) const ATTEMPT_PREFIX: &str = "podkit-item-";
+/// The file in an attempt directory that names its worker (`PID START_TICKS`).
+const OWNER_FILE: &str = ".podkit-owner";
+
+/// This process as an attempt directory's owner: its pid and its start time in clock ticks
+/// (a pid alone can be reused).
+fn owner_stamp() -> String {
+    let me = std::process::id() as i32;
+    format!("{me} {}", start_ticks(me).unwrap_or(0))
+}
+
+fn start_ticks(pid: i32) -> Option<u64> {
+    procfs::process::Process::new(pid).ok()?.stat().ok().map(|s| s.starttime)
+}
+
+/// Removes attempt directories in `tmp` whose worker is gone (it was killed before it could
+/// remove them, and so was its item's shim). A directory without an owner file is removed
+/// once it is a minute old (its worker died between creating it and writing the file).
+/// Returns how many went.
+pub(crate) fn sweep_stale_attempts(tmp: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(tmp) else { return 0 };
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(ATTEMPT_PREFIX) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
+        let stale = match std::fs::read_to_string(path.join(OWNER_FILE)) {
+            Ok(stamp) => {
+                let mut f = stamp.split_whitespace().map(|x| x.parse::<u64>().ok());
+                match (f.next().flatten(), f.next().flatten()) {
+                    (Some(pid), Some(ticks)) => start_ticks(pid as i32) != Some(ticks),
+                    _ => true,
+                }
+            }
+            Err(_) => {
+                meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(60))
+            }
+        };
+        if stale && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// A file name for the paths a command sees: only `[A-Za-z0-9._-]` (anything else becomes
+/// `_`), not starting with `.` or `-`, at most 100 bytes; the extension is kept.
+pub(crate) fn path_safe_name(name: &str) -> String {
+    let base = safe_name(name);
+    let mut out: String =
+        base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    out = out.trim_start_matches(['.', '-']).to_string();
+    if out.len() > 100 {
+        // Keep the end, where the extension is.
+        out = out[out.len() - 100..].to_string();
+    }
+    if out.is_empty() { "input".to_string() } else { out }
 }
 
 /// A file name that stays inside its directory: the last path component, without leading dots.
@@ -470,5 +624,44 @@ mod tests {
         assert_eq!(safe_name("/abs/x.csv"), "x.csv");
         assert_eq!(safe_name(".."), "item");
         assert_eq!(safe_name(".hidden"), "hidden");
+    }
+
+    #[test]
+    fn the_paths_a_command_sees_hold_no_shell_syntax() {
+        for (name, want) in [
+            ("a;echo INJECTED;.txt", "a_echo_INJECTED_.txt"),
+            ("c d.txt", "c_d.txt"),
+            ("$(id).txt", "__id_.txt"),
+            ("x\ny`z`.csv", "x_y_z_.csv"),
+            ("../../etc/passwd", "passwd"),
+            ("-rf", "rf"),
+            ("'\"", "__"),
+            ("photo.JPG", "photo.JPG"),
+        ] {
+            assert_eq!(path_safe_name(name), want, "{name:?}");
+        }
+        assert!(path_safe_name(&"a".repeat(300)).len() <= 100);
+    }
+
+    #[test]
+    fn stale_attempt_directories_are_swept_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mk = |name: &str, owner: Option<&str>| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("in"), "x").unwrap();
+            if let Some(o) = owner {
+                std::fs::write(d.join(OWNER_FILE), o).unwrap();
+            }
+            d
+        };
+        let live = mk("podkit-item-live", Some(&owner_stamp()));
+        // A pid that does not run (or runs with another start time).
+        let dead = mk("podkit-item-dead", Some("999999999 1"));
+        let fresh = mk("podkit-item-fresh", None);
+        let other = mk("something-else", Some("999999999 1"));
+        assert_eq!(sweep_stale_attempts(tmp.path()), 1);
+        assert!(live.exists() && fresh.exists() && other.exists());
+        assert!(!dead.exists());
     }
 }

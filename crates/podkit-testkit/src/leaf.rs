@@ -134,8 +134,13 @@ pub struct TestLeaf {
 impl TestLeaf {
     /// Starts a leaf answering as `args` says (`&["--status", "500"]`).
     pub fn start(args: &[&str]) -> TestLeaf {
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), args)
+    }
+
+    /// Like [`TestLeaf::start`], on `addr` (an app that comes up where a client already looks).
+    pub fn start_on(addr: SocketAddr, args: &[&str]) -> TestLeaf {
         let opts = LeafOptions::from_args(args);
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let std_listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -107,6 +107,11 @@ struct Cli {
 const SECRETS: &[&str] = &[];
 
 fn main() {
+    // The containment shim podkit runs in front of a program (never typed by a user).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == podkit_process::contain::ARG) {
+        std::process::exit(podkit_process::contain::main(&args[2..]));
+    }
     let parsed = match config::parse(Command::augment(Cli::command()), std::env::args_os().collect(), SECRETS) {
         Ok(p) => p,
         Err(e) => std::process::exit(e.report()),
