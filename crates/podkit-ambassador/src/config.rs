@@ -127,6 +127,9 @@ pub(crate) struct Config {
 
 // === the file as written ===
 
+/// A pool as written. Numbers and flags are read as the text written and converted in
+/// [`check_pool`]: typed fields would stop serde at the first wrong value with a line number but
+/// neither the pool nor the key nor what is expected (`invalid i64`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPool {
@@ -134,23 +137,49 @@ struct RawPool {
     hash: Option<String>,
     hash_tag: Option<String>,
     distribution: Option<String>,
-    timeout: Option<i64>,
-    backlog: Option<i64>,
-    client_connections: Option<i64>,
-    redis: Option<bool>,
+    timeout: Option<String>,
+    backlog: Option<String>,
+    client_connections: Option<String>,
+    redis: Option<String>,
     redis_auth: Option<String>,
-    redis_db: Option<i64>,
-    preconnect: Option<bool>,
-    tcpkeepalive: Option<bool>,
-    reuseport: Option<bool>,
-    server_connections: Option<i64>,
-    auto_eject_hosts: Option<bool>,
-    server_retry_timeout: Option<i64>,
-    server_failure_limit: Option<i64>,
+    redis_db: Option<String>,
+    preconnect: Option<String>,
+    tcpkeepalive: Option<String>,
+    reuseport: Option<String>,
+    server_connections: Option<String>,
+    auto_eject_hosts: Option<String>,
+    server_retry_timeout: Option<String>,
+    server_failure_limit: Option<String>,
     // podkit's own keys.
     eject_mode: Option<EjectMode>,
     health_check_interval: Option<Millis>,
     servers: Option<Vec<String>>,
+}
+
+/// A whole number as twemproxy reads one: decimal, optionally signed.
+fn number(key: &str, v: Option<&str>) -> Result<Option<i64>, String> {
+    let Some(v) = v else { return Ok(None) };
+    v.trim().parse().map(Some).map_err(|_| format!("{key}: {v:?} is not a whole number"))
+}
+
+/// Milliseconds, as twemproxy's own duration keys are written. A value such as `"4s"` gets the
+/// number to write instead.
+fn millis(key: &str, v: Option<&str>) -> Result<Option<i64>, String> {
+    let Some(v) = v else { return Ok(None) };
+    v.trim().parse().map(Some).map_err(|_| match humantime::parse_duration(v.trim()) {
+        Ok(d) => format!("{key}: {v:?} is not a number of milliseconds; write {}", d.as_millis()),
+        Err(_) => format!("{key}: {v:?} is not a number of milliseconds, such as 400"),
+    })
+}
+
+/// A flag, with the spellings YAML 1.1 gives booleans (`true`, `yes`, `on`, …), as before.
+fn flag(key: &str, v: Option<&str>) -> Result<Option<bool>, String> {
+    let Some(v) = v else { return Ok(None) };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "y" | "on" => Ok(Some(true)),
+        "false" | "no" | "n" | "off" => Ok(Some(false)),
+        _ => Err(format!("{key}: {v:?} is not true or false")),
+    }
 }
 
 /// Milliseconds as a number, or a duration such as `"1s"`.
@@ -216,18 +245,19 @@ fn check_pool(name: &str, p: RawPool) -> Result<Pool, String> {
         Some(t) if t.len() == 2 => Some([t.as_bytes()[0], t.as_bytes()[1]]),
         Some(t) => return Err(format!("hash_tag: {t:?} is not two characters, such as \"{{}}\"")),
     };
-    let positive = |key: &str, v: Option<i64>, default: i64, max: i64| -> Result<i64, String> {
-        match v.unwrap_or(default) {
+    let positive = |key: &str, v: Option<&str>, default: i64, max: i64| -> Result<i64, String> {
+        match number(key, v)?.unwrap_or(default) {
             v if v < 0 || v > max => Err(format!("{key}: {v} is out of range 0..={max}")),
             v => Ok(v),
         }
     };
-    let timeout = match p.timeout {
+    let timeout = match millis("timeout", p.timeout.as_deref())? {
         None => DEFAULT_TIMEOUT,
         Some(ms) if ms > 0 => Duration::from_millis(ms as u64),
         Some(ms) => return Err(format!("timeout: {ms} ms; expected a positive number of milliseconds")),
     };
-    let server_connections = positive("server_connections", p.server_connections, 1, MAX_SERVER_CONNECTIONS.into())?;
+    let server_connections =
+        positive("server_connections", p.server_connections.as_deref(), 1, MAX_SERVER_CONNECTIONS.into())?;
     if server_connections == 0 {
         return Err("server_connections: 0; expected at least 1".into());
     }
@@ -246,10 +276,15 @@ fn check_pool(name: &str, p: RawPool) -> Result<Pool, String> {
             return Err(format!("server {} appears twice (names and addresses must be unique)", s.label()));
         }
     }
-    let redis = p.redis.unwrap_or(false);
+    let redis = flag("redis", p.redis.as_deref())?.unwrap_or(false);
     if !redis && (p.redis_auth.is_some() || p.redis_db.is_some()) {
         return Err("redis_auth and redis_db need `redis: true`".into());
     }
+    let server_retry_timeout = match millis("server_retry_timeout", p.server_retry_timeout.as_deref())? {
+        None => 30_000,
+        Some(ms) if (0..=i64::from(u32::MAX)).contains(&ms) => ms as u64,
+        Some(ms) => return Err(format!("server_retry_timeout: {ms} is out of range 0..={}", u32::MAX)),
+    };
     let health_check_interval = match p.health_check_interval {
         None => None,
         Some(m) => match m.get().map_err(|e| format!("health_check_interval: {e}"))? {
@@ -264,24 +299,19 @@ fn check_pool(name: &str, p: RawPool) -> Result<Pool, String> {
         hash_tag,
         distribution,
         timeout,
-        backlog: positive("backlog", p.backlog, 512, 65535)? as u32,
-        client_connections: positive("client_connections", p.client_connections, 0, u32::MAX.into())? as u32,
+        backlog: positive("backlog", p.backlog.as_deref(), 512, 65535)? as u32,
+        client_connections: positive("client_connections", p.client_connections.as_deref(), 0, u32::MAX.into())? as u32,
         redis,
         redis_auth: p.redis_auth.filter(|a| !a.is_empty()),
-        redis_db: positive("redis_db", p.redis_db, 0, u32::MAX.into())? as u32,
-        preconnect: p.preconnect.unwrap_or(false),
-        tcpkeepalive: p.tcpkeepalive.unwrap_or(false),
-        reuseport: p.reuseport.unwrap_or(false),
+        redis_db: positive("redis_db", p.redis_db.as_deref(), 0, u32::MAX.into())? as u32,
+        preconnect: flag("preconnect", p.preconnect.as_deref())?.unwrap_or(false),
+        tcpkeepalive: flag("tcpkeepalive", p.tcpkeepalive.as_deref())?.unwrap_or(false),
+        reuseport: flag("reuseport", p.reuseport.as_deref())?.unwrap_or(false),
         server_connections: server_connections as u32,
-        auto_eject_hosts: p.auto_eject_hosts.unwrap_or(false),
-        server_retry_timeout: Duration::from_millis(positive(
-            "server_retry_timeout",
-            p.server_retry_timeout,
-            30_000,
-            i64::from(u32::MAX),
-        )? as u64),
-        server_failure_limit: positive("server_failure_limit", p.server_failure_limit, 2, u32::MAX.into())?.max(1)
-            as u32,
+        auto_eject_hosts: flag("auto_eject_hosts", p.auto_eject_hosts.as_deref())?.unwrap_or(false),
+        server_retry_timeout: Duration::from_millis(server_retry_timeout),
+        server_failure_limit: positive("server_failure_limit", p.server_failure_limit.as_deref(), 2, u32::MAX.into())?
+            .max(1) as u32,
         eject_mode: p.eject_mode.unwrap_or(EjectMode::Rehash),
         health_check_interval,
         servers,
@@ -389,6 +419,32 @@ mod tests {
                 .contains("used by another pool")
         );
         assert!(err("").contains("no pools") || err("").contains("invalid"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_pool_the_key_the_value_and_what_is_expected() {
+        let with = |line: &str| parse(&format!("cache:\n  listen: 127.0.0.1:0\n  {line}\n  servers: [h:1:1]\n"));
+        let cases = [
+            ("timeout: 4s", r#"pool `cache`: timeout: "4s" is not a number of milliseconds; write 4000"#),
+            ("timeout: soon", r#"pool `cache`: timeout: "soon" is not a number of milliseconds, such as 400"#),
+            (
+                "server_retry_timeout: 30s",
+                r#"pool `cache`: server_retry_timeout: "30s" is not a number of milliseconds; write 30000"#,
+            ),
+            ("backlog: lots", r#"pool `cache`: backlog: "lots" is not a whole number"#),
+            ("server_failure_limit: 2.5", r#"pool `cache`: server_failure_limit: "2.5" is not a whole number"#),
+            ("redis: maybe", r#"pool `cache`: redis: "maybe" is not true or false"#),
+            ("auto_eject_hosts: 1", r#"pool `cache`: auto_eject_hosts: "1" is not true or false"#),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(with(line).unwrap_err(), expected, "{line}");
+        }
+        // What typed fields took before is still taken: YAML 1.1 flags, quoted numbers.
+        let c = with("redis: yes\n  preconnect: On\n  timeout: \"250\"\n  backlog: 1024").unwrap();
+        let pool = &c.pools[0];
+        assert!(pool.redis && pool.preconnect && !pool.reuseport);
+        assert_eq!((pool.timeout, pool.backlog), (Duration::from_millis(250), 1024));
+        assert_eq!(with("redis_auth: 12345\n  redis: true").unwrap().pools[0].redis_auth.as_deref(), Some("12345"));
     }
 
     #[test]

@@ -610,6 +610,11 @@ fn bad_configuration_exits_64_and_dash_t_checks_it() {
     assert!(err.contains("pool `alpha`: distribution") && err.contains("ketama, modula or random"), "{err}");
     let (code, _) = run_plain(&["ambassador", "-t", "-c", p], &[]);
     assert_eq!(code, 64);
+    // A value of the wrong type names its pool and key, what was written and what is expected.
+    std::fs::write(&path, "cache:\n  listen: 127.0.0.1:0\n  timeout: 4s\n  servers: [127.0.0.1:1:1]\n").unwrap();
+    let (code, err) = run_plain(&["ambassador", "-t", "-c", p], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(r#"pool `cache`: timeout: "4s" is not a number of milliseconds; write 4000"#), "{err}");
     std::fs::write(&path, "alpha:\n  listen: 127.0.0.1:0\n  servers: [127.0.0.1:1:1]\n").unwrap();
     let (code, err) = run_plain(&["ambassador", "-t", "-c", p], &[]);
     assert_eq!(code, 0, "{err}");
