@@ -51,7 +51,8 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// The text clients see after `SERVER_ERROR ` or `-ERR `.
+    /// The text clients see after `SERVER_ERROR ` or `-ERR `. `server` is the server's label,
+    /// or for [`Failure::NoServers`] the pool's name.
     pub(crate) fn describe(&self, server: &str) -> String {
         match self {
             Failure::Connect(e) => format!("podkit: cannot connect to {server}: {e}"),
@@ -59,7 +60,7 @@ impl Failure {
             Failure::Closed => format!("podkit: connection to {server} lost"),
             Failure::Protocol(e) => format!("podkit: {server} sent an invalid answer: {e}"),
             Failure::Ejected => format!("podkit: {server} is ejected (down); its keys fail fast"),
-            Failure::NoServers => "podkit: every server of the pool is ejected".into(),
+            Failure::NoServers => format!("podkit: every server of pool {server} is ejected"),
         }
     }
 }

@@ -72,13 +72,14 @@ impl PoolState {
         self.stop.cancel();
     }
 
-    /// The server `key` goes to.
-    pub(crate) fn route(&self, key: &[u8]) -> Result<usize, Failure> {
+    /// The server `key` goes to, or why none takes it with whom to name in the error: the
+    /// ejected server a fail-fast pool would have sent it to, or the pool when all are out.
+    pub(crate) fn route(&self, key: &[u8]) -> Result<usize, (Failure, Arc<str>)> {
         let ring = self.ring.load();
-        let Some(ring) = ring.as_ref() else { return Err(Failure::NoServers) };
+        let Some(ring) = ring.as_ref() else { return Err((Failure::NoServers, Arc::from(self.name.as_str()))) };
         let i = ring.servers[ring.continuum.pick(key, random())];
         if self.servers[i].shared.is_ejected() && self.fail_fast() {
-            return Err(Failure::Ejected);
+            return Err((Failure::Ejected, self.servers[i].label()));
         }
         Ok(i)
     }
@@ -324,7 +325,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         eject(&pool, 1);
         settle().await;
-        assert_eq!(pool.route(&key_b), Err(Failure::NoServers));
+        assert_eq!(pool.route(&key_b), Err((Failure::NoServers, Arc::from("p"))), "the pool is named");
 
         tokio::time::advance(RETRY - Duration::from_secs(10) - Duration::from_millis(1)).await;
         settle().await;
@@ -353,7 +354,11 @@ mod tests {
 
         eject(&pool, 0);
         settle().await;
-        assert_eq!(pool.route(&key_a), Err(Failure::Ejected), "the ejected server's keys do not fail fast");
+        assert_eq!(
+            pool.route(&key_a),
+            Err((Failure::Ejected, Arc::from("a"))),
+            "the ejected server's keys do not fail fast, naming it"
+        );
         assert_eq!(pool.route(&key_b), Ok(1), "the other server's keys moved");
 
         tokio::time::advance(RETRY).await;

@@ -116,7 +116,7 @@ async fn dispatch_memcache(req: Request, state: &PoolState, id: u64) -> Option<P
         Request::Keyed { key, bytes, framing, quiet, strip_noop } => {
             let server = match state.route(&key) {
                 Ok(i) => &state.servers[i],
-                Err(f) => return (!quiet).then(|| fail(f, &state.name)),
+                Err((f, server)) => return (!quiet).then(|| fail(f, &server)),
             };
             let (reply, rx) = channel(!quiet);
             server.send(id, Op { bytes, framing: Framing::Memcache(framing), reply }).await;
@@ -127,7 +127,7 @@ async fn dispatch_memcache(req: Request, state: &PoolState, id: u64) -> Option<P
             for k in &keys {
                 match state.route(k) {
                     Ok(i) => servers.push(i),
-                    Err(f) => return Some(fail(f, &state.name)),
+                    Err((f, server)) => return Some(fail(f, &server)),
                 }
             }
             let framing = Framing::Memcache(memcache::Framing::UntilEnd);
@@ -304,7 +304,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
                 state.servers[s].send(id, Op { bytes: cmd.wire(), framing: Framing::Resp, reply: Some(reply) }).await;
                 one(rx)
             }
-            Err(f) => fail(f, &state.name),
+            Err((f, server)) => fail(f, &server),
         },
         Route::Keys(idx) => {
             let mut server = None;
@@ -318,7 +318,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
                         };
                         return refuse(&format!("the keys of '{}' are on different servers; {hint}", cmd.name_upper()));
                     }
-                    Err(f) => return fail(f, &state.name),
+                    Err((f, server)) => return fail(f, &server),
                 }
             }
             let (reply, rx) = oneshot::channel();
@@ -332,7 +332,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
             for i in (1..cmd.args.len()).step_by(step) {
                 match state.route(&cmd.args[i]) {
                     Ok(s) => servers.push(s),
-                    Err(f) => return fail(f, &state.name),
+                    Err((f, server)) => return fail(f, &server),
                 }
             }
             let (parts, groups) = redis::split(&cmd, kind, &servers);

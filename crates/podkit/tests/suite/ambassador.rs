@@ -469,6 +469,9 @@ fn a_dead_server_is_ejected_rehash_moves_its_keys_fail_fast_keeps_the_ring() {
     let failed = after.iter().filter(|l| l.contains("is ejected")).count();
     assert!(failed > 0 && failed < keys.len(), "{after:?}");
     assert_eq!(after.iter().filter(|l| *l == "STORED").count() + failed, keys.len());
+    // The error names the server that is down, not the pool.
+    let expected = format!("SERVER_ERROR podkit: 127.0.0.1:{dead_port} is ejected (down); its keys fail fast");
+    assert!(after.iter().filter(|l| l.contains("is ejected")).all(|l| *l == expected), "{after:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "failing fast took {:?}", started.elapsed());
 
     // Rehash: after its own ejection every key is served by the two left.
