@@ -271,6 +271,11 @@ pub(crate) fn route(cmd: &Command) -> Result<Route, String> {
             arity(2)?;
             Route::Key(1)
         }
+        n if TRANSACTIONS.contains(&n) => {
+            return Err(format!(
+                "'{n}' is not supported through the proxy: a transaction's commands would go to the servers of their keys, not to one connection; to change keys together, give them a common hash tag and use EVAL (a script runs atomically on their server), or talk to Redis directly"
+            ));
+        }
         n if BLOCKING.contains(&n) => {
             return Err(format!(
                 "'{n}' is not supported through the proxy: a blocking command would hold a server connection that other clients share"
@@ -450,9 +455,11 @@ const BLOCKING: &[&str] = &[
     "PSUBSCRIBE",
     "SSUBSCRIBE",
     "MONITOR",
-    "MULTI",
-    "WATCH",
 ];
+
+/// MULTI … EXEC and WATCH tie commands to one server connection, which the proxy shares among
+/// clients and picks per key.
+const TRANSACTIONS: &[&str] = &["MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH"];
 
 /// The parts of a split command: for each server (by index), the command for its keys; and
 /// for each key of the original, which part it went to. `servers[i]` is the server of the
@@ -662,6 +669,13 @@ mod tests {
         assert!(route(&cmd(&["eval", "s", "0"])).unwrap_err().contains("no keys"));
         assert!(route(&cmd(&["keys", "*"])).unwrap_err().contains("not supported"));
         assert!(route(&cmd(&["blpop", "a", "0"])).unwrap_err().contains("blocking"));
+        for tx in ["multi", "EXEC", "discard", "watch", "unwatch"] {
+            let why = route(&cmd(&[tx])).unwrap_err();
+            let name = tx.to_uppercase();
+            assert!(why.starts_with(&format!("'{name}' is not supported through the proxy: a transaction")), "{why}");
+            assert!(why.contains("hash tag") && why.contains("talk to Redis directly"), "{why}");
+            assert!(!why.contains("blocking"), "{why}");
+        }
         assert!(route(&cmd(&["get"])).unwrap_err().contains("wrong number"));
         assert!(SINGLE_KEY.windows(2).all(|w| w[0] < w[1]), "SINGLE_KEY must stay sorted");
     }

@@ -345,6 +345,9 @@ fn redis_commands_are_sharded_merged_or_refused_clearly() {
     assert!(cross.contains("hash tag such as {x}"), "{cross}");
     assert!(c.cmd(&["KEYS", "*"]).starts_with("-ERR 'KEYS' is not supported"));
     assert!(c.cmd(&["BLPOP", "l", "0"]).contains("blocking"));
+    let multi = c.cmd(&["MULTI"]);
+    assert!(multi.starts_with("-ERR 'MULTI' is not supported through the proxy: a transaction"), "{multi}");
+    assert!(multi.contains("hash tag") && multi.contains("talk to Redis directly"), "{multi}");
     assert!(c.cmd(&["GET"]).contains("wrong number of arguments"));
     assert!(c.cmd(&["SELECT", "3"]).starts_with("-ERR"));
     assert_eq!(c.cmd(&["SELECT", "0"]), "+OK");
