@@ -41,7 +41,12 @@ pub struct ScatterArgs {
     pub common: CommonArgs,
 
     /// Where clients send requests.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        value_parser = podkit_core::config::parse_listen_addr
+    )]
     pub listen: SocketAddr,
 
     /// Write the bound client address to this file once listening (with --listen …:0).

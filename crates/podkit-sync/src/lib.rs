@@ -175,7 +175,13 @@ pub struct SyncArgs {
     pub sync_on_signal: Option<String>,
 
     /// Listen here for `POST /sync` triggers (needs --trigger-secret-file).
-    #[arg(long, value_name = "ADDR", requires = "trigger_secret_file", help_heading = "Trigger")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "trigger_secret_file",
+        help_heading = "Trigger",
+        value_parser = podkit_core::config::parse_listen_addr
+    )]
     pub trigger_listen: Option<SocketAddr>,
 
     /// Write the trigger listener's bound address here once it listens.
