@@ -123,12 +123,21 @@ impl ConfigError {
     /// version, 64 for everything else.
     pub fn report(&self) -> i32 {
         match self {
-            ConfigError::Cli(e) => {
-                let _ = e.print();
+            ConfigError::Cli(e) if e.use_stderr() => {
+                // clap repeats the bad value, and a URL's password must not reach a terminal or
+                // a log collector that way.
+                eprint!("{}", redact_passwords_in(&e.render().to_string()));
                 if let Some(tip) = separator_tip(e) {
                     eprintln!("{tip}");
                 }
-                if e.use_stderr() { EX_USAGE } else { 0 }
+                if let Some(var) = variable_of(e) {
+                    eprintln!("note: that value came from the environment variable {var}");
+                }
+                EX_USAGE
+            }
+            ConfigError::Cli(e) => {
+                let _ = e.print();
+                0
             }
             other => {
                 eprintln!("error: {other}");
@@ -136,6 +145,20 @@ impl ConfigError {
             }
         }
     }
+}
+
+/// For a bad value that came from a `PODKIT_*` variable rather than a flag: the variable.
+fn variable_of(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue) else { return None };
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let suffix = format!("_{}", long.to_ascii_uppercase().replace('-', "_"));
+    // The flag itself on the command line wins over the variable: then it is not the cause.
+    if std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}="))) {
+        return None;
+    }
+    std::env::vars().find(|(k, v)| k.starts_with("PODKIT_") && k.ends_with(&suffix) && v == value).map(|(k, _)| k)
 }
 
 /// For a program given without `--` (`podkit run sleep 1`): where the `--` goes.
@@ -182,16 +205,33 @@ pub fn with_own_config_file(cmd: Command, admin: &'static str) -> Command {
     })
 }
 
-/// Gives every long option of `cmd` (and its subcommands) a `PODKIT_<NAME>` environment
-/// variable.
+/// The options of [`CommonArgs`], whose variables every command shares.
+const COMMON: [&str; 8] =
+    ["admin", "admin_addr_file", "admin_token_file", "log_format", "log_level", "log_buffer", "grace", "config"];
+
+/// Gives every long option an environment variable: `PODKIT_<NAME>` for the options every
+/// command shares ([`CommonArgs`]: `PODKIT_GRACE`, `PODKIT_ADMIN`, …) and
+/// `PODKIT_<COMMAND>_<NAME>` for a command's own (`PODKIT_ELECT_ID`, `PODKIT_QUEUE_PUSH_ID`), so
+/// that one command's variable is never read by another.
 pub fn with_env(cmd: Command) -> Command {
-    let cmd = cmd.mut_args(|arg| {
+    cmd.mut_subcommands(|sub| with_env_prefixed(sub, "PODKIT"))
+}
+
+fn with_env_prefixed(cmd: Command, parent: &str) -> Command {
+    let prefix = format!("{parent}_{}", cmd.get_name().to_ascii_uppercase().replace('-', "_"));
+    let own = prefix.clone();
+    let cmd = cmd.mut_args(move |arg| {
         if arg.is_positional() || matches!(arg.get_id().as_str(), "help" | "version") {
             return arg;
         }
         match arg.get_long() {
             Some(long) => {
-                let var = format!("PODKIT_{}", long.to_ascii_uppercase().replace('-', "_"));
+                let name = long.to_ascii_uppercase().replace('-', "_");
+                let var = if COMMON.contains(&arg.get_id().as_str()) {
+                    format!("PODKIT_{name}")
+                } else {
+                    format!("{own}_{name}")
+                };
                 let flag = matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse);
                 // Flags read the usual spellings from the environment: 1/0, yes/no, on/off.
                 if flag { arg.env(var).value_parser(clap::builder::BoolishValueParser::new()) } else { arg.env(var) }
@@ -199,7 +239,7 @@ pub fn with_env(cmd: Command) -> Command {
             None => arg,
         }
     });
-    cmd.mut_subcommands(with_env)
+    cmd.mut_subcommands(move |sub| with_env_prefixed(sub, &prefix))
 }
 
 /// Parses `argv` against `cmd` with flags over `PODKIT_*` environment over `--config FILE`.
@@ -383,6 +423,32 @@ fn effective_config(
 
 /// `http://user:secret@host/` → `http://user:<redacted>@host/`; `None` when there is nothing
 /// to hide.
+/// `text` with the password of every URL in it (`scheme://user:password@host`) replaced by
+/// `***`.
+pub fn redact_passwords_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rsplit_once('@').and_then(|(info, host)| info.split_once(':').map(|(u, _)| (u, host))) {
+            Some((user, host)) => {
+                out.push_str(user);
+                out.push_str(":***@");
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn redact_url_password(value: &str) -> Option<String> {
     let (scheme, rest) = value.split_once("://")?;
     let authority_end = rest.find('/').unwrap_or(rest.len());
@@ -608,6 +674,14 @@ mod tests {
     }
 
     #[test]
+    fn passwords_in_text_are_redacted() {
+        assert_eq!(
+            redact_passwords_in("invalid value 'redis://:pw@h:x/0' for '--store'; also http://u:p@h/a and ftp://h"),
+            "invalid value 'redis://:***@h:x/0' for '--store'; also http://u:***@h/a and ftp://h"
+        );
+    }
+
+    #[test]
     fn url_passwords_are_redacted() {
         assert_eq!(redact_url_password("redis://u:pw@h:1/0").unwrap(), "redis://u:<redacted>@h:1/0");
         assert_eq!(redact_url_password("http://h/a@b"), None);
@@ -622,5 +696,8 @@ mod tests {
         assert_eq!(grace.get_env().unwrap(), "PODKIT_GRACE");
         let file = demo.get_arguments().find(|a| a.get_id() == "admin_addr_file").unwrap();
         assert_eq!(file.get_env().unwrap(), "PODKIT_ADMIN_ADDR_FILE");
+        // A command's own options carry its name: no other command reads them.
+        let interval = demo.get_arguments().find(|a| a.get_id() == "interval").unwrap();
+        assert_eq!(interval.get_env().unwrap(), "PODKIT_DEMO_INTERVAL");
     }
 }

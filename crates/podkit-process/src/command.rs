@@ -14,9 +14,19 @@ use nix::unistd::{Pid, getpgrp, getpid, setpgid, tcgetpgrp, tcsetpgrp};
 ///
 /// With `terminal`, the program is handed podkit's terminal when podkit holds it (`podkit run`
 /// in a foreground shell); programs that share podkit with others never take it.
+///
+/// podkit's own `PODKIT_*` variables (its options, and what a podkit above it set) are not
+/// passed on: a podkit command run by another must not read the outer one's `PODKIT_ADMIN` or
+/// `PODKIT_GRACE`. What podkit hands a program on purpose (`PODKIT_INPUT`, `PODKIT_HOOK`, …)
+/// is set by the caller after this.
 pub fn command(argv: &[OsString], terminal: bool) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    for (k, _) in std::env::vars_os() {
+        if k.as_encoded_bytes().starts_with(b"PODKIT_") {
+            cmd.env_remove(k);
+        }
+    }
     // A podkit started in the background of a shell must not steal the shell's terminal.
     let take_tty = terminal && {
         let stdin = std::io::stdin();

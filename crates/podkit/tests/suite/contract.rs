@@ -8,6 +8,7 @@
 
 use crate::support::{Mode, Podkit, promtool, run_plain};
 use nix::sys::signal::Signal;
+use podkit_testkit::assert_eventually;
 
 /// Each command with arguments that start it on embedded defaults in `dir`.
 fn commands(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>)> {
@@ -161,4 +162,84 @@ fn redis_store_errors_are_redis_own_at_once_and_never_show_the_password() {
     let (_, err) = status(&format!("redis://127.0.0.1:{}/0", podkit_testkit::free_port()));
     // Redis' own error, not the 5 s "no answer" that hid every cause.
     assert!(err.contains("refused") && !err.contains("no answer"), "{err}");
+}
+
+#[test]
+fn one_commands_variables_are_not_read_by_another_nor_passed_to_programs() {
+    // elect's id in the environment: a push of three lines still makes three items.
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("q.db").display());
+    let mut push = std::process::Command::new(crate::support::PODKIT)
+        .args(["queue", "push", "--store", &store, "--queue", "q", "-"])
+        .env("PODKIT_ELECT_ID", "replica-1")
+        .env("PODKIT_ID", "replica-1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    push.stdin.take().unwrap().write_all(b"a\nb\nc\n").unwrap();
+    let out = push.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pushed 3 new item(s)"), "{out:?}");
+    // podkit's own variables do not reach the program it runs (a podkit inside would read them).
+    let seen = dir.path().join("env");
+    let script = format!("env > {}", seen.display());
+    let mut p = Podkit::start_with(Mode::Subreaper, &["run", "--", "sh", "-c", &script], |c| {
+        c.env("PODKIT_GRACE", "7s").env("PODKIT_RUN_RESTART", "never").env("APP_SETTING", "kept");
+    });
+    assert_eq!(p.wait(), 0);
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.lines().any(|l| l == "APP_SETTING=kept"), "{env}");
+    let podkit_vars: Vec<&str> =
+        env.lines().filter(|l| l.starts_with("PODKIT_") && !l.starts_with("PODKIT_TREE=")).collect();
+    assert!(podkit_vars.is_empty(), "passed on: {podkit_vars:?}");
+}
+
+#[test]
+fn a_redis_password_appears_nowhere_a_running_worker_shows() {
+    let server = podkit_testkit::redis();
+    let mut conn = redis::Client::open(format!("redis://{}/0", server.addr)).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("s3cr3t-pw").query(&mut conn).unwrap();
+    let store = format!("redis://:s3cr3t-pw@{}/0", server.addr);
+    // A value clap cannot parse is echoed in its error: without the password.
+    let (code, err) = run_plain(&["queue", "status", "--store", "redis://:s3cr3t-pw@h:notaport/0"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(!err.contains("s3cr3t-pw") && err.contains("***"), "{err}");
+    let (code, err) =
+        run_plain(&["queue", "push", "--store", &store, "--queue", "q", "--id", "x", "/etc/hostname"], &[]);
+    assert_eq!(code, 0, "{err}");
+    // The item waits for the test to have looked at everything the worker shows, then fails.
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; false", go.display());
+    let mut w = Podkit::start(
+        Mode::Subreaper,
+        &[
+            "queue",
+            "work",
+            "--store",
+            &store,
+            "--queue",
+            "q",
+            "--max-attempts",
+            "1",
+            "--exit-when-empty",
+            "--log-level",
+            "debug",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let admin = w.admin();
+    assert_eventually!(admin.get("/metrics").body.contains("podkit_queue_in_flight 1"), "the item never started");
+    let shown = [admin.get("/config").body, admin.get("/logs").body, admin.get("/metrics").body];
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(w.wait(), 1);
+    let stderr = std::fs::read_to_string(w.path("stderr")).unwrap();
+    assert!(stderr.contains("drained with dead items"), "{stderr}");
+    for (what, text) in ["/config", "/logs", "/metrics", "stderr"].iter().zip(shown.iter().chain([&stderr])) {
+        assert!(!text.contains("s3cr3t-pw"), "{what} shows the password: {text}");
+    }
 }

@@ -503,6 +503,12 @@ fn bad_configuration_exits_64_naming_the_problem() {
         (vec!["--restart".into(), "sometimes".into()], vec![], "sometimes"),
         (vec!["--ready-exec".into(), "echo 'oops".into()], vec![], "unbalanced quotes"),
         (vec![], vec![("PODKIT_GRACE", "lots")], "'lots' for '--grace"),
+        (vec![], vec![("PODKIT_GRACE", "lots")], "came from the environment variable PODKIT_GRACE"),
+        (
+            vec![],
+            vec![("PODKIT_RUN_RESTART_DELAY", "often")],
+            "came from the environment variable PODKIT_RUN_RESTART_DELAY",
+        ),
         (vec!["--admin-token-file".into(), "/no/such/token".into()], vec![], "/no/such/token"),
         (vec!["--admin".into(), "localhost".into()], vec![], "'localhost' for '--admin"),
     ];
@@ -551,7 +557,7 @@ fn config_layers_flags_over_env_over_file() {
     .unwrap();
     let file_s = file.to_str().unwrap().to_string();
     let mut p = Podkit::start_with(Mode::Subreaper, &["run", "--config", &file_s, "--ready-timeout", "9s"], |c| {
-        c.env("PODKIT_GRACE", "7s").env("PODKIT_RESTART_DELAY", "2s");
+        c.env("PODKIT_GRACE", "7s").env("PODKIT_RUN_RESTART_DELAY", "2s");
     });
     let cfg = p.admin().config();
     assert_eq!(cfg["command"], "run");
@@ -578,7 +584,7 @@ fn flags_take_usual_boolean_spellings_and_beat_conflicting_file_keys() {
         Mode::Subreaper,
         &["run", "--config", &file_s, "--pre-stop-http", "http://127.0.0.1:9/x"],
         |c| {
-            c.env("PODKIT_NO_CAPTURE", "1");
+            c.env("PODKIT_RUN_NO_CAPTURE", "1");
         },
     );
     let cfg = p.admin().config();
