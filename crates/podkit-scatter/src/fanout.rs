@@ -24,6 +24,10 @@ pub(crate) const DEADLINE_HEADER: &str = "x-podkit-deadline-ms";
 pub(crate) const PARTIAL_HEADER: &str = "x-podkit-partial";
 pub(crate) const MISSING_HEADER: &str = "x-podkit-missing";
 
+/// Most of a request's deadline kept for a merge container by default (see
+/// [`Fanout::merge_reserve`]).
+const MERGE_RESERVE_CAP: Duration = Duration::from_millis(250);
+
 /// How many shards must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MinLeaves {
@@ -68,6 +72,9 @@ pub(crate) struct Fanout {
     pub leaves: Arc<Leaves>,
     pub client: reqwest::Client,
     pub merger: Merger,
+    /// `--merge-time`: the time a merge container keeps out of each request's deadline; `None`
+    /// for the default rule.
+    pub merge_time: Option<Duration>,
     pub deadline: Duration,
     pub leaf_timeout: Duration,
     pub min_leaves: MinLeaves,
@@ -215,6 +222,7 @@ impl Fanout {
             leaves,
             client,
             merger,
+            merge_time: None,
             deadline,
             leaf_timeout,
             min_leaves,
@@ -231,16 +239,43 @@ impl Fanout {
         }
     }
 
+    /// The part of a request's `budget` kept for the merge, which the leaves do not get. A
+    /// merge container is a process or a request of its own: had the leaves the whole deadline,
+    /// one late leaf would leave it nothing (it would then fail the request that the leaves
+    /// that answered could have served). By default it keeps a fifth of the deadline, at most
+    /// [`MERGE_RESERVE_CAP`]; `--merge-time` sets it for `--deadline`, and a caller's shorter
+    /// deadline shrinks it in proportion, so the leaves still get their share. A built-in merge
+    /// runs in microseconds and keeps nothing.
+    pub(crate) fn merge_reserve(&self, budget: Duration) -> Duration {
+        match (&self.merger, self.merge_time) {
+            (Merger::Builtin(_), _) => Duration::ZERO,
+            (_, Some(t)) if budget >= self.deadline => t,
+            (_, Some(t)) => t.mul_f64(budget.as_secs_f64() / self.deadline.as_secs_f64()),
+            (_, None) => (budget / 5).min(MERGE_RESERVE_CAP),
+        }
+    }
+
+    /// The longest a leaf attempt can have: what a timeout must have had to count against the
+    /// leaf's breaker.
+    fn full_leaf_time(&self) -> Duration {
+        self.leaf_timeout.min(self.deadline - self.merge_reserve(self.deadline))
+    }
+
     /// Scatters `req` to every shard and gathers the answers.
-    pub(crate) async fn run(&self, req: Incoming) -> Answer {
+    pub(crate) async fn run(&self, mut req: Incoming) -> Answer {
         let started = Instant::now();
         let topology = self.leaves.get();
         let n = topology.shards.len();
+        // The leaves' deadline ends before the request's by the merge's share.
+        let merge_deadline = req.deadline;
+        let reserve = self.merge_reserve(req.budget);
+        req.deadline = merge_deadline - reserve;
+        req.budget -= reserve;
         let req = Arc::new(req);
         let results: Vec<ShardResult> =
             futures_util::future::join_all(topology.shards.iter().enumerate().map(|(i, s)| self.shard(i, n, s, &req)))
                 .await;
-        let answer = self.gather(results, &req).await;
+        let answer = self.gather(results, merge_deadline).await;
         let outcome = if !answer.status.is_success() {
             "error"
         } else if answer.headers.iter().any(|(h, _)| h == PARTIAL_HEADER) {
@@ -253,7 +288,7 @@ impl Fanout {
         answer
     }
 
-    async fn gather(&self, results: Vec<ShardResult>, req: &Incoming) -> Answer {
+    async fn gather(&self, results: Vec<ShardResult>, merge_deadline: Instant) -> Answer {
         let n = results.len();
         let strategy = match &self.merger {
             Merger::Builtin(s) => Some(s),
@@ -294,8 +329,8 @@ impl Fanout {
         let missing: Vec<(usize, String)> = missing.into_iter().map(|(i, r)| (i, r.to_string())).collect();
         let merged = match (&self.merger, strategy) {
             (_, Some(s)) => s.merge(parts).map(|b| (b, s.content_type())),
-            (Merger::Http(url), None) => self.merge_http(url, &bodies, &missing, req).await,
-            (Merger::Exec(argv), None) => self.merge_exec(argv, &bodies, &missing, req).await,
+            (Merger::Http(url), None) => self.merge_http(url, &bodies, &missing, merge_deadline).await,
+            (Merger::Exec(argv), None) => self.merge_exec(argv, &bodies, &missing, merge_deadline).await,
             (Merger::Builtin(_), None) => unreachable!("a built-in merger has a strategy"),
         };
         let (body, content_type) = match merged {
@@ -334,9 +369,9 @@ impl Fanout {
         url: &reqwest::Url,
         bodies: &[(usize, Bytes)],
         missing: &[(usize, String)],
-        req: &Incoming,
+        deadline: Instant,
     ) -> Result<(Vec<u8>, &'static str), String> {
-        let remaining = req.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let resp = self
             .client
             .post(url.clone())
@@ -360,10 +395,10 @@ impl Fanout {
         argv: &podkit_core::Argv,
         bodies: &[(usize, Bytes)],
         missing: &[(usize, String)],
-        req: &Incoming,
+        deadline: Instant,
     ) -> Result<(Vec<u8>, &'static str), String> {
         let reaper = self.reaper.as_ref().ok_or("no reaper")?;
-        let remaining = req.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let out = crate::exec::pipe(reaper, argv, Self::merge_document(bodies, missing), remaining, self.max_leaf_body)
             .await?;
         Ok((out, "application/json"))
@@ -497,7 +532,7 @@ impl Fanout {
             Attempt::TimedOut => {
                 // A timeout counts against the leaf only if it had the full leaf timeout: a
                 // caller's short deadline says nothing about the leaf's health.
-                if remaining + Duration::from_millis(1) >= self.leaf_timeout {
+                if remaining + Duration::from_millis(1) >= self.full_leaf_time() {
                     self.breaker(&leaf);
                 }
                 "timeout"
@@ -550,5 +585,38 @@ fn error_answer(status: StatusCode, body: Value) -> Answer {
         content_type: "application/json",
         headers: Vec::new(),
         body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fanout(merger: Merger, merge_time: Option<Duration>) -> Fanout {
+        podkit_core::http::install_crypto_provider();
+        let deadline = Duration::from_secs(1);
+        let min = MinLeaves::Percent(100);
+        let mut f = Fanout::new(Arc::default(), reqwest::Client::new(), merger, deadline, deadline, min, false, 0.0);
+        f.merge_time = merge_time;
+        f
+    }
+
+    #[test]
+    fn a_merge_container_keeps_its_share_of_the_deadline() {
+        let ms = Duration::from_millis;
+        let http = || Merger::Http("http://127.0.0.1:1/merge".parse().unwrap());
+        // Built-in merges keep nothing.
+        assert_eq!(fanout(Merger::Builtin(Strategy::Concat), None).merge_reserve(ms(1000)), Duration::ZERO);
+        // Default: a fifth, at most 250 ms.
+        let f = fanout(http(), None);
+        assert_eq!(f.merge_reserve(ms(1000)), ms(200));
+        assert_eq!(f.merge_reserve(ms(100)), ms(20));
+        assert_eq!(f.merge_reserve(ms(5000)), ms(250));
+        assert_eq!(f.full_leaf_time(), ms(800));
+        // --merge-time, for --deadline; a caller's shorter deadline shrinks it in proportion.
+        let f = fanout(http(), Some(ms(300)));
+        assert_eq!(f.merge_reserve(ms(1000)), ms(300));
+        assert_eq!(f.merge_reserve(ms(400)).as_millis(), 120);
+        assert_eq!(f.full_leaf_time(), ms(700));
     }
 }

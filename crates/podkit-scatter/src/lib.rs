@@ -78,6 +78,12 @@ pub struct ScatterArgs {
     #[arg(long, value_name = "CMD", help_heading = "Merging")]
     pub merge_exec: Option<Argv>,
 
+    /// Time kept for --merge-http or --merge-exec at the end of each request's deadline; the
+    /// leaves get the rest (default: a fifth of the deadline, at most 250ms). A caller's shorter
+    /// deadline shrinks it in proportion.
+    #[arg(long, value_name = "DURATION", value_parser = podkit_core::Duration::parse_positive, help_heading = "Merging")]
+    pub merge_time: Option<podkit_core::Duration>,
+
     /// The whole request's deadline (lowered by a caller's X-Podkit-Deadline-Ms).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = podkit_core::Duration::parse_positive, help_heading = "Tail tolerance")]
     pub deadline: podkit_core::Duration,
@@ -263,6 +269,19 @@ impl Component for Scatter {
     }
 
     async fn prepare(&mut self, _ctx: &Context) -> Result<(), StartError> {
+        if let Some(t) = self.args.merge_time {
+            if self.args.merge_http.is_none() && self.args.merge_exec.is_none() {
+                return Err(StartError::usage(
+                    "--merge-time is the time kept for --merge-http or --merge-exec; a built-in --merge needs none",
+                ));
+            }
+            if t.get() >= self.args.deadline.get() {
+                return Err(StartError::usage(format!(
+                    "--merge-time {t} leaves the leaves no time of --deadline {}; expected less than the deadline",
+                    self.args.deadline
+                )));
+            }
+        }
         let l = Listen {
             addr: self.args.listen,
             addr_file: self.args.listen_addr_file.as_deref(),
@@ -288,6 +307,7 @@ impl Component for Scatter {
             args.hedge_budget,
         );
         fanout.metrics = metrics;
+        fanout.merge_time = args.merge_time.map(podkit_core::Duration::get);
         fanout.retries = args.retries;
         fanout.breaker_failures = args.breaker_failures;
         fanout.breaker_cooldown = args.breaker_cooldown.get();

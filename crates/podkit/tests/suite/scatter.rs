@@ -272,6 +272,31 @@ fn merge_containers_get_every_answer() {
 }
 
 #[test]
+fn a_late_leaf_leaves_the_merge_program_its_share_of_the_deadline() {
+    let fast = TestLeaf::start(&["--echo", "--respond", "[{echo}]"]);
+    let late = TestLeaf::start(&["--delay", "60s"]);
+    let both = format!("{},{}", fast.url(), late.url());
+    // The leaves get 1 s of the 3 s deadline; the merge program the 2 s after it. Had the
+    // leaves the whole deadline, the late one would use it up and `cat` would get nothing.
+    let args = ["--merge-exec", "cat", "--deadline", "3s", "--merge-time", "2s", "--min-leaves", "1"];
+    let root = Root::start(&both, &args);
+    let reply = root.get("/");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.partial.as_deref(), Some("1/2"));
+    assert_eq!(reply.missing.as_deref(), Some("1=timed out after 1s"));
+    let doc = reply.json();
+    assert_eq!(doc["missing"], json!([{"shard": 1, "error": "timed out after 1s"}]));
+    let deadline: u64 = doc["responses"][0]["body"][0]["deadline_ms"].as_str().unwrap().parse().unwrap();
+    assert!(deadline <= 1000, "a leaf was given {deadline} ms of the leaves' 1 s");
+
+    // By default the merge keeps a fifth of the deadline (at most 250 ms): leaves get 800 ms of 1 s.
+    let root = Root::start(&fast.url(), &["--merge-exec", "cat", "--deadline", "1s"]);
+    let doc = root.get("/").json();
+    let deadline: u64 = doc["responses"][0]["body"][0]["deadline_ms"].as_str().unwrap().parse().unwrap();
+    assert!(deadline <= 800, "a leaf was given {deadline} ms of the leaves' 800 ms");
+}
+
+#[test]
 fn sigterm_finishes_requests_in_flight() {
     let l = leaves(2, &["--delay", "500ms"]);
     let mut root = Root::start(&spec(&l), &[]);
@@ -307,6 +332,11 @@ fn bad_options_exit_64() {
         (vec!["scatter", "--leaves", "http://a:1", "--min-leaves", "0"], "expected a number of shards"),
         (vec!["scatter", "--leaves", "ftp://a"], "expected http://HOST:PORT"),
         (vec!["scatter", "--leaves", "http://a:1", "--hedge-budget", "200%"], "percentage"),
+        (vec!["scatter", "--leaves", "http://a:1", "--merge-time", "100ms"], "a built-in --merge needs none"),
+        (
+            vec!["scatter", "--leaves", "http://a:1", "--merge-exec", "cat", "--merge-time", "1s"],
+            "expected less than the deadline",
+        ),
     ] {
         let (code, stderr) = run_plain(&args, &[]);
         assert_eq!(code, 64, "{args:?}: {stderr}");
