@@ -120,11 +120,8 @@ pub enum AdapterError {
     Serve(std::io::Error),
 }
 
-impl podkit_core::ExitStatus for AdapterError {
-    fn exit_status(&self) -> i32 {
-        podkit_core::EX_UNAVAILABLE
-    }
-}
+/// A listener that fails after it was bound: the work failed (1), as for `podkit scatter`.
+impl podkit_core::ExitStatus for AdapterError {}
 
 // === impl Source ===
 

@@ -368,7 +368,11 @@ fn push_batch(a: &PushArgs) -> Result<Vec<NewItem>, (i32, String)> {
 
 async fn push<S: Store>(store: &S, a: PushArgs, batch: Vec<NewItem>) -> CmdResult {
     let total = batch.len();
-    let added = store.push(&a.queue, batch).await.map_err(|e| (EX_USAGE, e.to_string()))?;
+    let added = store.push(&a.queue, batch).await.map_err(|e| {
+        // An item too large is bad input; anything else is the store.
+        let status = if matches!(e, store::StoreError::TooLarge { .. }) { EX_USAGE } else { EX_UNAVAILABLE };
+        (status, e.to_string())
+    })?;
     say(&format!("pushed {added} new item(s) to {} ({} already there)", a.queue, total - added));
     Ok(())
 }

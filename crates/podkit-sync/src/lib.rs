@@ -255,7 +255,9 @@ pub enum SyncError {
 
 impl podkit_core::ExitStatus for SyncError {
     fn exit_status(&self) -> i32 {
-        podkit_core::EX_UNAVAILABLE
+        // The work failed (exit.rs' table): a source that cannot be reached is one reason, a
+        // missing ref or a bad signature others; the log line says which.
+        1
     }
 }
 
@@ -431,12 +433,12 @@ impl Component for Sync {
         if !removed.is_empty() {
             tracing::info!(removed = ?removed, "removed what an interrupted sync left behind");
         }
-        let reaper = Reaper::start().map_err(|e| StartError::unavailable(format!("cannot start the reaper: {e}")))?;
+        let reaper = Reaper::start().map_err(|e| StartError::software(format!("cannot start the reaper: {e}")))?;
         podkit_core::http::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| StartError::unavailable(format!("HTTP client: {e}")))?;
+            .map_err(|e| StartError::software(format!("HTTP client: {e}")))?;
         let a = &self.args;
         let source = match (&a.repo, &a.http) {
             (Some(repo), _) => Source::Git(GitSource::new(

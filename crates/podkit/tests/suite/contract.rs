@@ -243,3 +243,44 @@ fn a_redis_password_appears_nowhere_a_running_worker_shows() {
         assert!(!text.contains("s3cr3t-pw"), "{what} shows the password: {text}");
     }
 }
+
+/// The same kind of outcome exits with the same status whatever the command (the table in
+/// podkit_core::exit and docs/architecture.md).
+#[test]
+fn one_table_of_exit_statuses_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = format!("redis://127.0.0.1:{}/0", podkit_testkit::free_port());
+    let sqlite = format!("sqlite://{}", dir.path().join("q.db").display());
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 4096]).unwrap();
+    let root = dir.path().join("root");
+    let missing_repo = format!("file://{}", dir.path().join("no-such-repo").display());
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        // 64: bad configuration, nothing started.
+        (vec!["run", "--grace", "soon", "--", "true"], 64, "a bad flag"),
+        (
+            vec!["queue", "push", "--store", &sqlite, "--queue", "q", "--max-item-size", "1024", big.to_str().unwrap()],
+            64,
+            "an item too large",
+        ),
+        // 69: a service podkit needs cannot be used.
+        (vec!["queue", "status", "--store", &nobody], 69, "a store that is down"),
+        (
+            vec!["queue", "push", "--store", &nobody, "--queue", "q", "--id", "x", "/etc/hostname"],
+            69,
+            "a push to a store that is down",
+        ),
+        // 1: the work failed.
+        (
+            vec!["sync", "--repo", &missing_repo, "--root", root.to_str().unwrap(), "--one-time"],
+            1,
+            "a sync that failed",
+        ),
+        // 127: the program does not exist.
+        (vec!["run", "--", "/no/such/program"], 127, "a missing program"),
+    ];
+    for (args, want, what) in cases {
+        let (code, err) = run_plain(&args, &[]);
+        assert_eq!(code, want, "{what} ({args:?}): {err}");
+    }
+}

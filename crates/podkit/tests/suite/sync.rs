@@ -312,7 +312,7 @@ fn one_time_syncs_once_and_says_how_it_went() {
         ],
         &[],
     );
-    assert_eq!(code, 69, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("ls-remote") && err.contains("nonexistent"), "{err}");
     // The version published before is still there.
     assert_eq!(std::fs::read_link(root.join("origin")).unwrap(), Path::new(".worktrees").join(&hash));
@@ -787,7 +787,7 @@ fn one_time_waits_for_its_hooks_and_fails_when_they_fail() {
         ],
         &[],
     );
-    assert_eq!(code, 69, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("the exechook failed"), "{err}");
 }
 
