@@ -127,6 +127,7 @@ async fn open_store(url: &StoreUrl, max_item_size: usize) -> Result<OpenStore, S
 struct PushArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// The queue: a name of letters, digits and `-_.:` (items of different queues never mix).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     queue: String,
     /// The item's id (one item only): pushing the same id again adds nothing.
@@ -146,6 +147,7 @@ struct WorkArgs {
     common: CommonArgs,
     #[command(flatten)]
     store: StoreArgs,
+    /// The queue: a name of letters, digits and `-_.:` (items of different queues never mix).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     queue: String,
     /// Items run at once (default: the number of cores).
@@ -197,6 +199,7 @@ struct StatusArgs {
 struct RetryArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// The queue: a name of letters, digits and `-_.:` (items of different queues never mix).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     queue: String,
     /// Only these items (default: every dead item of the queue).
@@ -207,6 +210,7 @@ struct RetryArgs {
 struct PurgeArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// The queue: a name of letters, digits and `-_.:` (items of different queues never mix).
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     queue: String,
 }
@@ -447,6 +451,28 @@ async fn dead<S: Store>(store: &S, a: StatusArgs) -> CmdResult {
 }
 
 async fn retry<S: Store>(store: &S, a: RetryArgs) -> CmdResult {
+    if !a.ids.is_empty() {
+        // An id that is not dead (unknown, a typo, or not failed) is said, not silently skipped.
+        let dead: std::collections::HashSet<String> = store
+            .dead(Some(&a.queue))
+            .await
+            .map_err(|e| (EX_UNAVAILABLE, e.to_string()))?
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let not_dead: Vec<&str> = a.ids.iter().filter(|id| !dead.contains(*id)).map(String::as_str).collect();
+        if !not_dead.is_empty() {
+            return Err((
+                EX_USAGE,
+                format!(
+                    "not dead-lettered in queue {}: {} (unknown, or pending, running or done); `podkit queue dead --queue {}` lists the dead ones; nothing was retried",
+                    a.queue,
+                    not_dead.join(", "),
+                    a.queue
+                ),
+            ));
+        }
+    }
     let n = store.retry(&a.queue, a.ids).await.map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     say(&format!("{n} item(s) of {} back to pending", a.queue));
     Ok(())

@@ -254,8 +254,8 @@ impl<S: Store> Worker<S> {
                     }
                 }
                 _ = ctx.shutdown.triggered(), if release_at.is_none() => {
-                    // Leave a margin inside the grace period to give the item back.
-                    release_at = Some(Instant::now() + ctx.grace.saturating_sub(Duration::from_secs(1)).max(Duration::from_millis(100)));
+                    // Keep a tenth of the grace period (at most 1 s) to give the item back.
+                    release_at = Some(Instant::now() + ctx.grace - release_margin(ctx.grace));
                 }
                 _ = stop_deadline => break None,
             }
@@ -515,6 +515,12 @@ impl Failure {
     }
 }
 
+/// The part of the grace period kept, after a stop, for giving back the items still running: a
+/// tenth of it, at most 1 s (`--grace 30s`: items get 29 s; `--grace 1s`: 0.9 s).
+fn release_margin(grace: Duration) -> Duration {
+    (grace / 10).min(Duration::from_secs(1))
+}
+
 /// The prefix of an attempt's private directory in `$TMPDIR`.
 pub(crate) const ATTEMPT_PREFIX: &str = "podkit-item-";
 /// The file in an attempt directory that names its worker (`PID START_TICKS`).
@@ -624,6 +630,13 @@ mod tests {
         assert_eq!(safe_name("/abs/x.csv"), "x.csv");
         assert_eq!(safe_name(".."), "item");
         assert_eq!(safe_name(".hidden"), "hidden");
+    }
+
+    #[test]
+    fn the_stop_keeps_a_tenth_of_the_grace_at_most_a_second() {
+        assert_eq!(release_margin(Duration::from_secs(30)), Duration::from_secs(1));
+        assert_eq!(release_margin(Duration::from_secs(1)), Duration::from_millis(100));
+        assert_eq!(release_margin(Duration::from_secs(5)), Duration::from_millis(500));
     }
 
     #[test]

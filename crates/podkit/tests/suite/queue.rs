@@ -180,6 +180,11 @@ fn a_poison_item_is_dead_lettered_while_the_others_complete(store: Store) {
     assert_eq!(dead[0]["error"], "exit code 3");
     assert_eq!(dead[0]["stderr_tail"], "cannot digest poison\n");
 
+    // An id that is not dead is said, and nothing is retried.
+    let (code, _, err) = f.cli(&["queue", "retry", "--store", &f.store, "--queue", "q", "no-such-id"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not dead-lettered in queue q: no-such-id"), "{err}");
+    assert_eq!(f.status()["q"]["dead"], 1);
     // Retried, it dies again; purged, it is gone.
     let (_, out, _) = f.cli(&["queue", "retry", "--store", &f.store, "--queue", "q"]);
     assert!(out.contains("1 item(s)"), "{out}");
