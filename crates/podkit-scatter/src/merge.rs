@@ -267,6 +267,24 @@ mod tests {
     }
 
     #[test]
+    fn objects_keep_the_leaves_key_order() {
+        let text = |s: &str, bodies: &[&str]| {
+            let strategy: Strategy = s.parse().unwrap();
+            let parts = bodies.iter().map(|b| strategy.accept(b.as_bytes()).unwrap()).collect();
+            String::from_utf8(strategy.merge(parts).unwrap()).unwrap()
+        };
+        let scored = [r#"[{"shard":0,"score":0}]"#, r#"[{"shard":1,"score":1}]"#, r#"[{"shard":2,"score":2}]"#];
+        assert_eq!(text("topk:score:2", &scored), r#"[{"shard":2,"score":2},{"shard":1,"score":1}]"#);
+        assert_eq!(text("concat", &scored[..2]), r#"[{"shard":0,"score":0},{"shard":1,"score":1}]"#);
+        // Keys in the order they first appear; a later shard's value keeps the key's place.
+        assert_eq!(text("merge", &[r#"{"z":1,"a":1}"#, r#"{"m":2,"a":2}"#]), r#"{"z":1,"a":2,"m":2}"#);
+        assert_eq!(
+            text("sum", &[r#"{"z":{"y":1,"b":1},"a":1}"#, r#"{"c":1,"z":{"x":1,"y":1}}"#]),
+            r#"{"z":{"y":2,"b":1,"x":1},"a":1,"c":1}"#
+        );
+    }
+
+    #[test]
     fn unknown_strategy_names_the_known_ones() {
         let err = "median".parse::<Strategy>().unwrap_err();
         assert!(err.contains("concat") && err.contains("topk:FIELD:K"), "{err}");

@@ -89,6 +89,17 @@ fn every_merge_strategy_merges_in_shard_order() {
 }
 
 #[test]
+fn the_leaves_key_order_is_kept() {
+    // The README's example: each leaf writes "shard" before "score", and so does the root.
+    let l = leaves(3, &["--respond", r#"[{"shard":{shard},"score":{shard}}]"#]);
+    let root = Root::start(&spec(&l), &["--merge", "topk:score:2"]);
+    assert_eq!(root.get("/search").body, r#"[{"shard":2,"score":2},{"shard":1,"score":1}]"#);
+    let l = leaves(2, &["--respond", r#"{"zone":"z{shard}","id{shard}":{shard}}"#]);
+    let root = Root::start(&spec(&l), &["--merge", "merge"]);
+    assert_eq!(root.get("/").body, r#"{"zone":"z1","id0":0,"id1":1}"#);
+}
+
+#[test]
 fn empty_answers_contribute_nothing_and_conflicts_can_be_errors() {
     let two = [TestLeaf::start(&["--respond", "[1,2]"]), TestLeaf::start(&["--respond", ""])];
     let root = Root::start(&spec(&two), &["--merge", "concat"]);
