@@ -11,6 +11,7 @@ mod elect;
 mod logs;
 mod logs_sinks;
 mod queue;
+mod readme;
 mod run;
 mod scatter;
 mod support;
