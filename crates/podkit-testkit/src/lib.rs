@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod admin;
+pub mod docker;
 pub mod leaf;
 mod servers;
 

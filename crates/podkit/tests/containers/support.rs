@@ -1,0 +1,139 @@
+//! What the container tests share: the images, a pod, and small clients.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podkit_testkit::docker::{Container, ImageSpec, Network, host_image, podkit_image, tools_image};
+use podkit_testkit::require_program;
+
+/// The podkit image under test.
+pub(crate) fn podkit() -> String {
+    podkit_image()
+}
+
+/// The tools image: busybox's shell and applets.
+pub(crate) fn tools() -> String {
+    tools_image()
+}
+
+/// A server image from this machine's binary (and its libraries).
+pub(crate) fn server_image(name: &str, program: &str, package: &str) -> String {
+    let path = require_program(program, package);
+    host_image(name, &ImageSpec { programs: vec![path], dirs: vec!["/tmp".into()], ..ImageSpec::default() })
+}
+
+pub(crate) fn memcached_image() -> String {
+    server_image("memcached", "memcached", "memcached")
+}
+
+/// A memcached container on `net`, known there as `alias`, run as an unprivileged user.
+pub(crate) fn memcached(net: &Network, alias: &str) -> Container {
+    Container::run(
+        "memcached",
+        &[
+            "--network",
+            &net.name,
+            "--network-alias",
+            alias,
+            "--user",
+            "65534:65534",
+            &memcached_image(),
+            "/usr/bin/memcached",
+            "-l",
+            "0.0.0.0",
+            "-p",
+            "11211",
+            "-U",
+            "0",
+            "-m",
+            "16",
+        ],
+    )
+}
+
+/// A pod: the infra container holding the network namespace, on `net` (with `aliases`).
+pub(crate) struct Pod {
+    pub(crate) infra: Container,
+    pub(crate) containers: Vec<Container>,
+}
+
+impl Pod {
+    pub(crate) fn new(net: &Network, aliases: &[&str]) -> Pod {
+        let mut args = vec!["--network", &net.name];
+        for a in aliases {
+            args.push("--network-alias");
+            args.push(a);
+        }
+        let tools = tools();
+        args.extend(["--init", &tools, "sleep", "100000000"]);
+        Pod { infra: Container::run("infra", &args), containers: Vec::new() }
+    }
+
+    /// `--network container:INFRA`, for a container joining the pod.
+    pub(crate) fn netns(&self) -> String {
+        format!("container:{}", self.infra.name)
+    }
+
+    /// Adds a container to the pod; `args` are docker run's options, the image and its command.
+    pub(crate) fn add(&mut self, prefix: &str, args: &[&str]) -> &Container {
+        let net = self.netns();
+        let mut all = vec!["--network", net.as_str()];
+        all.extend_from_slice(args);
+        self.containers.push(Container::run(prefix, &all));
+        self.containers.last().expect("just added")
+    }
+
+    pub(crate) fn ip(&self, net: &Network) -> String {
+        self.infra.ip(net)
+    }
+}
+
+/// A file with `text` in a directory that lives as long as the test (to mount into a container).
+pub(crate) fn file(name: &str, text: &str) -> PathBuf {
+    let dir = tempfile::Builder::new().prefix("podkit-ctest-").tempdir().unwrap().keep();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    // Readable by the containers' unprivileged users.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Sends memcache text commands to `addr` and reads `answers` lines that end an answer
+/// (`END`, `STORED`, an error…).
+pub(crate) fn memcache(addr: &str, commands: &str) -> String {
+    let mut s = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        // Not listening (yet): an answer no check takes for success.
+        Err(e) => return format!("cannot connect to {addr}: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(commands.as_bytes()).unwrap();
+    s.write_all(b"quit\r\n").unwrap();
+    let mut out = String::new();
+    let _ = BufReader::new(s).read_to_string(&mut out);
+    out
+}
+
+/// GET over HTTP/1.0 without a client library (the body).
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+    }
+    let mut body = Vec::new();
+    let _ = r.read_to_end(&mut body);
+    (code, body)
+}
