@@ -243,7 +243,8 @@ pub fn tools_image() -> String {
     // busybox runs the applet its link is named after.
     for applet in [
         "sh", "nc", "wget", "sleep", "cat", "echo", "ls", "printf", "grep", "seq", "kill", "mv", "rm", "tr", "date",
-        "sync", "head", "tail", "wc", "test", "true", "false", "env", "mkdir", "touch", "sort", "uniq", "ps",
+        "sync", "head", "tail", "wc", "test", "true", "false", "env", "mkdir", "touch", "sort", "uniq", "ps", "httpd",
+        "hostname", "tar", "gzip", "ln", "cp", "readlink",
     ] {
         spec.links.push((format!("/bin/{applet}"), "busybox".into()));
     }

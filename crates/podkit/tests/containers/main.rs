@@ -9,6 +9,9 @@
 // Tests start containers and servers directly, outside any podkit reaper.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod adapter;
 mod ambassador;
 mod image;
+mod queue;
+mod scatter;
 mod support;

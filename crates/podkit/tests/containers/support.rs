@@ -120,7 +120,11 @@ pub(crate) fn memcache(addr: &str, commands: &str) -> String {
 
 /// GET over HTTP/1.0 without a client library (the body).
 pub(crate) fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        // Not listening (yet): status 0, and why.
+        Err(e) => return (0, format!("cannot connect to {addr}: {e}").into_bytes()),
+    };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
     let mut r = BufReader::new(s);
@@ -136,4 +140,43 @@ pub(crate) fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
     let mut body = Vec::new();
     let _ = r.read_to_end(&mut body);
     (code, body)
+}
+
+pub(crate) fn redis_image() -> String {
+    server_image("redis", "redis-server", "redis-server")
+}
+
+/// A Redis container on `net`, known there as `alias`.
+pub(crate) fn redis(net: &Network, alias: &str) -> Container {
+    Container::run(
+        "redis",
+        &[
+            "--network",
+            &net.name,
+            "--network-alias",
+            alias,
+            "--user",
+            "65534:65534",
+            &redis_image(),
+            "/usr/bin/redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--dir",
+            "/tmp",
+            "--protected-mode",
+            "no",
+        ],
+    )
+}
+
+/// A directory on the host, writable by the containers' users, mounted into containers as a
+/// shared volume; it lives as long as the test.
+pub(crate) fn shared_dir() -> PathBuf {
+    let dir = tempfile::Builder::new().prefix("podkit-cvol-").tempdir().unwrap().keep();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    dir
 }
