@@ -68,7 +68,7 @@ fn workers_killed_at_random_leave_every_output_exactly_once() {
             ],
         )
     };
-    let mut workers = vec![worker(), worker(), worker()];
+    let mut workers = [worker(), worker(), worker()];
     let files = || {
         std::fs::read_dir(&out)
             .unwrap()
