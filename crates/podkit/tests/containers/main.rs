@@ -11,6 +11,7 @@
 
 mod adapter;
 mod ambassador;
+mod elect;
 mod image;
 mod queue;
 mod scatter;
