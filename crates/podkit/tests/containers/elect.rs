@@ -139,7 +139,7 @@ fn leadership_over_etcd_in_containers_survives_partitions_pauses_and_member_loss
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (history, recorder) = record(addrs.clone(), stop.clone());
     let one_leader = |timeout: Duration| -> usize {
-        let mut found = Vec::new();
+        let mut found;
         assert_eventually!(
             timeout = timeout,
             {
