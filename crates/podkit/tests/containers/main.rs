@@ -13,6 +13,8 @@ mod adapter;
 mod ambassador;
 mod elect;
 mod image;
+mod logs;
 mod queue;
 mod scatter;
 mod support;
+mod sync;
