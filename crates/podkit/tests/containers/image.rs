@@ -129,3 +129,40 @@ fn podkit_run_is_a_correct_init_beside_docker_init() {
         under_podkit.logs()
     );
 }
+
+/// rustls with no system libraries: the image's podkit talks TLS to etcd (a test CA, and a
+/// user and password), and leads.
+#[test]
+fn the_image_speaks_tls_to_etcd() {
+    let etcd = podkit_testkit::etcd_tls(true);
+    let dir = crate::support::shared_dir();
+    std::fs::copy(etcd.dir().join("ca.pem"), dir.join("ca.pem")).unwrap();
+    std::fs::write(dir.join("password"), "secret\n").unwrap();
+    let mount = format!("{}:/tls:ro", dir.display());
+    let image = podkit();
+    let backend = format!("etcd://{}/tls-test", etcd.addr);
+    let c = Container::run(
+        "elect-tls",
+        &[
+            "--network",
+            "host",
+            "-v",
+            &mount,
+            &image,
+            "elect",
+            "--backend",
+            &backend,
+            "--etcd-ca-file",
+            "/tls/ca.pem",
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            "/tls/password",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eventually!(c.logs().contains("elected leader"), "no leadership over TLS: {}", c.logs());
+}
