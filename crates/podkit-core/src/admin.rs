@@ -181,6 +181,7 @@ struct LogsQuery {
     since: Option<String>,
     since_seq: Option<u64>,
     stream: Option<String>,
+    target: Option<String>,
     follow: Option<String>,
 }
 
@@ -191,7 +192,13 @@ impl LogsQuery {
             None => None,
             Some(s) => Some(parse_since(s)?),
         };
-        Ok(LogFilter { min_level, since, after_seq: self.since_seq, stream: self.stream.clone() })
+        Ok(LogFilter {
+            min_level,
+            since,
+            after_seq: self.since_seq,
+            stream: self.stream.clone(),
+            target: self.target.clone(),
+        })
     }
 
     fn follow(&self) -> Result<bool, String> {

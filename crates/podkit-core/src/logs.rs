@@ -231,6 +231,8 @@ pub struct LogFilter {
     pub after_seq: Option<u64>,
     /// Only lines of this stream (`stdout`, `stderr`), or only podkit's own records (`podkit`).
     pub stream: Option<String>,
+    /// Only records of this target (a program's output lines carry the program's name).
+    pub target: Option<String>,
 }
 
 impl LogFilter {
@@ -239,6 +241,7 @@ impl LogFilter {
             && self.since.is_none_or(|t| r.time >= t)
             && self.after_seq.is_none_or(|s| r.seq > s)
             && self.stream.as_deref().is_none_or(|s| r.stream.as_deref().unwrap_or("podkit") == s)
+            && self.target.as_deref().is_none_or(|t| r.target == t)
     }
 }
 

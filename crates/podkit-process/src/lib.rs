@@ -23,5 +23,5 @@ pub use command::{parse_signal, signal};
 pub use exec::{Exec, ExecError, Finished, Keep, exec};
 pub use hook::{Hook, Outcome, Runner};
 pub use reaper::{Exit, Reaper};
-pub use supervised::{Handle, Host, Program, Restart, RestartPolicy, StopPolicy, StopRequest};
+pub use supervised::{Controller, Handle, Host, Program, Restart, RestartPolicy, StopPolicy, StopRequest};
 pub use tree::Tree;

@@ -27,8 +27,10 @@ impl Stream {
 }
 
 /// Copies `fd` (the read end of the child's pipe) to podkit's own stream of the same name and
-/// into `ring` as records of `source`, until every writer has closed it.
-pub async fn pump(fd: OwnedFd, stream: Stream, source: String, ring: LogRing) {
+/// into `ring` as records of `source`, until every writer has closed it. With `prefix`, each
+/// line goes through with it in front (the programs of a pod share one terminal); without, the
+/// bytes pass through as they came.
+pub async fn pump(fd: OwnedFd, stream: Stream, source: String, ring: LogRing, prefix: Option<String>) {
     let mut rx = match pipe::Receiver::from_owned_fd(fd) {
         Ok(rx) => rx,
         Err(e) => {
@@ -54,7 +56,7 @@ pub async fn pump(fd: OwnedFd, stream: Stream, source: String, ring: LogRing) {
             }
         };
         let chunk = &buf[..n];
-        if passthrough {
+        if passthrough && prefix.is_none() {
             // If podkit's own stream is gone (a closed pipe), keep draining the child's so it
             // never blocks on a full pipe; the lines still reach /logs.
             if let Err(e) = write_all(&mut out, chunk).await {
@@ -64,18 +66,37 @@ pub async fn pump(fd: OwnedFd, stream: Stream, source: String, ring: LogRing) {
         }
         for &b in chunk {
             if b == b'\n' {
+                if passthrough && let Some(p) = &prefix {
+                    passthrough = write_prefixed(&mut out, p, &line).await;
+                }
                 emit(&ring, &source, stream, &mut line);
             } else {
                 line.push(b);
                 if line.len() >= MAX_LINE {
+                    if passthrough && let Some(p) = &prefix {
+                        passthrough = write_prefixed(&mut out, p, &line).await;
+                    }
                     emit(&ring, &source, stream, &mut line);
                 }
             }
         }
     }
     if !line.is_empty() {
+        if passthrough && let Some(p) = &prefix {
+            write_prefixed(&mut out, p, &line).await;
+        }
         emit(&ring, &source, stream, &mut line);
     }
+}
+
+/// Writes one line with its prefix; false once podkit's own stream is gone.
+async fn write_prefixed(out: &mut (dyn AsyncWrite + Unpin + Send), prefix: &str, line: &[u8]) -> bool {
+    let mut buf = Vec::with_capacity(prefix.len() + line.len() + 2);
+    buf.extend_from_slice(prefix.as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+    buf.push(b'\n');
+    write_all(out, &buf).await.is_ok()
 }
 
 async fn write_all(out: &mut (dyn AsyncWrite + Unpin + Send), chunk: &[u8]) -> std::io::Result<()> {

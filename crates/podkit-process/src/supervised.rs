@@ -36,6 +36,9 @@ pub struct Program {
     pub capture: bool,
     /// Hand it podkit's terminal when podkit holds one (a single foreground program only).
     pub terminal: bool,
+    /// Put in front of each line it writes, as it passes through (`[app]`); None passes the
+    /// bytes through as they came.
+    pub prefix: Option<String>,
     pub stop: StopPolicy,
     pub restart: RestartPolicy,
 }
@@ -201,6 +204,12 @@ impl Handle {
         self.status.clone()
     }
 
+    /// A handle on the program's controls that can be moved elsewhere (a stop running while
+    /// the owner does something else).
+    pub fn controller(&self) -> Controller {
+        Controller { control: self.control.clone() }
+    }
+
     /// Passes `sig` to the running program (or its group, by the stop policy).
     pub fn signal(&self, sig: Signal) {
         let _ = self.control.send(Control::Signal(sig));
@@ -240,6 +249,24 @@ impl Handle {
         self.task = None;
         self.ended = Some(ended);
         ended
+    }
+}
+
+/// The controls of a supervised program, apart from its [`Handle`].
+#[derive(Debug, Clone)]
+pub struct Controller {
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Controller {
+    /// See [`Handle::stop`].
+    pub fn stop(&self, request: StopRequest) {
+        let _ = self.control.send(Control::Stop(request));
+    }
+
+    /// See [`Handle::restart`].
+    pub fn restart(&self) {
+        let _ = self.control.send(Control::Restart);
     }
 }
 
@@ -348,7 +375,13 @@ impl Supervisor {
             (spawned.child.stderr.take().map(std::os::fd::OwnedFd::from), Stream::Stderr),
         ] {
             if let Some(fd) = fd {
-                pumps.push(tokio::spawn(output::pump(fd, stream, p.source.clone(), self.host.logs.clone())));
+                pumps.push(tokio::spawn(output::pump(
+                    fd,
+                    stream,
+                    p.source.clone(),
+                    self.host.logs.clone(),
+                    p.prefix.clone(),
+                )));
             }
         }
 
@@ -502,6 +535,7 @@ mod tests {
             cwd: None,
             capture: false,
             terminal: false,
+            prefix: None,
             stop: StopPolicy { pre_stop: None, signal: Signal::SIGTERM, grace: Duration::from_secs(5), group: false },
             restart: RestartPolicy {
                 when: Restart::OnFailure,

@@ -20,6 +20,7 @@ fn program(name: &str) -> Program {
         cwd: None,
         capture: false,
         terminal: false,
+        prefix: None,
         stop: StopPolicy { pre_stop: None, signal: Signal::SIGTERM, grace: Duration::from_secs(10), group: false },
         restart: RestartPolicy {
             when: Restart::Never,

@@ -205,6 +205,7 @@ impl Run {
             cwd: None,
             capture: !a.no_capture,
             terminal: true,
+            prefix: None,
             stop: StopPolicy {
                 pre_stop: Hook::from_options(
                     a.pre_stop_http.as_deref(),

@@ -86,12 +86,24 @@ commands! {
     Sync(podkit_sync::SyncArgs),
 
     /// Metrics adapter: one Prometheus /metrics over memcached, Redis, twemproxy (or podkit
-    /// ambassador) and other /metrics endpoints, under the names their exporters use, so
-    /// existing dashboards keep working.
+    /// ambassador), JSON status pages, StatsD and other /metrics endpoints, under the names
+    /// their exporters use, so existing dashboards keep working.
     #[command(
         after_help = "Example:\n  podkit adapter --memcached 127.0.0.1:11211 --redis redis://127.0.0.1:6379 --listen 0.0.0.0:9199\n  podkit adapter --config adapter.yaml\n\nPodkit's own options can also come from PODKIT_* variables or --options FILE."
     )]
     Adapter(podkit_adapter::AdapterArgs),
+
+    /// Run a whole pod (a Kubernetes Pod file) as local programs: init containers, native
+    /// sidecars started before the app and stopped after it, probes, restarts, Job completion,
+    /// low-priority sidecars stopped under memory pressure, and one container updated at a time.
+    #[command(
+        after_help = "Example:
+  podkit pod run pod.yaml
+  podkit pod ps
+  podkit pod apply pod.yaml      # restarts only the containers whose spec changed
+  podkit pod render pod.yaml --image podkit:0.1.0 | kubectl apply -f -"
+    )]
+    Pod(podkit_pod::PodArgs),
 }
 
 /// Pattern containers for distributed systems, as one small binary: run it beside any app and

@@ -10,6 +10,7 @@ mod contract;
 mod elect;
 mod logs;
 mod logs_sinks;
+mod pod;
 mod queue;
 mod readme;
 mod run;
