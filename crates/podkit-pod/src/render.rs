@@ -44,10 +44,34 @@ pub fn render(text: &str, image: &str) -> Result<String, String> {
             for c in containers {
                 let sidecar = sidecar_list && c["restartPolicy"] == "Always";
                 podkit_container(c, image, sidecar);
+                volume_variables(c);
             }
         }
     }
     serde_saphyr::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// Locally `$PODKIT_VOLUME_<NAME>` tells a container where a volume is; on a cluster it is
+/// the mount path. So that `$(PODKIT_VOLUME_DATA)` means the same in both, each mount gets the
+/// variable (unless the container sets it itself).
+fn volume_variables(c: &mut Value) {
+    let mounts: Vec<(String, String)> = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["mountPath"].as_str()?.to_string())))
+        .collect();
+    if mounts.is_empty() {
+        return;
+    }
+    let mut env = c["env"].as_array().cloned().unwrap_or_default();
+    for (name, path) in mounts {
+        let var = crate::spec::volume_var(&name);
+        if !env.iter().any(|e| e["name"] == var.as_str()) {
+            env.push(json!({"name": var, "value": path}));
+        }
+    }
+    c["env"] = json!(env);
 }
 
 /// Makes a `podkit …` container ready for a cluster; any other container is left alone.

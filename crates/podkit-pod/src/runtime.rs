@@ -356,7 +356,10 @@ impl Pod {
             (Role::Main, Restart::OnFailure) => supervised::Restart::OnFailure,
             (Role::Main, Restart::Never) => supervised::Restart::Never,
         };
-        let argv: Vec<OsString> = spec.argv.iter().map(OsString::from).collect();
+        // `$(VAR)` in command and args is the container's variable, as Kubernetes expands it.
+        let vars: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect();
+        let argv: Vec<OsString> = spec.argv.iter().map(|a| OsString::from(expand(a, &vars))).collect();
         Program {
             name: spec.name.clone(),
             source: spec.name.clone(),
@@ -781,6 +784,32 @@ fn container_view(c: &ContainerSpec, state: &str) -> ContainerView {
     }
 }
 
+/// Kubernetes' expansion of `$(NAME)` in a container's command and args: a defined variable's
+/// value; an undefined one stays as written; `$$` is a literal `$`.
+pub fn expand(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(more) = after.strip_prefix('$') {
+            out.push('$');
+            rest = more;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, v)) = vars.iter().rev().find(|(k, _)| k == &inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn exit_text(status: i32) -> String {
     if status > 128 { format!("signal {}", status - 128) } else { format!("exit code {status}") }
 }
@@ -975,4 +1004,17 @@ async fn one_run(p: &ProbeCtx) {
 /// What a running pod is asked for, through its admin API.
 pub fn channel() -> (mpsc::UnboundedSender<Command>, mpsc::UnboundedReceiver<Command>) {
     mpsc::unbounded_channel()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_expand_as_kubernetes_expands_them() {
+        let vars = vec![("DIR".to_string(), "/tmp/x".to_string()), ("ID".into(), "a".into())];
+        assert_eq!(expand("$(DIR)/file", &vars), "/tmp/x/file");
+        assert_eq!(expand("--id=$(ID)-$(ID)", &vars), "--id=a-a");
+        assert_eq!(expand("$(NOPE) $$(DIR) $5 $(", &vars), "$(NOPE) $(DIR) $5 $(");
+    }
 }

@@ -443,3 +443,60 @@ fn bad_pod_files_exit_64_naming_the_field() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("warning: spec.nodeSelector: not honoured locally"), "{out}");
 }
+
+/// Every example pod in examples/pods runs as written (with podkit and busybox on PATH) and
+/// its app shows what the example is for; the rendered manifests in examples/rendered are what
+/// `podkit pod render` writes today.
+#[test]
+fn every_example_pod_runs_and_its_rendered_manifest_is_current() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = std::path::Path::new(PODKIT).parent().unwrap().to_str().unwrap().to_string();
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    podkit_testkit::require_program("busybox", "busybox-static");
+    podkit_testkit::require_program("memcached", "memcached");
+    // (example, container, what its output shows)
+    let expected = [
+        ("run", "app", "app is serving"),
+        ("elect", "app", "\"is_leader\":true"),
+        ("ambassador", "app", "visits: 3"),
+        ("logs", "log-saver", "\"line\":\"request 3 served\""),
+        ("adapter", "app", "memcached_current_items 3"),
+        ("scatter", "app", "top: [{\"shard\":2,\"score\":20},{\"shard\":1,\"score\":10}]"),
+        ("sync", "app", "serving: <h1>version 1</h1>"),
+        ("queue", "push", "pushed 5 new item(s)"),
+    ];
+    let examples: Vec<String> = std::fs::read_dir(root.join("examples/pods"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".yaml").map(str::to_string))
+        .collect();
+    for e in &examples {
+        assert!(expected.iter().any(|(n, _, _)| n == e), "examples/pods/{e}.yaml has no expectation here");
+    }
+    for (name, container, shows) in expected {
+        let file = root.join(format!("examples/pods/{name}.yaml"));
+        let mut p = Podkit::start_with(Mode::Subreaper, &["pod", "run", file.to_str().unwrap()], |c| {
+            c.env("PATH", &path);
+        });
+        let logs = || -> String {
+            let records: Value = p.admin().get(&format!("/logs?target={container}&limit=1000")).json();
+            records.as_array().into_iter().flatten().filter_map(|r| r["message"].as_str()).collect::<Vec<_>>().join("\n")
+        };
+        assert_eventually!(
+            timeout = Duration::from_secs(20),
+            logs().contains(shows),
+            "{name}: {container} never showed {shows:?}: {}\n{}",
+            logs(),
+            p.stderr()
+        );
+        if name != "queue" {
+            p.signal(Signal::SIGTERM);
+        }
+        assert_eq!(p.wait(), 0, "{name}: {}", p.stderr());
+
+        // The rendered manifest is today's, reads back into the Kubernetes types, and runs.
+        let rendered = std::fs::read_to_string(root.join(format!("examples/rendered/{name}.yaml"))).unwrap_or_default();
+        let (code, now) = podkit_out(&["pod", "render", file.to_str().unwrap(), "--image", "podkit:0.1.0"]);
+        assert_eq!(code, 0, "{now}");
+        assert_eq!(rendered, now, "examples/rendered/{name}.yaml is out of date: run scripts/render-examples");
+    }
+}
