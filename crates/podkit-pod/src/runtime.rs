@@ -541,7 +541,10 @@ impl Pod {
         let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
         for slot in &self.slots {
             let Some(h) = slot.handle.as_ref() else { continue };
-            let pids = h.pids().await;
+            // The container's processes, not the containment shim in front of them (podkit's
+            // own, a few hundred KiB of its own memory).
+            let shim = h.status().pid;
+            let pids: Vec<i32> = h.pids().await.into_iter().filter(|p| Some(*p) != shim).collect();
             let (rss, cpu) = usage(&pids);
             total += rss;
             sizes.insert(slot.spec.name.clone(), rss);

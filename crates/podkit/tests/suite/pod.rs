@@ -479,7 +479,13 @@ fn every_example_pod_runs_and_its_rendered_manifest_is_current() {
         });
         let logs = || -> String {
             let records: Value = p.admin().get(&format!("/logs?target={container}&limit=1000")).json();
-            records.as_array().into_iter().flatten().filter_map(|r| r["message"].as_str()).collect::<Vec<_>>().join("\n")
+            records
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["message"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
         };
         assert_eventually!(
             timeout = Duration::from_secs(20),
@@ -499,4 +505,67 @@ fn every_example_pod_runs_and_its_rendered_manifest_is_current() {
         assert_eq!(code, 0, "{now}");
         assert_eq!(rendered, now, "examples/rendered/{name}.yaml is out of date: run scripts/render-examples");
     }
+}
+
+/// The web page on the admin port, in a real headless Chromium: it shows the pod's containers
+/// and sees a restart happen; its screenshot is kept in target/test-artifacts.
+#[test]
+fn the_web_page_shows_the_pod_and_a_restart_in_a_real_browser() {
+    let chromium = podkit_testkit::require_program("chromium", "chromium");
+    let f = Fixture::new();
+    let file = f.write(
+        "pod.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: shown}
+spec:
+  initContainers:
+    - {name: helper, image: podkit, restartPolicy: Always, command: [sh, -c, "while :; do echo helping; sleep 1; done"]}
+  containers:
+    - {name: app, image: app, command: [sh, -c, "echo app up; exec sleep 1000"]}
+"#,
+    );
+    let p = f.run(&file);
+    assert_eventually!(pod(&p)["ready"] == true, "never ready: {}", pod(&p));
+    let admin = std::fs::read_to_string(p.path("admin.addr")).unwrap().trim().to_string();
+    let status = reqwest::blocking::Client::new()
+        .post(format!("http://{admin}/pod/containers/app/restart"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eventually!(container(&p, "app")["restarts"] == 1, "{}", pod(&p));
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let browse = |extra: &[&str]| -> String {
+        let home = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(&chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=4000",
+                "--window-size=1200,700",
+            ])
+            .arg(format!("--user-data-dir={}", home.path().display()))
+            .args(extra)
+            .arg(format!("http://{admin}/"))
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browse(&["--dump-dom"]);
+    // The rows the page's script built from /pod.
+    let row =
+        |name: &str| dom.split("<tr data-container=\"").find(|r| r.starts_with(name)).unwrap_or_default().to_string();
+    assert!(dom.contains("<span id=\"name\">shown</span>"), "{dom}");
+    assert!(row("helper").contains("sidecar"), "{dom}");
+    assert!(row("app").contains("<td class=\"num restarts\">1</td>"), "the restart is not shown: {}", row("app"));
+    assert!(dom.contains("Restart"), "no restart buttons: {dom}");
+    let shot = artifacts.join("pod-page.png");
+    let _ = std::fs::remove_file(&shot);
+    browse(&[&format!("--screenshot={}", shot.display())]);
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot at {}", shot.display());
 }
