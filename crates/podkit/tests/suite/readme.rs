@@ -30,6 +30,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("`podkit logs`", &["\"line\":\"line 1\"", "\"line\":\"line 4\"", "line 3"]),
     ("`podkit sync`", &["v1\n", ".worktrees/"]),
     ("`podkit adapter`", &["memcached_up 1", "orders{region=\"eu\"} 1", "checkout_count 1"]),
+    ("`podkit pod`", &["CONTAINER", "leaf-1", "top: [{\"shard\":2,\"score\":20},{\"shard\":1,\"score\":10}]"]),
 ];
 
 /// (heading, script) for every heading with shell blocks, but the first section's two commands.
@@ -95,11 +96,14 @@ fn every_readme_example_runs_as_written_and_shows_what_it_says() {
         let Some((_, expected)) = EXPECTED.iter().find(|(n, _)| heading.contains(n)) else {
             panic!("the README example under {heading:?} has no expectations in this test: add them");
         };
-        let script = script.replace("./target/release/", &format!("{bin_dir}/"));
+        let script =
+            script.replace("./target/release/", &format!("{bin_dir}/")).replace("$PWD/target/release", &bin_dir);
         let tmp = tempfile::tempdir().unwrap();
+        // From the repository's root, as a reader runs them (examples/… paths).
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut child = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &script])
-            .current_dir(tmp.path())
+            .current_dir(&root)
             .env("TMPDIR", tmp.path())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
