@@ -569,3 +569,43 @@ spec:
     browse(&[&format!("--screenshot={}", shot.display())]);
     assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "no screenshot at {}", shot.display());
 }
+
+/// scripts/demo's pod: every podkit command in one pod (an ambassador, elect, scatter, a queue
+/// worker, the log saver, sync and the adapter as sidecars, the app under podkit run) comes up,
+/// ready, and the app uses them; it stops cleanly.
+#[test]
+fn the_demo_pod_runs_every_podkit_command_together() {
+    for (program, package) in [("memcached", "memcached"), ("git", "git"), ("busybox", "busybox-static")] {
+        podkit_testkit::require_program(program, package);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = std::path::Path::new(PODKIT).parent().unwrap().to_str().unwrap().to_string();
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let file = root.join("examples/demo.yaml");
+    let mut p = Podkit::start_with(Mode::Subreaper, &["pod", "run", file.to_str().unwrap()], |c| {
+        c.env("PATH", &path);
+    });
+    assert_eventually!(
+        timeout = Duration::from_secs(60),
+        pod(&p)["ready"] == true,
+        "not ready: {} {}",
+        pod(&p),
+        p.stderr()
+    );
+    let app = || -> String {
+        let records: Value = p.admin().get("/logs?target=app&limit=100").json();
+        records.as_array().into_iter().flatten().filter_map(|r| r["message"].as_str()).collect::<Vec<_>>().join("\n")
+    };
+    assert_eventually!(
+        timeout = Duration::from_secs(30),
+        app().contains("\"is_leader\":true visits=2 top=[{\"shard\":2,\"score\":20},{\"shard\":1,\"score\":10}]"),
+        "the app did not use its sidecars: {}",
+        app()
+    );
+    for c in pod(&p)["containers"].as_array().unwrap() {
+        let expected = if c["role"] == "init" { "completed" } else { "running" };
+        assert_eq!(c["state"], expected, "{c}");
+    }
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait(), 0, "{}", p.stderr());
+}
