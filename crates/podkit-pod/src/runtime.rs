@@ -156,6 +156,9 @@ struct Slot {
     seen_exit: Option<(u64, Option<Exit>)>,
 }
 
+/// How often a startup probe (and a readiness probe until it first passes) is checked.
+const EAGER: Duration = Duration::from_millis(100);
+
 /// Seconds in a row the pod's memory must stay low before a held sidecar starts again (a main
 /// whose use goes up and down must not make it flap).
 const CALM_TICKS: u32 = 3;
@@ -903,12 +906,19 @@ async fn one_run(p: &ProbeCtx) {
     }
     if let Some(s) = &p.spec.startup {
         tokio::time::sleep(s.initial_delay).await;
+        // Checked every EAGER (a program is usually up within milliseconds, and the next
+        // container waits on it), but failures count once per period: the time a program is
+        // given to start stays Kubernetes' failureThreshold × periodSeconds.
         let mut failures = 0;
+        let mut counted = tokio::time::Instant::now();
         loop {
             match probe::check(&s.action, s.timeout, &p.env, &p.runner, &p.http).await {
                 Ok(()) => break,
                 Err(e) => {
-                    failures += 1;
+                    if counted.elapsed() >= s.period {
+                        failures += 1;
+                        counted = tokio::time::Instant::now();
+                    }
                     with(&p.view, name, |c| c.reason = Some(format!("startup probe: {e}")));
                     if failures >= s.failure_threshold {
                         let _ = p.events.send(Event::Unhealthy {
@@ -920,7 +930,7 @@ async fn one_run(p: &ProbeCtx) {
                     }
                 }
             }
-            tokio::time::sleep(s.period).await;
+            tokio::time::sleep(s.period.min(EAGER)).await;
         }
     }
     with(&p.view, name, |c| {
@@ -941,6 +951,8 @@ async fn one_run(p: &ProbeCtx) {
                 let (mut ok, mut bad) = (0u32, 0u32);
                 let mut ready = false;
                 loop {
+                    // Until it is first ready, checked every EAGER (as the startup probe).
+                    let wait = if ready { r.period } else { r.period.min(EAGER) };
                     match probe::check(&r.action, r.timeout, &p.env, &p.runner, &p.http).await {
                         Ok(()) => {
                             ok += 1;
@@ -971,7 +983,7 @@ async fn one_run(p: &ProbeCtx) {
                             }
                         }
                     }
-                    tokio::time::sleep(r.period).await;
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

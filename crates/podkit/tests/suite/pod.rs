@@ -154,15 +154,16 @@ spec:
     - name: never
       image: podkit
       restartPolicy: Always
-      command: [sh, -c, "echo $$ > {dir}/never.pid; exec sleep 1000"]
+      command: [sh, -c, "echo $$$$ > {dir}/never.pid; exec sleep 1000"]
       startupProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 1000}
   containers:
     - {name: app, image: app, command: [sleep, "1000"]}
 "#,
     );
     let mut p = f.run(&file);
-    assert_eventually!(f.path("never.pid").exists(), "the sidecar never ran");
-    let never: i32 = std::fs::read_to_string(f.path("never.pid")).unwrap().trim().parse().unwrap();
+    let read_pid = || std::fs::read_to_string(f.path("never.pid")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    assert_eventually!(read_pid().is_some(), "the sidecar never ran");
+    let never = read_pid().unwrap();
     assert_eq!(container(&p, "never")["started"], false);
     assert_eq!(container(&p, "app")["state"], "waiting", "the app must wait for the sidecar");
     p.signal(Signal::SIGTERM);
@@ -389,7 +390,11 @@ spec:
 "#,
     );
     let p = f.run(&file);
-    assert_eventually!(container(&p, "cache-warmer")["state"] == "running", "{}", pod(&p));
+    assert_eventually!(
+        container(&p, "cache-warmer")["state"] == "running" && container(&p, "app")["pid"].is_i64(),
+        "{}",
+        pod(&p)
+    );
     let app = container(&p, "app")["pid"].clone();
     std::fs::write(f.path("hog"), "").unwrap();
     assert_eventually!(
