@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::spec::Role;
+
 /// Each command's default admin port (as its `--admin` default).
 const ADMIN_PORTS: [(&str, u16); 9] = [
     ("run", 9190),
@@ -39,11 +41,15 @@ pub fn render(text: &str, image: &str) -> Result<String, String> {
         _ => doc.pointer_mut("/spec/template/spec"),
     }
     .ok_or("no pod spec")?;
-    for (list, sidecar_list) in [("initContainers", true), ("containers", false)] {
+    for (list, init_list) in [("initContainers", true), ("containers", false)] {
         if let Some(Value::Array(containers)) = spec.get_mut(list) {
             for c in containers {
-                let sidecar = sidecar_list && c["restartPolicy"] == "Always";
-                podkit_container(c, image, sidecar);
+                let role = match (init_list, c["restartPolicy"] == "Always") {
+                    (true, true) => Role::Sidecar,
+                    (true, false) => Role::Init,
+                    (false, _) => Role::Main,
+                };
+                podkit_container(c, image, role);
                 volume_variables(c);
             }
         }
@@ -74,8 +80,11 @@ fn volume_variables(c: &mut Value) {
     c["env"] = json!(env);
 }
 
-/// Makes a `podkit …` container ready for a cluster; any other container is left alone.
-fn podkit_container(c: &mut Value, image: &str, sidecar: bool) {
+/// Makes a `podkit …` container ready for a cluster; any other container is left alone. A
+/// command that serves (`podkit elect`, `podkit queue work`, …) gets its admin port and probes;
+/// a one-shot command (`podkit queue push`) or an init container that runs to completion only
+/// the image.
+fn podkit_container(c: &mut Value, image: &str, role: Role) {
     let Some(command) = c["command"].as_array() else { return };
     let is_podkit = command.first().and_then(Value::as_str).is_some_and(|p| p == "podkit" || p.ends_with("/podkit"));
     if !is_podkit {
@@ -85,32 +94,51 @@ fn podkit_container(c: &mut Value, image: &str, sidecar: bool) {
     let mut argv: Vec<Value> = command.clone();
     argv[0] = json!("/podkit");
     let args: Vec<Value> = c["args"].as_array().cloned().unwrap_or_default();
-    let pattern = argv.get(1).and_then(Value::as_str).unwrap_or("").to_string();
     let mut all: Vec<String> = argv.iter().chain(&args).filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let pattern = all.get(1).cloned().unwrap_or_default();
+    let sub = all.get(2).cloned().unwrap_or_default();
+    c["image"] = json!(image);
+    let serves = match pattern.as_str() {
+        "queue" => matches!(sub.as_str(), "work" | "pipeline"),
+        "pod" => sub == "run",
+        p => ADMIN_PORTS.iter().any(|(n, _)| *n == p),
+    };
+    if !serves || role == Role::Init {
+        c["command"] = json!(argv);
+        return;
+    }
+    // The program's own arguments (after `--`) are not podkit's.
+    let own_end = all.iter().position(|a| a == "--").unwrap_or(all.len());
     // The admin port: as given, or the command's default; bound on the pod's address.
     let default = ADMIN_PORTS.iter().find(|(n, _)| *n == pattern).map_or(9190, |(_, p)| *p);
-    let port = match all.iter().position(|a| a == "--admin") {
-        Some(i) if i + 1 < all.len() => {
+    let admin_at = all[..own_end].iter().position(|a| a == "--admin");
+    let added = admin_at.is_none();
+    let port = match admin_at {
+        Some(i) if i + 1 < own_end => {
             let port = all[i + 1].rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(default);
             all[i + 1] = format!("0.0.0.0:{port}");
             port
         }
         _ => {
-            all.push("--admin".into());
-            all.push(format!("0.0.0.0:{default}"));
+            all.splice(own_end..own_end, ["--admin".to_string(), format!("0.0.0.0:{default}")]);
             default
         }
     };
-    // The command keeps its words; what the args held (and an added --admin, if there were
-    // args) stays in args.
-    let split = if args.is_empty() { all.len() } else { argv.len().min(all.len()) };
+    // The command keeps its words (two more if --admin was added inside it); the rest stays
+    // in args.
+    let split = if args.is_empty() {
+        all.len()
+    } else if added && own_end < argv.len() {
+        argv.len() + 2
+    } else {
+        argv.len().min(all.len())
+    };
     c["command"] = json!(all[..split]);
     if all.len() > split {
         c["args"] = json!(all[split..]);
     } else if let Some(m) = c.as_object_mut() {
         m.remove("args");
     }
-    c["image"] = json!(image);
     let ports = c["ports"].as_array().cloned().unwrap_or_default();
     if !ports.iter().any(|p| p["containerPort"] == port) {
         let mut ports = ports;
@@ -125,7 +153,7 @@ fn podkit_container(c: &mut Value, image: &str, sidecar: bool) {
     if c.get("livenessProbe").is_none() {
         c["livenessProbe"] = probe("/healthz");
     }
-    if sidecar && c.get("startupProbe").is_none() {
+    if role == Role::Sidecar && c.get("startupProbe").is_none() {
         c["startupProbe"] =
             json!({"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 1, "failureThreshold": 30});
     }
@@ -179,6 +207,22 @@ spec:
         assert_eq!(logs["command"], json!(["/podkit"]));
         assert_eq!(logs["args"], json!(["logs", "--path", "/var/log/app/*.log", "--admin", "0.0.0.0:9300"]));
         assert_eq!(logs["livenessProbe"]["httpGet"]["port"], 9300);
+        // A worker's --admin goes before its program's `--`; a push (one-shot) gets none.
+        let worker = render(
+            "kind: Pod\nmetadata: {name: q}\nspec:\n  initContainers:\n    - {name: push, image: x, command: [podkit, queue, push, --queue, q, /in]}\n  containers:\n    - {name: w, image: x, command: [podkit, queue, work, --queue, q, --, sh, -c, 'cat']}\n",
+            "podkit:1",
+        )
+        .unwrap();
+        let w: Value = serde_saphyr::from_str(&worker).unwrap();
+        assert_eq!(
+            w["spec"]["initContainers"][0]["command"],
+            json!(["/podkit", "queue", "push", "--queue", "q", "/in"])
+        );
+        assert!(w["spec"]["initContainers"][0].get("readinessProbe").is_none());
+        assert_eq!(
+            w["spec"]["containers"][0]["command"],
+            json!(["/podkit", "queue", "work", "--queue", "q", "--admin", "0.0.0.0:9194", "--", "sh", "-c", "cat"])
+        );
         // The app is left as it was.
         assert_eq!(v["spec"]["containers"][0], serde_saphyr::from_str::<Value>(POD).unwrap()["spec"]["containers"][0]);
         assert_eq!(v["metadata"]["annotations"]["podkit.dev/priority.logs"], "low");

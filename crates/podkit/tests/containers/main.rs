@@ -14,6 +14,7 @@ mod ambassador;
 mod elect;
 mod image;
 mod logs;
+mod pod;
 mod queue;
 mod scatter;
 mod support;
