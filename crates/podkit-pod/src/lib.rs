@@ -2,6 +2,7 @@
 //! programs with Kubernetes' semantics, plus the paper's priorities and independent updates;
 //! and the same file rendered for Kubernetes. See docs/pod.md.
 
+mod cgroup;
 mod probe;
 pub mod render;
 pub mod runtime;

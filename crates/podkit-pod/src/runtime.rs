@@ -154,6 +154,8 @@ struct Slot {
     held_for_memory: Option<u64>,
     /// The last exit podkit acted on (for essential containers and completion).
     seen_exit: Option<(u64, Option<Exit>)>,
+    /// OOM kills in its cgroup so far.
+    ooms: u64,
 }
 
 /// How often a startup probe (and a readiness probe until it first passes) is checked.
@@ -185,6 +187,8 @@ pub struct Pod {
     events: mpsc::UnboundedReceiver<Event>,
     /// Consecutive resource checks with memory low enough to start a held sidecar.
     calm: u32,
+    /// The containers' cgroups, where the machine allows them.
+    cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 impl std::fmt::Debug for Pod {
@@ -240,7 +244,33 @@ impl Pod {
         for c in file.containers().filter(|c| c.role != Role::Init) {
             readiness.not_ready(c.name.clone(), "not started");
         }
-        Ok(Pod { file, host, readiness, view, http, metrics, dir, slots: Vec::new(), events_tx, events, calm: 0 })
+        let cgroups = match crate::cgroup::Cgroups::create(&file.name) {
+            Ok(c) => {
+                tracing::info!("each container runs in a cgroup of its own: memory and CPU limits are the kernel's");
+                Some(c)
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, "no cgroups: memory limits are watched from /proc, CPU limits are not enforced");
+                for c in file.containers().filter(|c| c.cpu_limit.is_some() || c.cpu_request.is_some()) {
+                    tracing::warn!(container = %c.name, "resources.cpu: not enforced without cgroups");
+                }
+                None
+            }
+        };
+        Ok(Pod {
+            file,
+            host,
+            readiness,
+            view,
+            http,
+            metrics,
+            dir,
+            slots: Vec::new(),
+            events_tx,
+            events,
+            calm: 0,
+            cgroups,
+        })
     }
 
     /// The directory of a volume.
@@ -363,12 +393,19 @@ impl Pod {
         let vars: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())).collect();
         let argv: Vec<OsString> = spec.argv.iter().map(|a| OsString::from(expand(a, &vars))).collect();
+        let groups = match &self.cgroups {
+            Some(c) => c.container(&spec.name, spec.memory_limit, spec.cpu_request, spec.cpu_limit).unwrap_or_else(|e| {
+                tracing::warn!(container = %spec.name, error = %e, "cannot set up the container's cgroup; its limits are watched instead");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
         Program {
             name: spec.name.clone(),
             source: spec.name.clone(),
             // Under the containment shim: if podkit is killed, even with SIGKILL, nothing the
-            // container started runs on.
-            argv: podkit_process::contain::wrap(&argv, None),
+            // container started runs on; and in the container's cgroups, if there are any.
+            argv: podkit_process::contain::wrap_in(&argv, None, &groups),
             env,
             cwd: spec.cwd.clone(),
             capture: true,
@@ -422,7 +459,9 @@ impl Pod {
             c.reason = None;
         });
         tracing::info!(container = %spec.name, role = spec.role.as_str(), "starting");
-        let slot = Slot { spec, handle: Some(handle), generation, watchers, held_for_memory: None, seen_exit: None };
+        let ooms = self.cgroups.as_ref().map_or(0, |c| c.oom_kills(&spec.name));
+        let slot =
+            Slot { spec, handle: Some(handle), generation, watchers, held_for_memory: None, seen_exit: None, ooms };
         match self.slots.iter().position(|s| s.spec.name == slot.spec.name) {
             Some(i) => {
                 self.slots[i] = slot;
@@ -542,6 +581,27 @@ impl Pod {
     async fn watch_resources(&mut self) {
         let mut total = 0u64;
         let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
+        // The kernel OOM-kills one process of a cgroup; as on a node with cgroup v2
+        // (memory.oom.group), the whole container goes, and is restarted by its policy.
+        if let Some(cg) = &self.cgroups {
+            for slot in &mut self.slots {
+                let n = cg.oom_kills(&slot.spec.name);
+                if n > slot.ooms {
+                    slot.ooms = n;
+                    if let Some(h) = slot.handle.as_ref().filter(|h| h.status().pid.is_some()) {
+                        tracing::warn!(container = %slot.spec.name, "over its memory limit: OOM-killed in its cgroup");
+                        h.signal(Signal::SIGKILL);
+                        self.metrics
+                            .restarts
+                            .get_or_create(&ReasonLabel { container: slot.spec.name.clone(), reason: "memory_limit" })
+                            .inc();
+                    }
+                    with(&self.view, &slot.spec.name, |c| {
+                        c.reason = Some(format!("OOMKilled (over its memory limit; {n} in all)"))
+                    });
+                }
+            }
+        }
         for slot in &self.slots {
             let Some(h) = slot.handle.as_ref() else { continue };
             // The container's processes, not the containment shim in front of them (podkit's
@@ -557,6 +617,7 @@ impl Pod {
             });
             if let Some(limit) = slot.spec.memory_limit
                 && rss > limit
+                && self.cgroups.is_none()
             {
                 tracing::warn!(container = %slot.spec.name, rss, limit, "over its memory limit: killed (OOMKilled)");
                 with(&self.view, &slot.spec.name, |c| {
@@ -727,6 +788,9 @@ impl Pod {
                 h.kill();
                 h.wait().await;
             }
+        }
+        if let Some(c) = &self.cgroups {
+            c.remove();
         }
         self.set_phase("Stopped");
         Outcome::Stopped

@@ -85,6 +85,9 @@ pub struct ContainerSpec {
     pub pre_stop: Option<Handler>,
     /// resources.limits.memory, in bytes.
     pub memory_limit: Option<u64>,
+    /// resources.requests.cpu and resources.limits.cpu, in millicores.
+    pub cpu_request: Option<u64>,
+    pub cpu_limit: Option<u64>,
     /// Volumes mounted: (volume name, mountPath).
     pub mounts: Vec<(String, String)>,
     /// `podkit.dev/priority.NAME: low`: stopped first when the pod's memory runs short.
@@ -525,11 +528,20 @@ fn container(
                 .ok_or_else(|| err(format!("{path}.resources.limits.memory"), format!("{:?}: not a quantity", q.0)))
         })
         .transpose()?;
-    if c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some_and(|l| l.contains_key("cpu")) {
-        warnings.push(format!(
-            "{path}.resources.limits.cpu: not enforced locally (no cgroup is set up); memory limits are watched"
-        ));
-    }
+    let cpu = |which: &str, m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        m.and_then(|m| m.get("cpu"))
+            .map(|q| {
+                crate::cgroup::millicores(&q.0).ok_or_else(|| {
+                    err(
+                        format!("{path}.resources.{which}.cpu"),
+                        format!("{:?}: not a CPU quantity such as 500m or 1", q.0),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let cpu_request = cpu("requests", c.resources.as_ref().and_then(|r| r.requests.as_ref()))?;
+    let cpu_limit = cpu("limits", c.resources.as_ref().and_then(|r| r.limits.as_ref()))?;
     let mut mounts = Vec::new();
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
         if !volumes.contains(m.name.as_str()) {
@@ -608,6 +620,8 @@ fn container(
         post_start,
         pre_stop,
         memory_limit,
+        cpu_request,
+        cpu_limit,
         mounts,
         low_priority,
         essential,

@@ -35,11 +35,21 @@ pub const ARG: &str = "__contain";
 /// The argv that runs `argv` contained: this binary as the shim, then the program. `remove` is
 /// a directory the shim deletes if podkit dies first.
 pub fn wrap(argv: &[OsString], remove: Option<&std::path::Path>) -> Vec<OsString> {
+    wrap_in(argv, remove, &[])
+}
+
+/// Like [`wrap`], with the shim (and so everything the program starts) moved into each of
+/// `cgroups` (directories of a cgroup hierarchy) before the program starts.
+pub fn wrap_in(argv: &[OsString], remove: Option<&std::path::Path>, cgroups: &[PathBuf]) -> Vec<OsString> {
     let exe = std::env::current_exe().map(OsString::from).unwrap_or_else(|_| OsString::from("/proc/self/exe"));
     let mut out = vec![exe, OsString::from(ARG), OsString::from("--parent"), OsString::from(getpid().to_string())];
     if let Some(dir) = remove {
         out.push(OsString::from("--remove"));
         out.push(dir.as_os_str().to_owned());
+    }
+    for g in cgroups {
+        out.push(OsString::from("--cgroup"));
+        out.push(g.as_os_str().to_owned());
     }
     out.push(OsString::from("--"));
     out.extend(argv.iter().cloned());
@@ -62,9 +72,14 @@ const FORWARDED: [Signal; 7] = [
 pub fn main(args: &[OsString]) -> i32 {
     let mut parent: Option<i32> = None;
     let mut remove: Option<PathBuf> = None;
+    let mut cgroups: Vec<PathBuf> = Vec::new();
     let mut rest = args;
     loop {
         match rest.first().and_then(|a| a.to_str()) {
+            Some("--cgroup") => {
+                cgroups.extend(rest.get(1).map(PathBuf::from));
+                rest = &rest[2.min(rest.len())..];
+            }
             Some("--parent") => {
                 parent = rest.get(1).and_then(|p| p.to_str()).and_then(|p| p.parse().ok());
                 rest = &rest[2.min(rest.len())..];
@@ -101,6 +116,12 @@ pub fn main(args: &[OsString]) -> i32 {
         cleanup(None, remove.as_deref());
         return 137;
     }
+    // Into the container's cgroups before the program exists: everything it starts is inside.
+    for g in &cgroups {
+        if let Err(e) = std::fs::write(g.join("cgroup.procs"), getpid().to_string()) {
+            eprintln!("podkit: cannot join the cgroup {}: {e}", g.display());
+        }
+    }
     let mut cmd = Command::new(program);
     cmd.args(&rest[1..]);
     // SAFETY: runs in the forked child before exec, with async-signal-safe calls only.
@@ -115,6 +136,9 @@ pub fn main(args: &[OsString]) -> i32 {
             Ok(())
         });
     }
+    // A stop that came to the group before the program existed never reached it: it is passed
+    // on once the program runs.
+    let early = pending(&FORWARDED);
     #[allow(clippy::disallowed_methods)] // the shim is its own reaper: no podkit Reaper runs here
     let child = match cmd.spawn() {
         Ok(c) => c,
@@ -127,6 +151,9 @@ pub fn main(args: &[OsString]) -> i32 {
     let pid = Pid::from_raw(child.id() as i32);
     // The child is reaped with waitpid below, not through `Child`.
     std::mem::forget(child);
+    for sig in early {
+        let _ = kill(pid, sig);
+    }
     loop {
         let Ok(sig) = watched.wait() else { continue };
         if sig == Signal::SIGCHLD {
@@ -142,6 +169,18 @@ pub fn main(args: &[OsString]) -> i32 {
             std::process::exit(128 + Signal::SIGKILL as i32);
         }
         // Otherwise the signal came to the group, and the program has it already.
+    }
+}
+
+/// Which of `signals` are pending for the shim (blocked, not yet taken).
+fn pending(signals: &[Signal]) -> Vec<Signal> {
+    // SAFETY: sigpending fills the set it is given; sigismember reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut set) != 0 {
+            return Vec::new();
+        }
+        signals.iter().copied().filter(|s| libc::sigismember(&set, *s as i32) == 1).collect()
     }
 }
 

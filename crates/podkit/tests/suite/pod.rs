@@ -614,3 +614,46 @@ fn the_demo_pod_runs_every_podkit_command_together() {
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait(), 0, "{}", p.stderr());
 }
+
+/// A container over its memory limit is OOM-killed and restarted by its policy, the others
+/// untouched: by the kernel in its own cgroup where podkit can make one (root, as here),
+/// otherwise by podkit's watch of /proc.
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed_alone() {
+    let f = Fixture::new();
+    let file = f.write(
+        "pod.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: limited
+  annotations: {podkit.dev/restart-backoff: 200ms}
+spec:
+  containers:
+    - name: hog
+      image: app
+      command: [sh, -c, "head -c 200000000 /dev/zero | tail -c 200000000 | { sleep 1000; cat > /dev/null; }"]
+      resources: {limits: {memory: 64Mi}, requests: {cpu: 250m}}
+    - {name: calm, image: app, command: [sleep, "1000"]}
+"#,
+    );
+    let p = f.run(&file);
+    assert_eventually!(container(&p, "calm")["pid"].is_i64(), "{}", pod(&p));
+    let calm = container(&p, "calm")["pid"].clone();
+    let pod_dir = format!("/sys/fs/cgroup/memory/podkit/limited-{}", p.pid());
+    if nix::unistd::geteuid().is_root() && std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+        let limit = std::fs::read_to_string(format!("{pod_dir}/hog/memory.limit_in_bytes")).unwrap_or_default();
+        assert_eq!(limit.trim(), (64u64 << 20).to_string(), "the container's cgroup has its limit");
+        let shares = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/podkit/limited-{}/hog/cpu.shares", p.pid()))
+            .unwrap_or_default();
+        assert_eq!(shares.trim(), "256", "250m is a quarter of a core's shares");
+    }
+    assert_eventually!(
+        timeout = Duration::from_secs(30),
+        container(&p, "hog")["restarts"].as_u64() >= Some(1)
+            && container(&p, "hog")["reason"].as_str().is_some_and(|r| r.contains("OOMKilled")),
+        "not OOM-killed: {}",
+        container(&p, "hog")
+    );
+    assert_eq!(container(&p, "calm")["pid"], calm, "the other container was untouched");
+}
