@@ -630,9 +630,16 @@ impl Pod {
                     .inc();
             }
         }
-        let Some(limit) = self.file.memory_limit else { return };
-        let limit = limit as f64;
-        if total as f64 > PRESSURE_HIGH * limit {
+        // Short of memory: the pod near its limit, or the host under memory pressure.
+        let psi = self.file.memory_pressure.and_then(|threshold| host_pressure().map(|p| (p, threshold)));
+        let (short, room) = match (self.file.memory_limit, psi) {
+            (Some(limit), _) => (total as f64 > PRESSURE_HIGH * limit as f64, Some(limit as f64)),
+            (None, Some((p, threshold))) => (p > threshold, None),
+            (None, None) => return,
+        };
+        // Without a limit (pressure alone) a held sidecar starts again once the host is calm.
+        let limit = room.unwrap_or(f64::INFINITY);
+        if short {
             self.calm = 0;
             // The last low-priority sidecar still running goes first.
             if let Some(slot) = self.slots.iter_mut().rev().find(|s| {
@@ -642,17 +649,25 @@ impl Pod {
             }) {
                 let name = slot.spec.name.clone();
                 let size = sizes.get(&name).copied().unwrap_or(0);
-                tracing::warn!(container = %name, pod_rss = total, limit = limit as u64, "memory pressure: stopping a low-priority sidecar");
+                tracing::warn!(container = %name, pod_rss = total, limit = ?room.map(|l| l as u64), pressure = ?psi.map(|p| p.0), "memory pressure: stopping a low-priority sidecar");
                 slot.held_for_memory = Some(size);
                 if let Some(h) = slot.handle.as_ref() {
                     h.stop(StopRequest::default());
                 }
                 with(&self.view, &name, |c| {
                     c.state = "held: memory pressure".into();
-                    c.reason = Some(format!(
-                        "stopped to free memory for the main containers (pod at {total} of {} bytes)",
-                        limit as u64
-                    ));
+                    c.reason = Some(match room {
+                        Some(l) => {
+                            format!(
+                                "stopped to free memory for the main containers (pod at {total} of {} bytes)",
+                                l as u64
+                            )
+                        }
+                        None => format!(
+                            "stopped to free memory for the main containers (host memory pressure {:.1}%)",
+                            psi.map_or(0.0, |p| p.0)
+                        ),
+                    });
                 });
                 self.readiness.ready(&name);
                 self.metrics.priority_stops.get_or_create(&ContainerLabel { container: name }).inc();
@@ -882,6 +897,17 @@ pub fn expand(s: &str, vars: &[(String, String)]) -> String {
 
 fn exit_text(status: i32) -> String {
     if status > 128 { format!("signal {}", status - 128) } else { format!("exit code {status}") }
+}
+
+/// The host's memory pressure: `some avg10` of /proc/pressure/memory, in percent.
+fn host_pressure() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
 }
 
 /// RSS (bytes) and CPU (seconds) of a set of processes.

@@ -32,6 +32,9 @@ pub struct PodFile {
     pub memory_limit: Option<u64>,
     /// The first restart's delay (`podkit.dev/restart-backoff`; Kubernetes: 10 s).
     pub restart_backoff: Duration,
+    /// The host's memory pressure (`some avg10` of /proc/pressure/memory, in percent) above
+    /// which low-priority sidecars stop (`podkit.dev/memory-pressure`).
+    pub memory_pressure: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +414,17 @@ fn build(
             .get(),
         None => Duration::from_secs(10),
     };
+    let memory_pressure = match annotations.get(&format!("{ANNOTATION}memory-pressure")) {
+        Some(v) => Some(v.trim_end_matches('%').parse::<f64>().ok().filter(|p| (0.0..=100.0).contains(p)).ok_or_else(
+            || {
+                err(
+                    format!("metadata.annotations.{ANNOTATION}memory-pressure"),
+                    format!("{v:?}: expected a percentage such as 20"),
+                )
+            },
+        )?),
+        None => None,
+    };
     Ok(PodFile {
         name: name.to_string(),
         restart_policy,
@@ -422,6 +436,7 @@ fn build(
         warnings,
         memory_limit,
         restart_backoff,
+        memory_pressure,
     })
 }
 
@@ -817,6 +832,7 @@ spec:
             ("podkit.dev/priority.logs: low", "podkit.dev/priority.app: low", "only a sidecar"),
             ("restartPolicy: Never", "restartPolicy: Sometimes", "expected Always, OnFailure or Never"),
             ("{name: data, mountPath: /data}", "{name: other, mountPath: /data}", "no volume is named \"other\""),
+            ("podkit.dev/priority.logs: low", "podkit.dev/priority.logs: low\n    podkit.dev/memory-pressure: lots", "expected a percentage"),
         ] {
             assert!(POD.contains(from), "{from}");
             let e = parse(&POD.replacen(from, to, 1)).unwrap_err().to_string();
