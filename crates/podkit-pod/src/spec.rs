@@ -832,7 +832,11 @@ spec:
             ("podkit.dev/priority.logs: low", "podkit.dev/priority.app: low", "only a sidecar"),
             ("restartPolicy: Never", "restartPolicy: Sometimes", "expected Always, OnFailure or Never"),
             ("{name: data, mountPath: /data}", "{name: other, mountPath: /data}", "no volume is named \"other\""),
-            ("podkit.dev/priority.logs: low", "podkit.dev/priority.logs: low\n    podkit.dev/memory-pressure: lots", "expected a percentage"),
+            (
+                "podkit.dev/priority.logs: low",
+                "podkit.dev/priority.logs: low\n    podkit.dev/memory-pressure: lots",
+                "expected a percentage",
+            ),
         ] {
             assert!(POD.contains(from), "{from}");
             let e = parse(&POD.replacen(from, to, 1)).unwrap_err().to_string();
