@@ -6,7 +6,7 @@ use std::time::Duration;
 use podkit_testkit::assert_eventually;
 use podkit_testkit::docker::{Container, Network, docker};
 
-use crate::support::{http_get, podkit, server_image, tools};
+use crate::support::{http_get, podkit, redis, tools};
 
 #[test]
 fn the_image_runs_podkit_as_nonroot_with_a_writable_tmp_names_and_profiles() {
@@ -24,29 +24,7 @@ fn the_image_runs_podkit_as_nonroot_with_a_writable_tmp_names_and_profiles() {
 
     // A Redis found by its container name: a static binary in an empty image resolves names.
     let net = Network::new(true);
-    let redis = Container::run(
-        "redis",
-        &[
-            "--network",
-            &net.name,
-            "--network-alias",
-            "cache",
-            "--user",
-            "65534:65534",
-            &server_image("redis", "redis-server", "redis-server"),
-            "/usr/bin/redis-server",
-            "--bind",
-            "0.0.0.0",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--dir",
-            "/tmp",
-            "--protected-mode",
-            "no",
-        ],
-    );
+    let redis = redis(&net, "cache");
     assert_eventually!(redis.logs().contains("Ready to accept connections"), "redis never started: {}", redis.logs());
     // `docker` asserts the command succeeded: the name resolved and Redis answered.
     let status =

@@ -14,31 +14,6 @@ use serde_json::Value;
 
 use crate::support::{Pod, memcached_image, podkit, shared_dir, tools};
 
-/// Kubernetes' `$(VAR)` expansion, as the kubelet does it before the container starts.
-fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(more) = after.strip_prefix('$') {
-            out.push('$');
-            rest = more;
-        } else if let Some(inner) = after.strip_prefix('(')
-            && let Some(end) = inner.find(')')
-            && let Some(v) = vars.get(&inner[..end])
-        {
-            out.push_str(v);
-            rest = &inner[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Whether a probe passes, checked from inside the pod's network namespace.
 fn probe_passes(pod: &Pod, probe: &Value) -> bool {
     let check = if let Some(h) = probe.get("httpGet") {
@@ -73,7 +48,8 @@ fn run_rendered(net: &Network, manifest: &Value, images: &BTreeMap<&str, String>
         .collect();
     for (c, init) in entries {
         let cname = c["name"].as_str().unwrap().to_string();
-        let mut vars = BTreeMap::new();
+        // Kubernetes' `$(VAR)` expansion, as the kubelet does it before the container starts.
+        let mut vars = Vec::new();
         for e in c["env"].as_array().into_iter().flatten() {
             let value = match e.get("value") {
                 Some(v) => v.as_str().unwrap_or("").to_string(),
@@ -82,14 +58,14 @@ fn run_rendered(net: &Network, manifest: &Value, images: &BTreeMap<&str, String>
                 }
                 None => continue,
             };
-            vars.insert(e["name"].as_str().unwrap().to_string(), value);
+            vars.push((e["name"].as_str().unwrap().to_string(), value));
         }
         let argv: Vec<String> = c["command"]
             .as_array()
             .into_iter()
             .flatten()
             .chain(c["args"].as_array().into_iter().flatten())
-            .map(|a| expand(a.as_str().unwrap(), &vars))
+            .map(|a| podkit_pod::runtime::expand(a.as_str().unwrap(), &vars))
             .collect();
         let image = c["image"].as_str().unwrap();
         let docker_image = images

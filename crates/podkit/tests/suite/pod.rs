@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use podkit_testkit::{AdminClient, assert_eventually, memcached};
 use serde_json::Value;
 
-use crate::support::{Mode, PODKIT, Podkit, alive, run_plain};
+use crate::support::{Mode, PODKIT, Podkit, alive, pids_running, run_plain};
 
 /// A test directory with the pod file written into it; `{dir}` in the text is the directory.
 struct Fixture {
@@ -262,16 +262,6 @@ fn podkit_out(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
-}
-
-/// The pids whose command line is exactly `cmdline`.
-fn pids_running(cmdline: &[&str]) -> Vec<i32> {
-    let want = cmdline.join("\0") + "\0";
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
-        .collect()
 }
 
 /// kill -9 of `podkit pod` leaves none of the pod's processes, grandchildren included; an

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Mode, PODKIT, Podkit, run_plain};
+use crate::support::{Mode, PODKIT, Podkit, pids_running, run_plain};
 use nix::sys::signal::Signal;
 use podkit_testkit::{TestLeaf, assert_eventually};
 use serde_json::Value;
@@ -342,16 +342,6 @@ on_both_stores!(
     a_described_pipeline_runs_every_stage_until_drained,
     an_app_that_is_not_up_yet_costs_no_attempt,
 );
-
-/// The pids whose command line is exactly `cmdline` (NUL-separated in /proc).
-fn pids_running(cmdline: &[&str]) -> Vec<i32> {
-    let want = cmdline.join("\0") + "\0";
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
-        .collect()
-}
 
 #[test]
 fn a_pipeline_that_drains_with_dead_items_exits_1() {

@@ -149,6 +149,16 @@ impl Drop for Podkit {
 }
 
 /// True while `pid` exists and is not a zombie.
+/// The pids whose command line is exactly `cmdline` (NUL-separated in /proc).
+pub(crate) fn pids_running(cmdline: &[&str]) -> Vec<i32> {
+    let want = cmdline.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .collect()
+}
+
 pub(crate) fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
