@@ -230,6 +230,19 @@ fn class_index(c: Class) -> usize {
 }
 
 impl Statsd {
+    /// A source with no mapping whose sockets are never opened: the fuzz harness's.
+    pub(crate) fn for_fuzzing() -> Statsd {
+        let opts = Options {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp: true,
+            tcp: false,
+            unixgram: None,
+            addr_file: None,
+            read_buffer: None,
+        };
+        Statsd::new(opts, None).expect("a UDP source needs no mapping file")
+    }
+
     pub(crate) fn new(opts: Options, mapping_file: Option<&std::path::Path>) -> Result<Statsd, String> {
         let mapper = match mapping_file {
             Some(p) => Mapper::load(p).map_err(|e| format!("mapping_file {e}"))?,
@@ -436,7 +449,7 @@ impl Statsd {
     }
 
     /// Applies one packet's lines.
-    fn handle(&self, packet: &[u8], strip_cr: bool) {
+    pub(crate) fn handle(&self, packet: &[u8], strip_cr: bool) {
         let now = self.now();
         let mut tally = Tally::default();
         {
@@ -687,6 +700,60 @@ mod tests {
         let mut out = Scrape::new();
         s.collect(&mut out);
         out.render()
+    }
+
+    /// The fuzz target's harness on deterministic pseudo-random packets made of the pieces of
+    /// the line format, so the normal suite runs it too.
+    #[test]
+    fn random_packets_always_scrape_as_exposition_text() {
+        let alphabet: &[&[u8]] = &[
+            b"\n",
+            b"\r",
+            b":",
+            b"|",
+            b"|c",
+            b"|g",
+            b"|ms",
+            b"|h",
+            b"|s",
+            b"|d",
+            b"|@0.5",
+            b"|@",
+            b"|#",
+            b",",
+            b"=",
+            b"+",
+            b"-",
+            b"1",
+            b"1e308",
+            b"NaN",
+            b"-Inf",
+            b"a",
+            b"a.b",
+            b"_",
+            b"\xff",
+            b"\xe2\x82",
+            b"tag:v",
+            b" ",
+            b";k=v",
+            b"0x1",
+        ];
+        // Found this way: an infinite timing overflowed the summary sketch's bin index.
+        crate::fuzzing::statsd_packet(b"\x00t:Inf|ms\nt:-Inf|ms\nt:NaN|ms\nt:1|ms");
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let mut packet = vec![(next() & 1) as u8];
+            for _ in 0..next() % 40 {
+                packet.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            crate::fuzzing::statsd_packet(&packet);
+        }
     }
 
     #[test]

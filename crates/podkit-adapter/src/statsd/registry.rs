@@ -261,7 +261,11 @@ impl Registry {
                         windows.pop_front();
                     }
                 }
-                if let Some((_, sketch)) = windows.back_mut() {
+                // A sketch ranks finite values only (an infinite one overflows its bin index);
+                // NaN and ±Inf still count in _sum and _count, as in client_golang.
+                if let Some((_, sketch)) = windows.back_mut()
+                    && value.is_finite()
+                {
                     sketch.0.add_with_count(value, u64::from(times));
                 }
                 *sum += value * f64::from(times);
