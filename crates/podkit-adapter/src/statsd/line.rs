@@ -239,18 +239,23 @@ fn sample<'a>(name: &'a str, value: &'a str, after: &'a str, each: &mut impl FnM
 pub(crate) fn name_and_tags(sample: &Sample<'_>) -> (String, Vec<(String, String)>, u32) {
     let mut labels: Vec<(String, String)> = Vec::new();
     let mut errors = 0u32;
+    // False for a key Prometheus reserves (`__` first, after escaping): a tag error.
     let put = |labels: &mut Vec<(String, String)>, k: &str, v: &str| {
         let k = escape_name(k);
+        if k.starts_with("__") {
+            return false;
+        }
         match labels.iter_mut().find(|(have, _)| *have == k) {
             Some(l) => l.1 = v.to_string(),
             None => labels.push((k, v.to_string())),
         }
+        true
     };
     let pairs = |labels: &mut Vec<(String, String)>, text: &str, sep: char, trim_hash: bool, errors: &mut u32| {
         for tag in text.split(',') {
             let tag = if trim_hash { tag.strip_prefix('#').unwrap_or(tag) } else { tag };
             match tag.split_once(sep) {
-                Some((k, v)) if !k.is_empty() && !v.is_empty() => put(labels, k, v),
+                Some((k, v)) if !k.is_empty() && !v.is_empty() && put(labels, k, v) => {}
                 _ => *errors += 1,
             }
         }

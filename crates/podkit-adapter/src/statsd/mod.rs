@@ -740,6 +740,8 @@ mod tests {
         ];
         // Found this way: an infinite timing overflowed the summary sketch's bin index.
         crate::fuzzing::statsd_packet(b"\x00t:Inf|ms\nt:-Inf|ms\nt:NaN|ms\nt:1|ms");
+        // And a tag key Prometheus reserves (`__…` after escaping) made the scrape unreadable.
+        crate::fuzzing::statsd_packet(b"\x00a:1|c|#$$$:v\nb:1|c|#__x:v,ok:1");
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
             state ^= state << 13;
