@@ -40,7 +40,14 @@ pub(crate) enum Framing {
 /// Why a request got no answer from its server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
-    Connect(String),
+    /// No connection: the system's words for why (`Connection refused`), then podkit's detail.
+    Connect {
+        system: String,
+        detail: String,
+    },
+    /// The server refused the connection's AUTH or SELECT: its own error line, without the
+    /// `-` (`WRONGPASS invalid username-password pair …`), which reaches the client as it is.
+    Refused(String),
     Timeout,
     Closed,
     Protocol(String),
@@ -51,16 +58,49 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// A connection that could not be made, in the words nutcracker's clients match on (it
+    /// answers with the system's `strerror`).
+    pub(crate) fn connect(e: &std::io::Error) -> Failure {
+        let system = match e.raw_os_error() {
+            // `Connection refused (os error 111)` → `Connection refused`.
+            Some(code) => {
+                let text = std::io::Error::from_raw_os_error(code).to_string();
+                text.split(" (os error").next().unwrap_or_default().to_string()
+            }
+            None if e.kind() == std::io::ErrorKind::TimedOut => "Connection timed out".to_string(),
+            None => "Connection refused".to_string(),
+        };
+        Failure::Connect { system, detail: e.to_string() }
+    }
+
     /// The text clients see after `SERVER_ERROR ` or `-ERR `. `server` is the server's label,
-    /// or for [`Failure::NoServers`] the pool's name.
+    /// or for [`Failure::NoServers`] the pool's name. Where nutcracker answers with the
+    /// system's words (a timeout, a refused connection), the text starts with them, so a
+    /// client that matches on nutcracker's answer still matches; podkit's detail follows.
     pub(crate) fn describe(&self, server: &str) -> String {
         match self {
-            Failure::Connect(e) => format!("podkit: cannot connect to {server}: {e}"),
-            Failure::Timeout => format!("podkit: {server} did not answer in time"),
+            Failure::Connect { system, detail } => format!("{system} (podkit: cannot connect to {server}: {detail})"),
+            Failure::Refused(line) => format!("{line} (podkit: {server} refused the connection's AUTH or SELECT)"),
+            Failure::Timeout => format!("Connection timed out (podkit: {server} did not answer in time)"),
             Failure::Closed => format!("podkit: connection to {server} lost"),
             Failure::Protocol(e) => format!("podkit: {server} sent an invalid answer: {e}"),
             Failure::Ejected => format!("podkit: {server} is ejected (down); its keys fail fast"),
             Failure::NoServers => format!("podkit: every server of pool {server} is ejected"),
+        }
+    }
+
+    /// The memcache answer for a request this failure ended.
+    pub(crate) fn memcache_answer(&self, server: &str) -> Bytes {
+        Bytes::from(format!("SERVER_ERROR {}\r\n", self.describe(server)))
+    }
+
+    /// The Redis answer for a request this failure ended: `-ERR …`, or the server's own error
+    /// (`-WRONGPASS …`, `-NOAUTH …`) when it refused the connection.
+    pub(crate) fn redis_answer(&self, server: &str) -> Bytes {
+        let text = self.describe(server);
+        match self {
+            Failure::Refused(_) => Bytes::from(format!("-{}\r\n", text.replace(['\r', '\n'], " "))),
+            _ => crate::redis::error(&text),
         }
     }
 }
@@ -312,7 +352,7 @@ enum Stream {
 
 async fn connect(s: &Settings) -> Result<Stream, Failure> {
     let attempt = async {
-        let mut stream = match &s.addr {
+        Ok::<_, std::io::Error>(match &s.addr {
             Addr::Tcp { host, port } => {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 tcp.set_nodelay(true)?;
@@ -322,21 +362,27 @@ async fn connect(s: &Settings) -> Result<Stream, Failure> {
                 Stream::Tcp(tcp)
             }
             Addr::Unix(path) => Stream::Unix(tokio::net::UnixStream::connect(path).await?),
-        };
+        })
+    };
+    let connected = async {
+        let mut stream = attempt.await.map_err(|e| Failure::connect(&e))?;
         if s.redis {
             handshake(&mut stream, s).await?;
         }
-        Ok::<_, std::io::Error>(stream)
+        Ok(stream)
     };
-    match tokio::time::timeout(s.timeout, attempt).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(Failure::Connect(e.to_string())),
-        Err(_) => Err(Failure::Connect(format!("no connection within {:?}", s.timeout))),
+    match tokio::time::timeout(s.timeout, connected).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Connect {
+            system: "Connection timed out".into(),
+            detail: format!("no connection within {:?}", s.timeout),
+        }),
     }
 }
 
-/// AUTH and SELECT on a new Redis connection, as configured for the pool.
-async fn handshake(stream: &mut Stream, s: &Settings) -> std::io::Result<()> {
+/// AUTH and SELECT on a new Redis connection, as configured for the pool. A refusal is the
+/// server's own error line, for the client to see.
+async fn handshake(stream: &mut Stream, s: &Settings) -> Result<(), Failure> {
     let mut steps = Vec::new();
     if let Some(auth) = &s.redis_auth {
         steps.push(("AUTH", crate::redis::encode(&[b"AUTH".as_slice(), auth.as_bytes()])));
@@ -345,10 +391,18 @@ async fn handshake(stream: &mut Stream, s: &Settings) -> std::io::Result<()> {
         steps.push(("SELECT", crate::redis::encode(&[b"SELECT".as_slice(), s.redis_db.to_string().as_bytes()])));
     }
     for (what, step) in steps {
-        let answer = stream.ask(&step, Framing::Resp).await?;
+        let answer = stream.ask(&step, Framing::Resp).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => Failure::Protocol(format!("{what}: {e}")),
+            _ => Failure::Closed,
+        })?;
         if answer.first() != Some(&b'+') {
-            let text = String::from_utf8_lossy(&answer).trim().to_string();
-            return Err(std::io::Error::other(format!("{what} refused: {text}")));
+            let text = String::from_utf8_lossy(&answer);
+            let line = text.trim().trim_start_matches('-');
+            return Err(Failure::Refused(if line.is_empty() {
+                format!("ERR {what} refused")
+            } else {
+                line.to_string()
+            }));
         }
     }
     Ok(())
@@ -576,7 +630,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(5)).await;
         let ejected_at = Instant::now();
-        s.failed(&Failure::Connect("refused".into()));
+        s.failed(&Failure::connect(&std::io::ErrorKind::ConnectionRefused.into()));
         assert!(s.is_ejected(), "not ejected after 3 failures of 3");
         assert_eq!(s.retry_at(), Some(ejected_at + RETRY), "retry_timeout counts from the ejection");
         assert_eq!(s.stats.ejections.get(), 1);
@@ -654,7 +708,7 @@ mod tests {
         for _ in 0..10 {
             s.failed(&Failure::Timeout);
             s.failed(&Failure::Closed);
-            s.failed(&Failure::Connect("refused".into()));
+            s.failed(&Failure::connect(&std::io::ErrorKind::ConnectionRefused.into()));
             s.failed(&Failure::Protocol("garbage".into()));
         }
         assert!(!s.is_ejected());

@@ -48,6 +48,13 @@ pub(crate) enum Addr {
     Unix(PathBuf),
 }
 
+impl Addr {
+    /// Port 0: any free port, a new one at each bind (so never the same listener twice).
+    pub(crate) fn is_any_port(&self) -> bool {
+        matches!(self, Addr::Tcp { port: 0, .. })
+    }
+}
+
 impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

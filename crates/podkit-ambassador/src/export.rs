@@ -188,6 +188,46 @@ pub(crate) fn twemproxy_json(pools: &Pools, started: std::time::SystemTime) -> V
     Value::Object(doc)
 }
 
+/// Each pool's keys in [`twemproxy_json`] and their meaning, in nutcracker's words.
+const POOL_STATS: [(&str, &str); 6] = [
+    ("client_eof", "# eof on client connections"),
+    ("client_err", "# errors on client connections"),
+    ("client_connections", "# active client connections"),
+    ("server_ejects", "# times backend server was ejected"),
+    ("forward_error", "# times we encountered a forwarding error"),
+    ("fragments", "# fragments created from a multi-vector request"),
+];
+
+/// Each server's keys in [`twemproxy_json`] and their meaning.
+const SERVER_STATS: [(&str, &str); 13] = [
+    ("server_eof", "# eof on server connections"),
+    ("server_err", "# errors on server connections"),
+    ("server_timedout", "# timeouts on server connections"),
+    ("server_connections", "# active server connections"),
+    ("server_ejected_at", "timestamp when server was ejected in usec since epoch"),
+    ("requests", "# requests"),
+    ("request_bytes", "total request bytes"),
+    ("responses", "# responses"),
+    ("response_bytes", "total response bytes"),
+    ("in_queue", "# requests in incoming queue"),
+    ("in_queue_bytes", "current request bytes in incoming queue (always 0 in podkit)"),
+    ("out_queue", "# requests in outgoing queue"),
+    ("out_queue_bytes", "current request bytes in outgoing queue (always 0 in podkit)"),
+];
+
+/// `-D`: the stats port's keys with their meaning, laid out as `nutcracker -D` prints them.
+pub(crate) fn describe_stats() -> String {
+    let mut out = String::from("pool stats:\n");
+    for (key, what) in POOL_STATS {
+        out.push_str(&format!("  {key:<20}\"{what}\"\n"));
+    }
+    out.push_str("\nserver stats:\n");
+    for (key, what) in SERVER_STATS {
+        out.push_str(&format!("  {key:<20}\"{what}\"\n"));
+    }
+    out
+}
+
 /// Serves the JSON document to every connection on `listener`, as nutcracker does (write,
 /// close).
 pub(crate) async fn serve_stats(listener: tokio::net::TcpListener, pools: Arc<Pools>, started: std::time::SystemTime) {
@@ -211,5 +251,34 @@ pub(crate) async fn serve_stats(listener: tokio::net::TcpListener, pools: Arc<Po
             let drain = async { while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {} };
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn describe_stats_names_every_key_the_stats_port_serves() {
+        let cfg = crate::config::parse("p:\n  listen: 127.0.0.1:0\n  servers:\n    - 127.0.0.1:1:1 s1\n").unwrap();
+        let workers = crate::workers::Workers::start(1).unwrap();
+        let pools = Pools::default();
+        pools.handles.store(Arc::new(vec![Arc::new(crate::pool::PoolHandle {
+            name: "p".into(),
+            bound: String::new(),
+            state: arc_swap::ArcSwap::new(crate::pool::PoolState::start(cfg.pools[0].clone(), None, &workers)),
+            listener: Arc::new(crate::Listener::Tcp(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())),
+            stop_listening: tokio_util::sync::CancellationToken::new(),
+        })]));
+        let doc = twemproxy_json(&pools, std::time::SystemTime::now());
+        let described = describe_stats();
+        let pool = doc["p"].as_object().unwrap();
+        for key in pool.keys().filter(|k| *k != "s1") {
+            assert!(described.contains(&format!("  {key} ")), "pool key {key} is not described");
+        }
+        for key in pool["s1"].as_object().unwrap().keys() {
+            assert!(described.contains(&format!("  {key} ")), "server key {key} is not described");
+        }
+        assert!(described.starts_with("pool stats:\n  client_eof "));
     }
 }

@@ -55,7 +55,15 @@ pub struct AmbassadorArgs {
     pub common: CommonArgs,
 
     /// twemproxy's configuration file (nutcracker.yml): the pools, their listeners and servers.
-    #[arg(short = 'c', long = "config", id = "pools_file", visible_alias = "conf-file", value_name = "FILE")]
+    /// The default is nutcracker's.
+    #[arg(
+        short = 'c',
+        long = "config",
+        id = "pools_file",
+        visible_alias = "conf-file",
+        value_name = "FILE",
+        default_value = "conf/nutcracker.yml"
+    )]
     pub pools_file: PathBuf,
 
     /// Check the configuration file and exit (0 when it is valid).
@@ -71,9 +79,35 @@ pub struct AmbassadorArgs {
     #[arg(short = 'a', long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub stats_addr: IpAddr,
 
-    /// Accepted for nutcracker's command line; podkit's stats are always current.
-    #[arg(short = 'i', long, value_name = "MS", default_value_t = 30_000, hide = true)]
+    /// nutcracker's stats aggregation interval. Accepted and without effect: podkit's stats are
+    /// always current.
+    #[arg(short = 'i', long, value_name = "MS", default_value_t = 30_000)]
     pub stats_interval: u64,
+
+    /// Run in the background (nutcracker's `-d`). podkit returns once the daemon serves, or with
+    /// its exit status and error when it could not start.
+    #[arg(short = 'd', long, help_heading = "nutcracker's command line")]
+    pub daemonize: bool,
+
+    /// Write the process id to this file while running (removed at exit).
+    #[arg(short = 'p', long, value_name = "FILE", help_heading = "nutcracker's command line")]
+    pub pid_file: Option<PathBuf>,
+
+    /// nutcracker's log verbosity, 0–11 (5 is nutcracker's default): 0–3 error, 4 warn, 5–6
+    /// info, 7 debug, 8–11 trace. Sets --log-level.
+    #[arg(short = 'v', long = "verbose", value_name = "N", conflicts_with = "log_level",
+        value_parser = clap::value_parser!(u8).range(0..=11), help_heading = "nutcracker's command line")]
+    pub verbosity: Option<u8>,
+
+    /// nutcracker's mbuf chunk size, 512–16777216 bytes. Accepted and without effect: podkit's
+    /// buffers start at 16 KiB (nutcracker's default) and grow to the request.
+    #[arg(short = 'm', long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(512..=16_777_216),
+        help_heading = "nutcracker's command line")]
+    pub mbuf_size: Option<u32>,
+
+    /// Print the stats the stats port serves, with their meaning, and exit.
+    #[arg(short = 'D', long, help_heading = "nutcracker's command line")]
+    pub describe_stats: bool,
 
     /// How often the configuration file is checked for changes (it is reloaded when its content
     /// changes; SIGHUP and POST /reload reload at once). 0 turns the check off.
@@ -89,6 +123,18 @@ pub struct AmbassadorArgs {
     /// usable).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub max_request_bytes: usize,
+}
+
+/// The log filter for nutcracker's verbosity `-v N` (its levels: 0 emerg … 3 err, 4 warn,
+/// 5 notice, 6 info, 7 debug, 8–11 ever more verbose).
+fn nutcracker_level(v: u8) -> &'static str {
+    match v {
+        0..=3 => "error",
+        4 => "warn",
+        5 | 6 => "info",
+        7 => "debug",
+        _ => "trace",
+    }
 }
 
 /// Prints the outcome of `-t` and returns the exit status, as `nutcracker -t` does.
@@ -164,22 +210,53 @@ impl podkit_core::Command for AmbassadorArgs {
 
     fn augment(cmd: clap::Command) -> clap::Command {
         // --config is twemproxy's file here, as for nutcracker; podkit's own option file is
-        // --options.
+        // --options. nutcracker's `-o FILE` / `--output` is podkit's --log-file.
         podkit_core::config::with_own_config_file(cmd, DEFAULT_ADMIN)
+            .mut_arg("log_file", |a| a.short('o').visible_alias("output"))
     }
 
-    fn main(self, effective: serde_json::Value) -> i32 {
+    #[allow(clippy::print_stdout)] // -D's description is its output
+    fn main(mut self, effective: serde_json::Value) -> i32 {
+        if self.describe_stats {
+            print!("{}", export::describe_stats());
+            return 0;
+        }
         if self.test_conf {
             return test_config(&self.pools_file);
         }
+        if let Some(v) = self.verbosity {
+            self.common.log_level = nutcracker_level(v).to_string();
+        }
+        if self.daemonize {
+            // The daemon works in `/`.
+            let absolute = podkit_core::daemon::absolute;
+            self.pools_file = absolute(&self.pools_file);
+            self.pid_file = self.pid_file.as_deref().map(absolute);
+            self.common.log_file = self.common.log_file.as_deref().map(absolute);
+            self.common.admin_addr_file = self.common.admin_addr_file.as_deref().map(absolute);
+        }
         let common = self.common.clone();
-        match Ambassador::new(self) {
-            Ok(a) => podkit_core::launch(a, &common, effective),
+        let (daemonize, pid_file) = (self.daemonize, self.pid_file.clone());
+        let ambassador = match Ambassador::new(self) {
+            Ok(a) => a,
             Err(e) => {
                 eprintln!("error: {e}");
-                podkit_core::EX_USAGE
+                return podkit_core::EX_USAGE;
             }
+        };
+        if daemonize && let Err(e) = podkit_core::daemon::daemonize() {
+            eprintln!("error: {e}");
+            return podkit_core::EX_SOFTWARE;
         }
+        let _pid_file = match pid_file.as_deref().map(podkit_core::daemon::PidFile::create).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                let path = pid_file.as_deref().unwrap_or_else(|| std::path::Path::new("")).display();
+                eprintln!("error: --pid-file {path}: cannot write it: {e}");
+                return podkit_core::EX_USAGE;
+            }
+        };
+        podkit_core::launch(ambassador, &common, effective)
     }
 }
 
@@ -263,11 +340,17 @@ impl Component for Ambassador {
         };
         let mut handles = Vec::new();
         for (cfg, listener) in self.config.pools.clone().into_iter().zip(listeners) {
-            handles.push(runner.start_pool(cfg, listener, None));
+            handles.push(runner.start_pool(cfg, Arc::new(listener), None));
         }
         self.pools.handles.store(Arc::new(handles));
         for h in self.pools.handles.load().iter() {
             tracing::info!(pool = %h.name, listen = %h.bound, "pool listening");
+        }
+        if let Err(e) = podkit_core::shutdown::install_log_signal_handlers() {
+            tracing::warn!(error = %e, "cannot install the SIGUSR1/SIGTTIN/SIGTTOU handlers");
+        }
+        if let Some(size) = self.args.mbuf_size {
+            tracing::info!(size, "-m (mbuf size) has no effect: podkit's buffers grow to the request");
         }
         tracing::info!(stats = %bound, pools = self.config.pools.len(), threads, "ambassador ready");
         ctx.readiness.ready("listeners");
@@ -335,20 +418,22 @@ struct Runner {
 static CLIENT_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl Runner {
-    fn start_pool(&self, cfg: config::Pool, listener: Listener, previous: Option<&PoolState>) -> Arc<PoolHandle> {
+    fn start_pool(&self, cfg: config::Pool, listener: Arc<Listener>, previous: Option<&PoolState>) -> Arc<PoolHandle> {
         let state = PoolState::start(cfg, previous, &self.workers);
         let handle = Arc::new(PoolHandle {
             name: state.name.clone(),
             bound: listener.describe(),
             state: arc_swap::ArcSwap::new(state),
+            listener,
             stop_listening: CancellationToken::new(),
         });
-        tokio::spawn(self.clone().accept(listener, handle.clone()));
+        tokio::spawn(self.clone().accept(handle.clone()));
         handle
     }
 
-    async fn accept(self, listener: Listener, handle: Arc<PoolHandle>) {
+    async fn accept(self, handle: Arc<PoolHandle>) {
         let stop = handle.stop_listening.clone();
+        let listener = handle.listener.clone();
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -405,9 +490,6 @@ impl Runner {
             };
             worker.spawn(self.ctx.tasks.track_future(serve));
         }
-        if let Listener::Unix(_, path) = &listener {
-            let _ = std::fs::remove_file(path);
-        }
     }
 
     /// Applies the configuration in `path`: new pools start, removed ones stop listening (their
@@ -418,17 +500,34 @@ impl Runner {
         let cfg = config::load(path).map_err(|e| e.to_string())?;
         let old = self.pools.handles.load_full();
         let find = |name: &str| old.iter().find(|h| h.name == name);
+        let keeps = |h: &PoolHandle, p: &config::Pool| {
+            let st = h.state.load();
+            h.name == p.name && st.cfg.listen == p.listen && st.cfg.redis == p.redis
+        };
         // Open the new listeners first: a failure leaves everything as it was.
         let mut opened = Vec::new();
         for p in &cfg.pools {
-            let same_listener = find(&p.name).is_some_and(|h| {
-                let st = h.state.load();
-                st.cfg.listen == p.listen && st.cfg.redis == p.redis
-            });
-            if !same_listener {
-                let listener = bind(p).await.map_err(|e| e.to_string())?;
-                opened.push((p.name.clone(), listener));
+            if find(&p.name).is_some_and(|h| keeps(h, p)) {
+                continue;
             }
+            // An address a pool gives up in this reload (it is renamed, or moves elsewhere, as
+            // when two pools swap addresses) is still open: binding it again would fail with
+            // "Address already in use". Its socket is handed over instead, so no client that
+            // connects meanwhile is refused.
+            // The address as written, or as bound (`127.0.0.1:0` became a port).
+            let given_up = old.iter().find(|h| {
+                (h.state.load().cfg.listen.addr == p.listen.addr || h.bound == p.listen.addr.to_string())
+                    && !p.listen.addr.is_any_port()
+                    && !cfg.pools.iter().any(|q| keeps(h, q))
+            });
+            let listener = match given_up {
+                Some(h) => {
+                    tracing::info!(from = %h.name, to = %p.name, listen = %h.bound, "listener handed over");
+                    h.listener.clone()
+                }
+                None => Arc::new(bind(p).await.map_err(|e| e.to_string())?),
+            };
+            opened.push((p.name.clone(), listener));
         }
         let mut handles = Vec::new();
         for p in cfg.pools {
@@ -466,9 +565,18 @@ impl Runner {
 // === listeners ===
 
 #[derive(Debug)]
-enum Listener {
+pub(crate) enum Listener {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl Drop for Listener {
+    /// A Unix socket's file goes with the last pool that listens on it.
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 enum Accepted {

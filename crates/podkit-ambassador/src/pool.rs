@@ -215,6 +215,9 @@ pub(crate) struct PoolHandle {
     /// The address the listener is bound to (with port 0 resolved).
     pub(crate) bound: String,
     pub(crate) state: ArcSwap<PoolState>,
+    /// The listening socket. A reload can hand it to another pool (a renamed one, or one that
+    /// takes over the address), so it is shared with the accept task.
+    pub(crate) listener: Arc<crate::Listener>,
     /// Stops the listener.
     pub(crate) stop_listening: CancellationToken,
 }

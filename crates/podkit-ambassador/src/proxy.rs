@@ -110,7 +110,7 @@ async fn read_memcache<R: AsyncRead>(
 async fn dispatch_memcache(req: Request, state: &PoolState, id: u64) -> Option<Pending> {
     let fail = |f: Failure, server: &str| {
         state.stats.forward_error.inc();
-        Pending::Ready(Bytes::from(format!("SERVER_ERROR {}\r\n", f.describe(server))))
+        Pending::Ready(f.memcache_answer(server))
     };
     match req {
         Request::Keyed { key, bytes, framing, quiet, strip_noop } => {
@@ -258,7 +258,7 @@ async fn dispatch_redis(cmd: redis::Command, state: &PoolState, id: u64, authent
     };
     let fail = |f: Failure, server: &str| {
         state.stats.forward_error.inc();
-        Pending::Ready(redis::error(&f.describe(server)))
+        Pending::Ready(f.redis_answer(server))
     };
     let route = match redis::route(&cmd) {
         Ok(r) => r,
@@ -470,9 +470,8 @@ async fn wait_for<W: AsyncWrite + Unpin>(
 
 fn failure(proto: Proto, f: &Failure, server: &str, handle: &PoolHandle) -> Bytes {
     handle.state.load().stats.forward_error.inc();
-    let text = f.describe(server);
     match proto {
-        Proto::Memcache => Bytes::from(format!("SERVER_ERROR {text}\r\n")),
-        Proto::Redis => redis::error(&text),
+        Proto::Memcache => f.memcache_answer(server),
+        Proto::Redis => f.redis_answer(server),
     }
 }

@@ -47,6 +47,11 @@ pub struct CommonArgs {
     #[arg(long, value_name = "FILTER", default_value = "info", value_parser = parse_log_filter, help_heading = "Admin and logging")]
     pub log_level: String,
 
+    /// Write the log to this file (appending) instead of stderr. It is reopened on SIGHUP, so
+    /// logrotate needs no copytruncate: rename the file, then `kill -HUP`.
+    #[arg(long, value_name = "FILE", help_heading = "Admin and logging")]
+    pub log_file: Option<PathBuf>,
+
     /// How many recent log records the admin `/logs` endpoint keeps.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Admin and logging")]
     pub log_buffer: u32,
@@ -206,8 +211,17 @@ pub fn with_own_config_file(cmd: Command, admin: &'static str) -> Command {
 }
 
 /// The options of [`CommonArgs`], whose variables every command shares.
-const COMMON: [&str; 8] =
-    ["admin", "admin_addr_file", "admin_token_file", "log_format", "log_level", "log_buffer", "grace", "config"];
+const COMMON: [&str; 9] = [
+    "admin",
+    "admin_addr_file",
+    "admin_token_file",
+    "log_format",
+    "log_level",
+    "log_file",
+    "log_buffer",
+    "grace",
+    "config",
+];
 
 /// Gives every long option an environment variable: `PODKIT_<NAME>` for the options every
 /// command shares ([`CommonArgs`]: `PODKIT_GRACE`, `PODKIT_ADMIN`, …) and

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod daemon;
 pub mod exit;
 pub mod http;
 pub mod logs;
@@ -126,7 +127,14 @@ pub fn launch<C: Component>(mut component: C, common: &CommonArgs, effective: Va
         }
     };
     let ring = LogRing::new(common.log_buffer as usize);
-    if let Err(e) = logs::init(common.log_format, &common.log_level, ring.clone()) {
+    let file = match common.log_file.as_deref().map(|p| logs::LogFile::open(p).map_err(|e| (p, e))).transpose() {
+        Ok(f) => f,
+        Err((path, e)) => {
+            eprintln!("error: --log-file {}: cannot open it for appending: {e}", path.display());
+            return EX_USAGE;
+        }
+    };
+    if let Err(e) = logs::init(common.log_format, &common.log_level, ring.clone(), file) {
         eprintln!("error: cannot start logging: {e}");
         return EX_SOFTWARE;
     }
@@ -184,6 +192,7 @@ pub fn launch<C: Component>(mut component: C, common: &CommonArgs, effective: Va
             }
         };
         tracing::info!(component = C::NAME, version = env!("CARGO_PKG_VERSION"), "started");
+        daemon::started();
         tokio::spawn(async move {
             if let Err(e) = admin::serve(listener, router).await {
                 tracing::error!(error = %e, "admin listener failed");

@@ -1,12 +1,17 @@
-//! Logging: records go to stderr (text on a terminal, JSON lines otherwise) and into a bounded
-//! ring that the admin `/logs` endpoint serves and streams.
+//! Logging: records go to stderr or `--log-file` (text on a terminal, JSON lines otherwise) and
+//! into a bounded ring that the admin `/logs` endpoint serves and streams.
+//!
+//! Two things can change while podkit runs, as a classic daemon's log does: the file is
+//! reopened on request (logrotate moved it away: [`reopen`]) and the level goes up or down
+//! ([`more_verbose`], [`less_verbose`]).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
@@ -14,9 +19,10 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::LogFormat;
 
@@ -301,15 +307,116 @@ impl FieldVisitor {
     }
 }
 
-/// Installs the global subscriber: stderr in the chosen format, plus the ring.
+// === impl LogFile ===
+
+/// A log file opened for appending, which [`reopen`] replaces with a new file at the same path
+/// (after logrotate renamed the old one).
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl LogFile {
+    /// Opens (creating) `path` for appending. A relative path is kept as it was given: commands
+    /// that change directory make it absolute first.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(LogFile { path: path.to_path_buf(), file: Mutex::new(append(path)?) })
+    }
+
+    fn reopen(&self) -> std::io::Result<()> {
+        let new = append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+}
+
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl std::io::Write for &LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// === the running log ===
+
+/// What can be changed in the installed log.
+struct Control {
+    filter: reload::Handle<EnvFilter, Registry>,
+    level: Mutex<Level>,
+    file: Option<Arc<LogFile>>,
+}
+
+static CONTROL: OnceLock<Control> = OnceLock::new();
+
+/// Opens the log file again at its path, so that lines go to the new file once logrotate has
+/// renamed the old one. Returns the path, or `None` when the log goes to stderr.
+pub fn reopen() -> std::io::Result<Option<&'static Path>> {
+    match CONTROL.get().and_then(|c| c.file.as_ref()) {
+        Some(f) => f.reopen().map(|()| Some(f.path.as_path())),
+        None => Ok(None),
+    }
+}
+
+/// Logs one level more (warn → info → debug → trace); returns the new level. Per-target
+/// directives of `--log-level` give way to the one level.
+pub fn more_verbose() -> Option<Level> {
+    step_level(|l| match l {
+        Level::Error => Level::Warn,
+        Level::Warn => Level::Info,
+        Level::Info => Level::Debug,
+        Level::Debug | Level::Trace => Level::Trace,
+    })
+}
+
+/// Logs one level less (trace → debug → info → warn → error); returns the new level.
+pub fn less_verbose() -> Option<Level> {
+    step_level(|l| match l {
+        Level::Trace => Level::Debug,
+        Level::Debug => Level::Info,
+        Level::Info => Level::Warn,
+        Level::Warn | Level::Error => Level::Error,
+    })
+}
+
+fn step_level(next: impl FnOnce(Level) -> Level) -> Option<Level> {
+    let control = CONTROL.get()?;
+    let mut level = control.level.lock().unwrap_or_else(|e| e.into_inner());
+    *level = next(*level);
+    control.filter.reload(EnvFilter::new(level.as_str())).ok()?;
+    Some(*level)
+}
+
+/// Installs the global subscriber: stderr (or `file`) in the chosen format, plus the ring.
 ///
 /// Fails only if a subscriber is already installed (a second call in one process).
-pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String> {
+pub fn init(format: LogFormat, filter: &str, ring: LogRing, file: Option<LogFile>) -> Result<(), String> {
     let filter = EnvFilter::builder().parse(filter).map_err(|e| e.to_string())?;
+    // The level TTIN/TTOU step from: the most verbose one the filter lets through.
+    let level = match filter.max_level_hint() {
+        Some(l) if l >= tracing::level_filters::LevelFilter::TRACE => Level::Trace,
+        Some(l) if l >= tracing::level_filters::LevelFilter::DEBUG => Level::Debug,
+        Some(l) if l >= tracing::level_filters::LevelFilter::INFO => Level::Info,
+        Some(l) if l >= tracing::level_filters::LevelFilter::WARN => Level::Warn,
+        _ => Level::Error,
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let file = file.map(Arc::new);
+    let terminal = file.is_none() && std::io::stderr().is_terminal();
+    let writer = match &file {
+        Some(f) => BoxMakeWriter::new(f.clone()),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Auto => !terminal,
     };
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
@@ -317,17 +424,19 @@ pub fn init(format: LogFormat, filter: &str, ring: LogRing) -> Result<(), String
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer().with_ansi(terminal).with_writer(writer).boxed()
     };
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt_layer)
         .with(RingLayer { ring })
         .try_init()
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let _ = CONTROL.set(Control { filter: handle, level: Mutex::new(level), file });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -183,6 +183,7 @@ pub fn install_signal_handlers(shutdown: Shutdown) -> std::io::Result<Reload> {
                 _ = term.recv() => (StopReason::Terminate, 128 + libc_sig::SIGTERM),
                 _ = int.recv() => (StopReason::Interrupt, 128 + libc_sig::SIGINT),
                 _ = hup.recv() => {
+                    reopen_log("SIGHUP");
                     tracing::info!("SIGHUP: reload requested");
                     reload_tx.send_modify(|n| *n += 1);
                     continue;
@@ -195,6 +196,45 @@ pub fn install_signal_handlers(shutdown: Shutdown) -> std::io::Result<Reload> {
         }
     });
     Ok(Reload { rx })
+}
+
+/// Reopens `--log-file` (logrotate renamed it) and says so in the new file.
+fn reopen_log(signal: &str) {
+    match crate::logs::reopen() {
+        Ok(Some(path)) => tracing::info!(path = %path.display(), "{signal}: log file reopened"),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "{signal}: cannot reopen the log file; logging to the old one"),
+    }
+}
+
+/// Installs the signals a classic daemon's log answers to, for commands that stand in for one
+/// (`podkit ambassador` for nutcracker): SIGUSR1 reopens `--log-file`, SIGTTIN and SIGTTOU log
+/// one level more and one level less, SIGUSR2 is noted and changes nothing. Must be called
+/// inside the runtime; the handlers live as long as it.
+pub fn install_log_signal_handlers() -> std::io::Result<()> {
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut ttin = signal(SignalKind::from_raw(nix::sys::signal::Signal::SIGTTIN as i32))?;
+    let mut ttou = signal(SignalKind::from_raw(nix::sys::signal::Signal::SIGTTOU as i32))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => reopen_log("SIGUSR1"),
+                _ = usr2.recv() => tracing::info!("SIGUSR2: nothing to do"),
+                _ = ttin.recv() => {
+                    if let Some(level) = crate::logs::more_verbose() {
+                        tracing::warn!(log_level = %level, "SIGTTIN: log level raised");
+                    }
+                }
+                _ = ttou.recv() => {
+                    if let Some(level) = crate::logs::less_verbose() {
+                        tracing::warn!(log_level = %level, "SIGTTOU: log level lowered");
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Signal numbers used for exit statuses (128 + N), without pulling libc into every crate.

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{Mode, Podkit, run_plain};
+use crate::support::{Mode, PODKIT, Podkit, alive, run_plain};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podkit_testkit::{Server, assert_eventually, memcached, memcached_on, nutcracker, redis};
@@ -567,6 +567,8 @@ fn a_stopped_server_times_out_instead_of_hanging() {
     c.send(b"get k\r\n");
     let answer = c.line();
     kill(pid, Signal::SIGCONT).unwrap();
+    // nutcracker's words first (clients match on them), podkit's detail after.
+    assert!(answer.starts_with("SERVER_ERROR Connection timed out"), "{answer}");
     assert!(answer.contains("did not answer in time"), "{answer}");
     assert!(a.metric("podkit_ambassador_server_timeouts_total") >= 1.0);
     // The next request opens a new connection and works.
@@ -625,4 +627,277 @@ fn bad_configuration_exits_64_and_dash_t_checks_it() {
     let (code, err) = run_plain(&["ambassador", "-t", "-c", p], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("syntax is ok"));
+}
+
+#[test]
+fn a_refused_redis_auth_reaches_the_client_as_redis_said_it() {
+    let r = redis();
+    assert_eq!(Conn::open(r.addr).cmd(&["CONFIG", "SET", "requirepass", "s3cret"]), "+OK");
+    let pool =
+        |auth: &str| format!("r:\n  listen: 127.0.0.1:0\n  redis: true\n{auth}  servers:\n{}", servers_yaml(&[&r]));
+    // A wrong redis_auth: the server's own WRONGPASS, as nutcracker's clients get it.
+    let a = Ambassador::start(&pool("  redis_auth: wrong\n"), &[]);
+    let mut c = Conn::open(a.listen("r"));
+    assert_eq!(c.cmd(&["AUTH", "wrong"]), "+OK", "podkit checks the client's AUTH itself");
+    let answer = c.cmd(&["GET", "a"]);
+    assert!(answer.starts_with("-WRONGPASS"), "{answer}");
+    // No redis_auth at all: the server's NOAUTH.
+    let b = Ambassador::start(&pool(""), &[]);
+    let answer = Conn::open(b.listen("r")).cmd(&["GET", "a"]);
+    assert!(answer.starts_with("-NOAUTH"), "{answer}");
+}
+
+/// A memcache pool's bound address, as a `listen:` line can name it.
+fn pool_yaml(name: &str, listen: &str, servers: &[&Server]) -> String {
+    format!("{name}:\n  listen: {listen}\n  servers:\n{}", servers_yaml(servers))
+}
+
+/// Writes `yaml` as the configuration, reloads with SIGHUP and waits for the outcome.
+fn reload(a: &Ambassador, yaml: &str) {
+    let before = a.metric("podkit_ambassador_config_reloads_total");
+    std::fs::write(a.conf_path(), yaml).unwrap();
+    a.proc.signal(Signal::SIGHUP);
+    assert_eventually!(a.metric("podkit_ambassador_config_reloads_total") > before, "no reload");
+    let stderr = a.proc.stderr();
+    assert!(!stderr.contains("configuration not reloaded"), "the reload failed: {stderr}");
+}
+
+#[test]
+fn a_reload_hands_a_listening_socket_to_a_renamed_pool_or_one_that_takes_its_address() {
+    let (m1, m2) = (memcached(), memcached());
+    let a = Ambassador::start(
+        &(pool_yaml("one", "127.0.0.1:0", &[&m1]) + &pool_yaml("two", "127.0.0.1:0", &[&m2])),
+        &["--watch-interval", "0"],
+    );
+    let (p1, p2) = (a.listen("one").to_string(), a.listen("two").to_string());
+    let mut held = Conn::open(a.listen("one"));
+    held.send(b"set held 0 0 1\r\nh\r\n");
+    assert_eq!(held.line(), "STORED");
+
+    // Rename `one` to `uno` on the same address: nutcracker's users do this, and a bind would
+    // fail with "Address already in use" while `one` still listens.
+    reload(&a, &(pool_yaml("uno", &p1, &[&m1]) + &pool_yaml("two", &p2, &[&m2])));
+    let mut names: Vec<String> =
+        a.pools()["pools"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["two", "uno"]);
+    assert_eq!(a.listen("uno").to_string(), p1);
+    let mut c = Conn::open(p1.parse().unwrap());
+    c.send(b"get held\r\n");
+    assert_eq!(c.until_end(), ["VALUE held 0 1", "h", "END"], "the address no longer reaches m1");
+    held.send(b"get held\r\n");
+    assert_eq!(held.until_end(), ["VALUE held 0 1", "h", "END"], "the client connected before lost its pool");
+
+    // Swap the two pools' addresses in one reload: each takes the socket the other gives up.
+    reload(&a, &(pool_yaml("uno", &p2, &[&m1]) + &pool_yaml("two", &p1, &[&m2])));
+    assert_eq!(a.listen("uno").to_string(), p2);
+    assert_eq!(a.listen("two").to_string(), p1);
+    let mut c = Conn::open(p1.parse().unwrap());
+    c.send(b"set swapped 0 0 1\r\ns\r\n");
+    assert_eq!(c.line(), "STORED");
+    assert_eq!((items(&m1), items(&m2)), (1, 1), "p1 now leads to m2");
+    assert_eq!(a.metric("podkit_ambassador_config_reloads_total"), 2.0);
+}
+
+#[test]
+fn servers_added_and_removed_under_load_cost_no_client_an_error() {
+    let m: Vec<Server> = (0..3).map(|_| memcached()).collect();
+    let a = Ambassador::start(&pool_yaml("cache", "127.0.0.1:0", &[&m[0], &m[1]]), &["--watch-interval", "0"]);
+    let addr = a.listen("cache");
+    // The pool keeps this address from now on, so each reload changes it in place (a pool whose
+    // address changes is a new pool; its clients stay with the old one until they leave).
+    reload(&a, &pool_yaml("cache", &addr.to_string(), &[&m[0], &m[1]]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                let (mut done, mut errors) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("k{t}-{}", done % 500);
+                    c.send(format!("set {key} 0 0 1\r\nv\r\nget {key}\r\n").as_bytes());
+                    let stored = c.line();
+                    let got = c.until_end();
+                    if stored != "STORED" || got.first().is_none_or(|l| !l.starts_with("VALUE")) {
+                        errors.push(format!("{stored} / {got:?}"));
+                    }
+                    done += 1;
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                (done, errors)
+            })
+        })
+        .collect();
+    let served = || served.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last = served();
+    for servers in [&[&m[0], &m[1], &m[2]][..], &[&m[0], &m[2]], &[&m[1]], &[&m[0], &m[1], &m[2]]] {
+        reload(&a, &pool_yaml("cache", &addr.to_string(), servers));
+        // Traffic flows under each configuration before the next change.
+        assert_eventually!(served() > last + 200, "the clients stalled after a reload");
+        last = served();
+    }
+    assert!(items(&m[2]) > 0, "the added server never got a key");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let (done, errors) = c.join().unwrap();
+        assert!(done > 0);
+        assert!(errors.is_empty(), "{} client errors, first: {}", errors.len(), errors[0]);
+    }
+}
+
+/// A process podkit left running in the background: killed when the test ends, whatever
+/// happened.
+struct Daemon(i32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Debian's nutcracker package: the init script starts `nutcracker -d $DAEMON_OPTS` with
+/// `-c … -o … -p …` from /etc/default/nutcracker, stops and reloads through the pid file, and
+/// logrotate renames the log, creates a new one and sends SIGHUP.
+#[test]
+fn a_nutcracker_command_line_runs_as_a_daemon_and_its_log_survives_logrotate() {
+    let m = memcached();
+    let dir = tempfile::tempdir().unwrap();
+    let (conf, log, pid_file, admin) = (
+        dir.path().join("nutcracker.yml"),
+        dir.path().join("nutcracker.log"),
+        dir.path().join("nutcracker.pid"),
+        dir.path().join("admin.addr"),
+    );
+    std::fs::write(&conf, pool_yaml("cache", "127.0.0.1:0", &[&m])).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let start = std::process::Command::new(PODKIT)
+        .args(["ambassador", "-d", "-c", &s(&conf), "-o", &s(&log), "-p", &s(&pid_file), "-v", "6"])
+        .args(["-s", "0", "-m", "16384", "-i", "30000", "--admin", "127.0.0.1:0", "--admin-addr-file", &s(&admin)])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let foreground = start.id() as i32;
+    let out = start.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the foreground process did not report a start");
+    let pid: i32 = std::fs::read_to_string(&pid_file).expect("no pid file").trim().parse().unwrap();
+    let _daemon = Daemon(pid);
+    assert_ne!(pid, foreground, "podkit did not go to the background");
+    assert!(alive(pid));
+    // In a session of its own, away from the terminal.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let session: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(session, pid);
+
+    let admin = podkit_testkit::AdminClient::from_addr_file(&admin);
+    let pools: Value = admin.get("/pools").json();
+    let listen: SocketAddr = pools["pools"][0]["listen"].as_str().unwrap().parse().unwrap();
+    let mut c = Conn::open(listen);
+    c.send(b"set k 0 0 1\r\nv\r\n");
+    assert_eq!(c.line(), "STORED");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(read(&log).contains("ambassador ready"), "the log file: {}", read(&log));
+    assert!(read(&log).contains("has no effect"), "-m is not reported: {}", read(&log));
+
+    // logrotate: rename, `create`, then `postrotate … kill -HUP $(cat pidfile)`.
+    let rotated = dir.path().join("nutcracker.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::File::create(&log).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+    assert_eventually!(
+        read(&log).contains("SIGHUP: log file reopened") && read(&log).contains("configuration reloaded"),
+        "no lines in the new log file: {:?}",
+        read(&log)
+    );
+    assert!(!read(&rotated).contains("log file reopened"), "lines went on in the rotated file");
+    c.send(b"get k\r\n");
+    assert_eq!(c.until_end(), ["VALUE k 0 1", "v", "END"], "the reload disturbed a client");
+
+    // SIGUSR1 reopens the log too; SIGTTIN/SIGTTOU step the level; none of them stops podkit.
+    std::fs::rename(&log, dir.path().join("nutcracker.log.2")).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
+    assert_eventually!(read(&log).contains("SIGUSR1: log file reopened"), "SIGUSR1 did not reopen the log");
+    kill(Pid::from_raw(pid), Signal::SIGTTIN).unwrap();
+    assert_eventually!(
+        read(&log).contains(r#""log_level":"debug""#),
+        "SIGTTIN did not raise the level: {}",
+        read(&log)
+    );
+    kill(Pid::from_raw(pid), Signal::SIGTTOU).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGUSR2).unwrap();
+    assert_eventually!(read(&log).contains("SIGUSR2"), "SIGUSR2 was not noted");
+    assert!(alive(pid));
+    c.send(b"get k\r\n");
+    assert_eq!(c.until_end(), ["VALUE k 0 1", "v", "END"]);
+
+    // The init script's stop: SIGTERM to the pid in the file; the pid file goes with podkit.
+    drop(c);
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    assert_eventually!(!alive(pid), "podkit did not stop on SIGTERM");
+    assert!(!pid_file.exists(), "the pid file was left behind");
+}
+
+#[test]
+fn a_daemon_that_cannot_start_says_why_in_the_foreground() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("n.yml");
+    std::fs::write(&conf, format!("cache:\n  listen: {}\n  servers: [127.0.0.1:1:1]\n", busy.local_addr().unwrap()))
+        .unwrap();
+    let pid_file = dir.path().join("n.pid");
+    let (code, err) = run_plain(
+        &[
+            "ambassador",
+            "-d",
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            pid_file.to_str().unwrap(),
+            "-s",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("cannot listen on") && err.contains("pool `cache`"), "{err}");
+    assert!(!pid_file.exists(), "a pid file of a process that never ran");
+}
+
+#[test]
+fn dash_capital_d_describes_the_stats_and_every_nutcracker_flag_is_accepted() {
+    let out = std::process::Command::new(PODKIT).args(["ambassador", "-D"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("pool stats:\n  client_eof "), "{text}");
+    assert!(text.contains("\nserver stats:\n") && text.contains("  server_timedout "), "{text}");
+    // nutcracker's help lists these; each one is in podkit's.
+    let help = std::process::Command::new(PODKIT).args(["ambassador", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "-h, --help",
+        "-V, --version",
+        "-t, --test-conf",
+        "-d, --daemonize",
+        "-D, --describe-stats",
+        "-v, --verbose",
+        "-o, --log-file",
+        "-c, --config",
+        "-s, --stats-port",
+        "-a, --stats-addr",
+        "-i, --stats-interval",
+        "-p, --pid-file",
+        "-m, --mbuf-size",
+    ] {
+        assert!(help.contains(flag), "{flag} is missing from --help");
+    }
+    // Out of nutcracker's ranges: refused as nutcracker refuses them.
+    let (code, err) = run_plain(&["ambassador", "-v", "12", "-t"], &[]);
+    assert_eq!(code, 64, "{err}");
+    let (code, err) = run_plain(&["ambassador", "-m", "100", "-t"], &[]);
+    assert_eq!(code, 64, "{err}");
 }

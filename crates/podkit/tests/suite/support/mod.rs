@@ -148,7 +148,6 @@ impl Drop for Podkit {
     }
 }
 
-/// True while `pid` exists and is not a zombie.
 /// The pids whose command line is exactly `cmdline` (NUL-separated in /proc).
 pub(crate) fn pids_running(cmdline: &[&str]) -> Vec<i32> {
     let want = cmdline.join("\0") + "\0";
@@ -159,6 +158,7 @@ pub(crate) fn pids_running(cmdline: &[&str]) -> Vec<i32> {
         .collect()
 }
 
+/// True while `pid` exists and is not a zombie.
 pub(crate) fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
