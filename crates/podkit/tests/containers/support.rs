@@ -180,3 +180,53 @@ pub(crate) fn shared_dir() -> PathBuf {
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     dir
 }
+
+/// The podkit binary of the image under test, copied out of it (once per image).
+pub(crate) fn podkit_binary() -> PathBuf {
+    let image = podkit();
+    let id = podkit_testkit::docker::docker(&["image", "inspect", &image, "--format", "{{.Id}}"]);
+    let id = id.trim().trim_start_matches("sha256:");
+    let path = std::env::temp_dir().join(format!("podkit-image-{}", &id[..16]));
+    if !path.exists() {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let name = format!("podkit-copy-{}", std::process::id());
+        podkit_testkit::docker::docker(&["create", "--name", &name, &image]);
+        let out = podkit_testkit::docker::docker_output(&["cp", &format!("{name}:/podkit"), tmp.to_str().unwrap()]);
+        podkit_testkit::docker::docker(&["rm", &name]);
+        assert!(out.status.success(), "docker cp: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// Debian's git, with its libraries; the daemon and the exec path git runs it from.
+fn git_spec() -> ImageSpec {
+    let (git, daemon) = (PathBuf::from("/usr/bin/git"), PathBuf::from("/usr/lib/git-core/git-daemon"));
+    for p in [&git, &daemon] {
+        assert!(p.exists(), "{} is missing: install Debian's git (scripts/setup does)", p.display());
+    }
+    ImageSpec {
+        programs: vec![git, daemon],
+        dirs: vec!["/tmp".into()],
+        texts: vec![
+            ("/etc/passwd".into(), "root:x:0:0:root:/tmp:/bin/false\nnonroot:x:65532:65532:nonroot:/tmp:/bin/false\n".into(), 0o644),
+            ("/etc/group".into(), "root:x:0:\nnonroot:x:65532:\n".into(), 0o644),
+        ],
+        changes: vec!["ENV PATH=/usr/bin:/usr/lib/git-core".into(), "ENV HOME=/tmp".into()],
+        ..ImageSpec::default()
+    }
+}
+
+/// A git server image: `git daemon` from this machine's git.
+pub(crate) fn git_image() -> String {
+    host_image("git", &git_spec())
+}
+
+/// The podkit binary of the image under test beside Debian's git, as a user builds an image
+/// for `podkit sync --repo` (podkit's own image has no git): ENTRYPOINT /podkit, user 65532.
+pub(crate) fn podkit_git_image() -> String {
+    let mut spec = git_spec();
+    spec.files.push((podkit_binary(), "/podkit".into()));
+    spec.changes.extend(["ENTRYPOINT [\"/podkit\"]".into(), "USER 65532:65532".into()]);
+    host_image("podkit-git", &spec)
+}
