@@ -654,7 +654,7 @@ fn client_of(hc: &HttpClientConfig) -> Result<reqwest::Client, String> {
     if tls.insecure_skip_verify {
         b = b.danger_accept_invalid_certs(true);
     }
-    b.build().map_err(|e| format!("HTTP client: {e}"))
+    b.build().map_err(|e| format!("HTTP client: {}", podkit_core::error_chain(&e)))
 }
 
 // === scraping ===

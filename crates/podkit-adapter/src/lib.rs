@@ -475,8 +475,8 @@ impl Adapter {
         let modules = json_modules(&args, &file, &mut warnings)?;
         // One client for every endpoint source and /scrape; each scrape is bounded by its
         // source's own timeout, not by the client.
-        let client =
-            podkit_core::http::client(podkit_core::Duration::MAX.get()).map_err(|e| format!("HTTP client: {e}"))?;
+        let client = podkit_core::http::client(podkit_core::Duration::MAX.get())
+            .map_err(|e| format!("HTTP client: {}", podkit_core::error_chain(&e)))?;
         let mut sources: Vec<Source> = Vec::new();
         for (i, cfg) in file.sources.iter().enumerate() {
             let s =

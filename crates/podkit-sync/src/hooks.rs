@@ -45,6 +45,8 @@ pub(crate) struct WebHook {
     pub(crate) timeout: Duration,
     /// The status that counts as success; any 2xx when `None`, any answer at all for 0.
     pub(crate) success: Option<u16>,
+    /// Built only when there is a webhook: a git sync needs no HTTP client (nor CA roots).
+    pub(crate) client: reqwest::Client,
 }
 
 #[derive(Debug, Clone)]
@@ -52,7 +54,6 @@ pub(crate) struct Hooks {
     pub(crate) exec: Option<ExecHook>,
     pub(crate) web: Option<WebHook>,
     pub(crate) reaper: Arc<Reaper>,
-    pub(crate) client: reqwest::Client,
     pub(crate) runs: Family<HookLabel, Counter>,
 }
 
@@ -152,7 +153,7 @@ impl Hooks {
     }
 
     async fn call_webhook(&self, w: &WebHook, version: &str) -> Result<(), String> {
-        let resp = self
+        let resp = w
             .client
             .request(w.method.clone(), w.url.clone())
             .timeout(w.timeout)

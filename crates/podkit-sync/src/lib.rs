@@ -434,11 +434,6 @@ impl Component for Sync {
             tracing::info!(removed = ?removed, "removed what an interrupted sync left behind");
         }
         let reaper = Reaper::start().map_err(|e| StartError::software(format!("cannot start the reaper: {e}")))?;
-        podkit_core::http::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| StartError::software(format!("HTTP client: {e}")))?;
         let a = &self.args;
         let source = match (&a.repo, &a.http) {
             (Some(repo), _) => Source::Git(GitSource::new(
@@ -477,14 +472,28 @@ impl Component for Sync {
                 timeout: a.exechook_timeout.get(),
                 when: a.exechook_when,
             }),
-            web: a.webhook_url.clone().map(|url| WebHook {
-                url: url.into_inner(),
-                method: a.webhook_method.clone(),
-                timeout: a.webhook_timeout.get(),
-                success: a.webhook_success_status,
-            }),
+            web: match a.webhook_url.clone() {
+                Some(url) => Some(WebHook {
+                    url: url.into_inner(),
+                    method: a.webhook_method.clone(),
+                    timeout: a.webhook_timeout.get(),
+                    success: a.webhook_success_status,
+                    client: {
+                        podkit_core::http::install_crypto_provider();
+                        reqwest::Client::builder()
+                            .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
+                            .build()
+                            .map_err(|e| {
+                                StartError::software(format!(
+                                    "--webhook-url: cannot build the HTTP client: {}",
+                                    podkit_core::error_chain(&e)
+                                ))
+                            })?
+                    },
+                }),
+                None => None,
+            },
             reaper,
-            client,
             runs: self.metrics.hooks.clone(),
         };
         let trigger = match a.trigger_listen {

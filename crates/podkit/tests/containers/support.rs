@@ -209,7 +209,11 @@ fn git_spec() -> ImageSpec {
         programs: vec![git, daemon],
         dirs: vec!["/tmp".into()],
         texts: vec![
-            ("/etc/passwd".into(), "root:x:0:0:root:/tmp:/bin/false\nnonroot:x:65532:65532:nonroot:/tmp:/bin/false\n".into(), 0o644),
+            (
+                "/etc/passwd".into(),
+                "root:x:0:0:root:/tmp:/bin/false\nnonroot:x:65532:65532:nonroot:/tmp:/bin/false\n".into(),
+                0o644,
+            ),
             ("/etc/group".into(), "root:x:0:\nnonroot:x:65532:\n".into(), 0o644),
         ],
         changes: vec!["ENV PATH=/usr/bin:/usr/lib/git-core".into(), "ENV HOME=/tmp".into()],

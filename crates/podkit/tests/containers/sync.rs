@@ -146,9 +146,22 @@ fn the_sync_sidecar_follows_a_git_server_container_and_never_publishes_a_mixed_c
     let _server = Container::run(
         "git",
         &[
-            "--network", &net.name, "--network-alias", "git", "-v", &format!("{}:/repos:ro", repos.display()),
-            &git_image, "git", "daemon", "--export-all", "--base-path=/repos", "--reuseaddr", "--listen=0.0.0.0",
-            "--port=9418", "--verbose", "/repos",
+            "--network",
+            &net.name,
+            "--network-alias",
+            "git",
+            "-v",
+            &format!("{}:/repos:ro", repos.display()),
+            &git_image,
+            "git",
+            "daemon",
+            "--export-all",
+            "--base-path=/repos",
+            "--reuseaddr",
+            "--listen=0.0.0.0",
+            "--port=9418",
+            "--verbose",
+            "/repos",
         ],
     );
     let mut pod = Pod::new(&net, &[]);
@@ -156,8 +169,20 @@ fn the_sync_sidecar_follows_a_git_server_container_and_never_publishes_a_mixed_c
     pod.add(
         "sync",
         &[
-            "-v", &srv_vol, &podkit_git_image(), "sync", "--repo", "git://git/site.git", "--ref", "main", "--root",
-            "/srv", "--link", "site", "--period", "200ms",
+            "-v",
+            &srv_vol,
+            &podkit_git_image(),
+            "sync",
+            "--repo",
+            "git://git/site.git",
+            "--ref",
+            "main",
+            "--root",
+            "/srv",
+            "--link",
+            "site",
+            "--period",
+            "200ms",
         ],
     );
     let log = reader(&mut pod, &srv_vol, &seen);
