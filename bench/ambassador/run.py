@@ -2,6 +2,7 @@
 """podkit ambassador against nutcracker (twemproxy), and both against the server directly.
 
     bench/ambassador/run.py [--podkit target/release/podkit] [--seconds 5] [--rounds 3]
+                            [--podkit-arg=--threads --podkit-arg=1 ...]
 
 One memcached and one redis-server are the backends; nutcracker and podkit ambassador get the
 same one-server pools. Each row runs direct, nutcracker and podkit back to back (paired, on the
@@ -79,6 +80,8 @@ def main():
     ap.add_argument("--podkit", default="target/release/podkit")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--podkit-arg", action="append", default=[],
+                    help="one more argument for podkit ambassador (repeat: --podkit-arg=--threads --podkit-arg=1)")
     a = ap.parse_args()
     for tool in ("memcached", "redis-server", "nutcracker", "memcaslap", "redis-benchmark"):
         if not shutil.which(tool):
@@ -104,7 +107,8 @@ def main():
             if name == "nutcracker":
                 cmd = ["nutcracker", "-c", conf, "-s", str(free_port()), "-a", "127.0.0.1"]
             else:
-                cmd = [podkit, "ambassador", "-c", conf, "-s", "0", "--admin", "127.0.0.1:0", "--log-level", "warn"]
+                cmd = [podkit, "ambassador", "-c", conf, "-s", "0", "--admin", "127.0.0.1:0", "--log-level", "warn",
+                       *a.podkit_arg]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(ports[name][0], name)
         pids = {"nutcracker": procs[2].pid, "podkit": procs[3].pid}
