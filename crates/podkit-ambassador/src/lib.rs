@@ -114,7 +114,8 @@ pub struct AmbassadorArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     pub watch_interval: podkit_core::Duration,
 
-    /// Worker threads that serve clients (default: one per core the process may use).
+    /// Worker threads that serve clients (default: one per core the process may use, less one
+    /// left to the app and servers beside it; at least one).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 
@@ -135,6 +136,15 @@ fn nutcracker_level(v: u8) -> &'static str {
         7 => "debug",
         _ => "trace",
     }
+}
+
+/// Worker threads on `cores` cores (what the process may use, its CPU limit included): one per
+/// core but one. A proxy shares its host with the app that calls it and often with the servers
+/// behind it; on 2 cores, two workers were descheduled with answers ready and the p99 of
+/// unpipelined Redis was 1.3–2.2× nutcracker's, where one worker had a p99 at or below
+/// nutcracker's in every row and lost no throughput (docs/benchmarks.md).
+fn default_threads(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// Prints the outcome of `-t` and returns the exit status, as `nutcracker -t` does.
@@ -328,7 +338,7 @@ impl Component for Ambassador {
 
         let threads = match self.args.threads {
             Some(n) => n.into(),
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => default_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
         };
         let workers = Arc::new(Workers::start(threads).map_err(AmbassadorError::Workers)?);
         let runner = Runner {
@@ -644,5 +654,23 @@ async fn bind(cfg: &config::Pool) -> Result<Listener, AmbassadorError> {
             }
             Ok(Listener::Unix(l, path.clone()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_core_is_left_to_the_app_but_there_is_always_a_worker() {
+        assert_eq!([1, 2, 3, 4, 16].map(default_threads), [1, 1, 2, 3, 15]);
+    }
+
+    #[test]
+    fn nutcrackers_verbosity_maps_onto_podkits_levels() {
+        let levels: Vec<_> = (0..=11).map(nutcracker_level).collect();
+        assert_eq!(levels[..4], ["error"; 4]);
+        assert_eq!(levels[4..8], ["warn", "info", "info", "debug"]);
+        assert_eq!(levels[8..], ["trace"; 4]);
     }
 }
