@@ -81,7 +81,7 @@ pub struct AmbassadorArgs {
 
     /// nutcracker's stats aggregation interval. Accepted and without effect: podkit's stats are
     /// always current.
-    #[arg(short = 'i', long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(short = 'i', long, value_name = "MS", default_value_t = 30_000, help_heading = "nutcracker's command line")]
     pub stats_interval: u64,
 
     /// Run in the background (nutcracker's `-d`). podkit returns once the daemon serves, or with

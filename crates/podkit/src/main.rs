@@ -51,7 +51,7 @@ commands! {
     /// twemproxy does; multi-threaded, reloads without dropping clients, fails fast or rehashes
     /// when a server is down.
     #[command(
-        after_help = "Example:\n  podkit ambassador --config nutcracker.yml\n  podkit ambassador -c nutcracker.yml -s 22222   # nutcracker's flags work too\n\nPodkit's own options can also come from PODKIT_* variables or --options FILE."
+        after_help = "Example:\n  podkit ambassador --config nutcracker.yml\n  podkit ambassador -d -c /etc/nutcracker/nutcracker.yml -o /var/log/nutcracker/nutcracker.log -p /run/nutcracker/nutcracker.pid   # nutcracker's command line works unchanged\n\nPodkit's own options can also come from PODKIT_* variables or --options FILE."
     )]
     Ambassador(podkit_ambassador::AmbassadorArgs),
 
