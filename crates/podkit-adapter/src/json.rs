@@ -619,7 +619,6 @@ fn auth_of(hc: &HttpClientConfig) -> Result<Option<Auth>, String> {
 }
 
 fn client_of(hc: &HttpClientConfig) -> Result<reqwest::Client, String> {
-    podkit_core::http::install_crypto_provider();
     let mut b = reqwest::Client::builder().user_agent(concat!("podkit-adapter/", env!("CARGO_PKG_VERSION"))).redirect(
         if hc.follow_redirects == Some(false) {
             reqwest::redirect::Policy::none()
@@ -654,7 +653,7 @@ fn client_of(hc: &HttpClientConfig) -> Result<reqwest::Client, String> {
     if tls.insecure_skip_verify {
         b = b.danger_accept_invalid_certs(true);
     }
-    b.build().map_err(|e| format!("HTTP client: {}", podkit_core::error_chain(&e)))
+    podkit_core::http::build(b)
 }
 
 // === scraping ===

@@ -9,30 +9,13 @@
 mod config;
 mod conn;
 pub mod expo;
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 mod memcached;
 pub mod promtext;
 mod redis;
 mod statsd;
-#[doc(hidden)]
-pub mod fuzzing {
-    /// Feeds `data` to a StatsD source as one packet (the first byte chooses whether each line's
-    /// trailing CR is stripped, as on TCP), twice so cached series are taken too, then checks
-    /// the scrape is exposition text the adapter's own reader takes back.
-    pub fn statsd_packet(data: &[u8]) {
-        let [first, data @ ..] = data else { return };
-        let s = crate::statsd::Statsd::for_fuzzing();
-        s.handle(data, first & 1 == 1);
-        s.handle(data, first & 1 == 1);
-        let mut out = crate::expo::Scrape::new();
-        s.collect(&mut out);
-        let body = out.render();
-        let mut back = crate::expo::Scrape::new();
-        if let Err(e) = crate::promtext::parse_into(&body, &Vec::new(), &mut back) {
-            panic!("the scrape is not exposition text ({} at line {}):\n{body}", e.reason, e.line);
-        }
-    }
-}
 mod twemproxy;
 
 use std::collections::BTreeMap;
@@ -475,8 +458,7 @@ impl Adapter {
         let modules = json_modules(&args, &file, &mut warnings)?;
         // One client for every endpoint source and /scrape; each scrape is bounded by its
         // source's own timeout, not by the client.
-        let client = podkit_core::http::client(podkit_core::Duration::MAX.get())
-            .map_err(|e| format!("HTTP client: {}", podkit_core::error_chain(&e)))?;
+        let client = podkit_core::http::client(podkit_core::Duration::MAX.get())?;
         let mut sources: Vec<Source> = Vec::new();
         for (i, cfg) in file.sources.iter().enumerate() {
             let s =

@@ -62,15 +62,11 @@ impl Failure {
     /// answers with the system's `strerror`).
     pub(crate) fn connect(e: &std::io::Error) -> Failure {
         let system = match e.raw_os_error() {
-            // `Connection refused (os error 111)` → `Connection refused`.
-            Some(code) => {
-                let text = std::io::Error::from_raw_os_error(code).to_string();
-                text.split(" (os error").next().unwrap_or_default().to_string()
-            }
-            None if e.kind() == std::io::ErrorKind::TimedOut => "Connection timed out".to_string(),
-            None => "Connection refused".to_string(),
+            Some(code) => nix::errno::Errno::from_raw(code).desc(),
+            None if e.kind() == std::io::ErrorKind::TimedOut => "Connection timed out",
+            None => "Connection refused",
         };
-        Failure::Connect { system, detail: e.to_string() }
+        Failure::Connect { system: system.to_string(), detail: e.to_string() }
     }
 
     /// The text clients see after `SERVER_ERROR ` or `-ERR `. `server` is the server's label,

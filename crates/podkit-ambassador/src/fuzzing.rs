@@ -123,29 +123,19 @@ fn chunks<'a>(data: &'a [u8], cuts: &'a [u8]) -> impl Iterator<Item = &'a [u8]> 
 
 #[cfg(test)]
 mod tests {
+    use podkit_testkit::Xorshift;
+
     use super::*;
-
-    /// A small deterministic generator (xorshift) so the test is the same on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
 
     /// Inputs built from protocol fragments, so the parsers get deep, not only to their first
     /// check.
-    fn input(rng: &mut Rng, pieces: &[&[u8]]) -> Vec<u8> {
+    fn input(rng: &mut Xorshift, pieces: &[&[u8]]) -> Vec<u8> {
         let mut v = Vec::new();
-        for _ in 0..rng.next() % 40 {
-            match rng.next() % 4 {
-                0 => v.extend((0..rng.next() % 8).map(|_| rng.next() as u8)),
-                1 => v.extend_from_slice(format!("{}", rng.next() % 70_000).as_bytes()),
-                _ => v.extend_from_slice(pieces[(rng.next() % pieces.len() as u64) as usize]),
+        for _ in 0..rng.next_u64() % 40 {
+            match rng.next_u64() % 4 {
+                0 => v.extend((0..rng.next_u64() % 8).map(|_| rng.next_u64() as u8)),
+                1 => v.extend_from_slice(format!("{}", rng.next_u64() % 70_000).as_bytes()),
+                _ => v.extend_from_slice(pieces[(rng.next_u64() % pieces.len() as u64) as usize]),
             }
         }
         v
@@ -252,9 +242,9 @@ mod tests {
             b"SORT",
             b"STORE",
         ];
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Xorshift::default();
         for _ in 0..20_000 {
-            let cuts: Vec<u8> = (0..rng.next() % 5).map(|_| rng.next() as u8).collect();
+            let cuts: Vec<u8> = (0..rng.next_u64() % 5).map(|_| rng.next_u64() as u8).collect();
             let m = input(&mut rng, mc);
             memcache_requests(&m, &cuts);
             answers(&m);

@@ -258,11 +258,11 @@ impl podkit_core::Command for AmbassadorArgs {
             eprintln!("error: {e}");
             return podkit_core::EX_SOFTWARE;
         }
-        let _pid_file = match pid_file.as_deref().map(podkit_core::daemon::PidFile::create).transpose() {
-            Ok(p) => p,
-            Err(e) => {
-                let path = pid_file.as_deref().unwrap_or_else(|| std::path::Path::new("")).display();
-                eprintln!("error: --pid-file {path}: cannot write it: {e}");
+        let _pid_file = match pid_file.as_deref().map(|p| podkit_core::daemon::PidFile::create(p).map_err(|e| (p, e))) {
+            None => None,
+            Some(Ok(f)) => Some(f),
+            Some(Err((path, e))) => {
+                eprintln!("error: --pid-file {}: cannot write it: {e}", path.display());
                 return podkit_core::EX_USAGE;
             }
         };

@@ -24,15 +24,23 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// A client with rustls on the `ring` provider and the platform's roots, for calls to the app
-/// beside podkit. `timeout` bounds each whole request.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// Builds every podkit HTTP client: rustls on the `ring` provider. The error names its cause:
+/// reqwest's own says only "builder error", and the cause ("No CA certificates were loaded from
+/// the system", in an image without CA roots) is what an operator can act on.
+pub fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, String> {
     install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
-        // Hooks talk to the app on localhost; an HTTP(S)_PROXY meant for the app's own egress
-        // must not capture them.
-        .no_proxy()
-        .build()
+    builder.build().map_err(|e| format!("cannot build the HTTP client: {}", crate::error_chain(&e)))
+}
+
+/// A client with the platform's roots, for calls to the app beside podkit. `timeout` bounds
+/// each whole request.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    build(
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
+            // Hooks talk to the app on localhost; an HTTP(S)_PROXY meant for the app's own
+            // egress must not capture them.
+            .no_proxy(),
+    )
 }

@@ -364,31 +364,24 @@ pub fn reopen() -> std::io::Result<Option<&'static Path>> {
     }
 }
 
-/// Logs one level more (warn → info → debug → trace); returns the new level. Per-target
-/// directives of `--log-level` give way to the one level.
+/// Logs one level more (error → warn → info → debug → trace); returns the new level.
+/// Per-target directives of `--log-level` give way to the one level.
 pub fn more_verbose() -> Option<Level> {
-    step_level(|l| match l {
-        Level::Error => Level::Warn,
-        Level::Warn => Level::Info,
-        Level::Info => Level::Debug,
-        Level::Debug | Level::Trace => Level::Trace,
-    })
+    step_level(-1)
 }
 
 /// Logs one level less (trace → debug → info → warn → error); returns the new level.
 pub fn less_verbose() -> Option<Level> {
-    step_level(|l| match l {
-        Level::Trace => Level::Debug,
-        Level::Debug => Level::Info,
-        Level::Info => Level::Warn,
-        Level::Warn | Level::Error => Level::Error,
-    })
+    step_level(1)
 }
 
-fn step_level(next: impl FnOnce(Level) -> Level) -> Option<Level> {
+/// Moves the level `by` steps in [`Level`]'s order (negative: more verbose), within its ends.
+fn step_level(by: isize) -> Option<Level> {
+    const LEVELS: [Level; 5] = [Level::Trace, Level::Debug, Level::Info, Level::Warn, Level::Error];
     let control = CONTROL.get()?;
     let mut level = control.level.lock().unwrap_or_else(|e| e.into_inner());
-    *level = next(*level);
+    let at = LEVELS.iter().position(|l| l == &*level).unwrap_or(2) as isize;
+    *level = LEVELS[(at + by).clamp(0, LEVELS.len() as isize - 1) as usize];
     control.filter.reload(EnvFilter::new(level.as_str())).ok()?;
     Some(*level)
 }
@@ -399,13 +392,7 @@ fn step_level(next: impl FnOnce(Level) -> Level) -> Option<Level> {
 pub fn init(format: LogFormat, filter: &str, ring: LogRing, file: Option<LogFile>) -> Result<(), String> {
     let filter = EnvFilter::builder().parse(filter).map_err(|e| e.to_string())?;
     // The level TTIN/TTOU step from: the most verbose one the filter lets through.
-    let level = match filter.max_level_hint() {
-        Some(l) if l >= tracing::level_filters::LevelFilter::TRACE => Level::Trace,
-        Some(l) if l >= tracing::level_filters::LevelFilter::DEBUG => Level::Debug,
-        Some(l) if l >= tracing::level_filters::LevelFilter::INFO => Level::Info,
-        Some(l) if l >= tracing::level_filters::LevelFilter::WARN => Level::Warn,
-        _ => Level::Error,
-    };
+    let level = filter.max_level_hint().and_then(|l| l.into_level()).map_or(Level::Error, |l| Level::from(&l));
     let (filter, handle) = reload::Layer::new(filter);
     let file = file.map(Arc::new);
     let terminal = file.is_none() && std::io::stderr().is_terminal();

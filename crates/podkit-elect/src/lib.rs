@@ -225,8 +225,8 @@ impl Elect {
 pub enum ElectError {
     #[error("cannot start reaping hook processes: {0}")]
     Reaper(#[source] std::io::Error),
-    #[error("cannot build the HTTP client for hooks: {0}")]
-    HttpClient(#[source] reqwest::Error),
+    #[error("hooks: {0}")]
+    HttpClient(String),
     /// The backend cannot be reached.
     #[error("{0}")]
     Unavailable(String),

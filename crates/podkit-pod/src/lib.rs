@@ -384,8 +384,7 @@ async fn call(cmd: PodSubcommand) -> Result<(), Fail> {
         ),
         None => None,
     };
-    let http = podkit_core::http::client(Duration::from_secs(3600))
-        .map_err(|e| (podkit_core::EX_SOFTWARE, podkit_core::error_chain(&e)))?;
+    let http = podkit_core::http::client(Duration::from_secs(3600)).map_err(|e| (podkit_core::EX_SOFTWARE, e))?;
     let base = format!("http://{addr}");
     let unreachable = |e: reqwest::Error| {
         (podkit_core::EX_UNAVAILABLE, format!("no pod answers on {addr}: {}", podkit_core::error_chain(&e)))

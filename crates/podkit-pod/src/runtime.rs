@@ -226,12 +226,9 @@ impl Pod {
         metrics: Metrics,
     ) -> std::io::Result<Pod> {
         let dir = tempfile::Builder::new().prefix(&format!("podkit-pod-{}-", file.name)).tempdir()?;
-        podkit_core::http::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(std::io::Error::other)?;
+        let http =
+            podkit_core::http::build(reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()))
+                .map_err(std::io::Error::other)?;
         let (events_tx, events) = mpsc::unbounded_channel();
         {
             let mut v = view.lock().unwrap_or_else(|e| e.into_inner());

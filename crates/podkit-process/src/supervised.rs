@@ -516,8 +516,7 @@ fn lost(e: Result<Exit, oneshot::error::RecvError>) -> Exit {
 pub fn host(logs: LogRing, readiness: Readiness) -> std::io::Result<Host> {
     let reaper: Arc<Reaper> = Reaper::start()?;
     command::become_subreaper();
-    let client = podkit_core::http::client(Duration::from_secs(30))
-        .map_err(|e| std::io::Error::other(format!("HTTP client: {}", podkit_core::error_chain(&e))))?;
+    let client = podkit_core::http::client(Duration::from_secs(30)).map_err(std::io::Error::other)?;
     Ok(Host { hooks: Runner::new(reaper, client), logs, readiness })
 }
 

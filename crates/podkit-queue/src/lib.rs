@@ -704,8 +704,8 @@ struct Work {
 enum WorkError {
     #[error("cannot start reaping item processes: {0}")]
     Reaper(#[source] std::io::Error),
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(#[source] reqwest::Error),
+    #[error("{0}")]
+    HttpClient(String),
 }
 
 impl podkit_core::ExitStatus for WorkError {

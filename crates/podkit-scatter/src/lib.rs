@@ -167,8 +167,8 @@ pub struct Scatter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScatterError {
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(#[source] reqwest::Error),
+    #[error("{0}")]
+    HttpClient(String),
     #[error("cannot start reaping merge processes: {0}")]
     Reaper(#[source] std::io::Error),
 }
@@ -353,14 +353,14 @@ impl Component for Scatter {
 
 /// The client for leaves: pooled keep-alive connections, no proxy (leaves are local or in the
 /// cluster), no automatic redirects (a leaf's redirect is its answer).
-fn leaf_client() -> Result<reqwest::Client, reqwest::Error> {
-    podkit_core::http::install_crypto_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(64)
-        .tcp_nodelay(true)
-        .build()
+fn leaf_client() -> Result<reqwest::Client, String> {
+    podkit_core::http::build(
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true),
+    )
 }
 
 async fn handle(

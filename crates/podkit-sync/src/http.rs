@@ -142,12 +142,11 @@ impl HttpSource {
             opts.sha256 = Some(want.to_ascii_lowercase());
         }
         let kind = Kind::of(&opts.url)?;
-        podkit_core::http::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout)
-            .user_agent(concat!("podkit-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {}", podkit_core::error_chain(&e)))?;
+        let client = podkit_core::http::build(
+            reqwest::Client::builder()
+                .timeout(opts.timeout)
+                .user_agent(concat!("podkit-sync/", env!("CARGO_PKG_VERSION"))),
+        )?;
         Ok(HttpSource { client, opts, shown, kind, limits: Limits::default(), last: None })
     }
 

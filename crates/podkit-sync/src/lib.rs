@@ -478,18 +478,10 @@ impl Component for Sync {
                     method: a.webhook_method.clone(),
                     timeout: a.webhook_timeout.get(),
                     success: a.webhook_success_status,
-                    client: {
-                        podkit_core::http::install_crypto_provider();
-                        reqwest::Client::builder()
-                            .user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION")))
-                            .build()
-                            .map_err(|e| {
-                                StartError::software(format!(
-                                    "--webhook-url: cannot build the HTTP client: {}",
-                                    podkit_core::error_chain(&e)
-                                ))
-                            })?
-                    },
+                    client: podkit_core::http::build(
+                        reqwest::Client::builder().user_agent(concat!("podkit/", env!("CARGO_PKG_VERSION"))),
+                    )
+                    .map_err(|e| StartError::software(format!("--webhook-url: {e}")))?,
                 }),
                 None => None,
             },

@@ -20,6 +20,33 @@ pub use servers::{
     nutcracker, prometheus, redis, redis_exporter, require_program, rsyslog, rsyslog_on, sshd,
 };
 
+/// A small deterministic generator (xorshift64) for the parsers' randomized tests: every run
+/// feeds the same inputs, so a failure can be replayed.
+#[derive(Debug, Clone)]
+pub struct Xorshift(u64);
+
+impl Default for Xorshift {
+    fn default() -> Self {
+        Xorshift(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl Xorshift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Appends fewer than `max` pieces of `alphabet` to `out`, each chosen at random.
+    pub fn pieces(&mut self, alphabet: &[&[u8]], max: u64, out: &mut Vec<u8>) {
+        for _ in 0..self.next_u64() % max {
+            out.extend_from_slice(alphabet[(self.next_u64() % alphabet.len() as u64) as usize]);
+        }
+    }
+}
+
 /// Waits until `cond` holds, checking it every few milliseconds, and panics with the message
 /// if it still does not hold at the deadline (default 10 s).
 ///

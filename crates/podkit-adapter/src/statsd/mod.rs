@@ -742,18 +742,10 @@ mod tests {
         crate::fuzzing::statsd_packet(b"\x00t:Inf|ms\nt:-Inf|ms\nt:NaN|ms\nt:1|ms");
         // And a tag key Prometheus reserves (`__…` after escaping) made the scrape unreadable.
         crate::fuzzing::statsd_packet(b"\x00a:1|c|#$$$:v\nb:1|c|#__x:v,ok:1");
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = podkit_testkit::Xorshift::default();
         for _ in 0..3000 {
-            let mut packet = vec![(next() & 1) as u8];
-            for _ in 0..next() % 40 {
-                packet.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
-            }
+            let mut packet = vec![(rng.next_u64() & 1) as u8];
+            rng.pieces(alphabet, 40, &mut packet);
             crate::fuzzing::statsd_packet(&packet);
         }
     }

@@ -204,7 +204,6 @@ impl HttpTarget {
             }
             Auth::Basic { password: None, .. } | Auth::None => {}
         }
-        podkit_core::http::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(10)))
@@ -215,7 +214,7 @@ impl HttpTarget {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let client = podkit_core::http::build(builder)?;
         let mut headers = HeaderMap::new();
         for (k, v) in &opts.headers {
             let name = HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;

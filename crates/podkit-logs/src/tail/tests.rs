@@ -434,18 +434,10 @@ fn reading_keeps_its_invariants_on_random_input() {
         b"\xe2\x82",
         b"\tat ",
     ];
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = podkit_testkit::Xorshift::default();
     for _ in 0..300 {
-        let mut data = vec![(next() % 256) as u8, (next() % 8) as u8];
-        for _ in 0..next() % 400 {
-            data.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
-        }
+        let mut data = vec![(rng.next_u64() % 256) as u8, (rng.next_u64() % 8) as u8];
+        rng.pieces(alphabet, 400, &mut data);
         crate::fuzzing::reading(dir.path(), &data);
     }
 }
