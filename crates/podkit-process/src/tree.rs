@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -145,13 +145,33 @@ struct Proc {
 }
 
 fn snapshot() -> HashMap<i32, Proc> {
-    let Ok(all) = procfs::process::all_processes() else {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
         return HashMap::new();
     };
-    all.flatten()
-        .filter_map(|p| p.stat().ok())
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| read_live(pid, || procfs::process::Process::new(pid).and_then(|p| p.stat()).ok()))
         .map(|s| (s.pid, Proc { ppid: s.ppid, pgrp: s.pgrp, zombie: matches!(s.state, 'Z' | 'X') }))
         .collect()
+}
+
+/// Reads something of a process, and reads it again while it fails but the process exists.
+///
+/// A process in the middle of `exec` can answer as if it were gone: its /proc entries give
+/// ENOENT or ESRCH for a moment. A signal 0 asks the kernel whether the pid is alive without
+/// going through /proc, so only a process that is really gone (or not podkit's to signal)
+/// makes the read give up at once.
+fn read_live<T>(pid: i32, read: impl Fn() -> Option<T>) -> Option<T> {
+    let first = Instant::now();
+    loop {
+        if let Some(v) = read() {
+            return Some(v);
+        }
+        if kill(Pid::from_raw(pid), None).is_err() || first.elapsed() >= GIVE_UP {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// Each pid's children, from a snapshot.
@@ -178,14 +198,52 @@ fn walk(children: &HashMap<i32, Vec<i32>>, root: i32) -> Vec<i32> {
 }
 
 /// The tree marker in `pid`'s environment, if it has one and podkit may read it.
+///
+/// A read without the marker is checked before it is believed, because `exec` makes
+/// /proc/PID/environ lie for a moment: between its two halves the new environment is not laid
+/// out yet and reads as empty, and a read that spans the switch stops short where the old
+/// memory went away, maybe before the marker. Taken at its word, that would drop the process
+/// from its tree for a moment, and a sweep that looked then would miss a daemon just starting.
+/// So an unmarked read is believed only if the environment's bounds, read from stat before and
+/// after it, held still and the read covered them whole (the bounds after one read serve as
+/// those before the next).
 fn marker_of(pid: i32) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let path = format!("/proc/{pid}/environ");
     let prefix = format!("{TREE_VAR}=");
-    environ
-        .split(|&b| b == 0)
-        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    let first = Instant::now();
+    let mut before = None;
+    loop {
+        let environ = read_live(pid, || std::fs::read(&path).ok())?;
+        if let Some(marker) = environ.split(|&b| b == 0).find_map(|entry| entry.strip_prefix(prefix.as_bytes())) {
+            return Some(String::from_utf8_lossy(marker).into_owned());
+        }
+        let after = env_bounds(pid)?;
+        let whole = match after {
+            Some((start, end)) => before == Some(after) && end != 0 && end - start == environ.len() as u64,
+            // A kernel older than 3.5 does not say; the read stands.
+            None => true,
+        };
+        if whole || first.elapsed() >= GIVE_UP {
+            return None;
+        }
+        before = Some(after);
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
+
+/// Where `pid`'s environment lies in its memory (`env_start`, `env_end`), as stat says; `None`
+/// inside when the kernel does not say, and `None` outside when the process is gone.
+fn env_bounds(pid: i32) -> Option<Option<(u64, u64)>> {
+    let stat = read_live(pid, || procfs::process::Process::new(pid).and_then(|p| p.stat()).ok())?;
+    if matches!(stat.state, 'Z' | 'X') {
+        return None;
+    }
+    Some(stat.env_start.zip(stat.env_end))
+}
+
+/// How long a process that keeps failing to read, or reading as empty, is looked at before it
+/// counts as gone or unmarked.
+const GIVE_UP: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
@@ -205,5 +263,37 @@ mod tests {
         assert_eq!(tree.members(Some(child.id() as i32)), [child.id() as i32]);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Between the two halves of `exec` a process shows an empty environment; a member caught
+    /// there is still a member. This one execs itself two thousand times while the tree is
+    /// read again and again.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a marked process outside any supervision
+    fn a_member_in_the_middle_of_exec_is_still_a_member() {
+        /// Kills the process however the test ends, so a failed run leaves nothing behind.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let tree = Tree::new();
+        let script = r#"if [ "$1" -gt 0 ]; then exec sh -c "$0" "$0" $(($1 - 1)); fi; exec sleep 1000"#;
+        let child = std::process::Command::new("sh")
+            .args(["-c", script, script, "2000"])
+            .env(TREE_VAR, tree.marker())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map(Reaped)
+            .unwrap();
+        let pid = child.0.id() as i32;
+        let mut scans = 0;
+        // comm, like the rest of /proc, can fail for a moment during exec.
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "sleep" {
+            assert!(tree.members(None).contains(&pid), "lost the member after {scans} scans");
+            scans += 1;
+        }
     }
 }
