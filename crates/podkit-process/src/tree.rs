@@ -58,7 +58,7 @@ impl Tree {
         let mut seeds: Vec<i32> = Vec::new();
         for &pid in &candidates {
             let p = &procs[&pid];
-            let ours = match marker_of(pid) {
+            let ours = match marker_of(pid, p.env) {
                 Some(m) => m == self.marker,
                 None => root.is_some_and(|r| pid == r || p.pgrp == r),
             };
@@ -141,6 +141,8 @@ pub fn kill_everything() {
 struct Proc {
     ppid: i32,
     pgrp: i32,
+    /// Where the environment lies in the process' memory (see [`env_bounds`]).
+    env: Option<(u64, u64)>,
     zombie: bool,
 }
 
@@ -151,7 +153,15 @@ fn snapshot() -> HashMap<i32, Proc> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| read_live(pid, || procfs::process::Process::new(pid).and_then(|p| p.stat()).ok()))
-        .map(|s| (s.pid, Proc { ppid: s.ppid, pgrp: s.pgrp, zombie: matches!(s.state, 'Z' | 'X') }))
+        .map(|s| {
+            let p = Proc {
+                ppid: s.ppid,
+                pgrp: s.pgrp,
+                env: s.env_start.zip(s.env_end),
+                zombie: matches!(s.state, 'Z' | 'X'),
+            };
+            (s.pid, p)
+        })
         .collect()
 }
 
@@ -205,24 +215,21 @@ fn walk(children: &HashMap<i32, Vec<i32>>, root: i32) -> Vec<i32> {
 /// memory went away, maybe before the marker. Taken at its word, that would drop the process
 /// from its tree for a moment, and a sweep that looked then would miss a daemon just starting.
 /// So an unmarked read is believed only if the environment's bounds, read from stat before and
-/// after it, held still and the read covered them whole (the bounds after one read serve as
-/// those before the next).
-fn marker_of(pid: i32) -> Option<String> {
+/// after it, held still and the read covered them whole. The bounds before the first read are
+/// the snapshot's (`env_before`); those after one read serve as those before the next.
+fn marker_of(pid: i32, env_before: Option<(u64, u64)>) -> Option<String> {
     let path = format!("/proc/{pid}/environ");
     let prefix = format!("{TREE_VAR}=");
     let first = Instant::now();
-    let mut before = None;
+    let mut before = env_before;
     loop {
         let environ = read_live(pid, || std::fs::read(&path).ok())?;
         if let Some(marker) = environ.split(|&b| b == 0).find_map(|entry| entry.strip_prefix(prefix.as_bytes())) {
             return Some(String::from_utf8_lossy(marker).into_owned());
         }
-        let after = env_bounds(pid)?;
-        let whole = match after {
-            Some((start, end)) => before == Some(after) && end != 0 && end - start == environ.len() as u64,
-            // A kernel older than 3.5 does not say; the read stands.
-            None => true,
-        };
+        // Gone: no marker; a kernel older than 3.5 does not give the bounds: the read stands.
+        let after @ (start, end) = env_bounds(pid)??;
+        let whole = before == Some(after) && end != 0 && end - start == environ.len() as u64;
         if whole || first.elapsed() >= GIVE_UP {
             return None;
         }
@@ -271,29 +278,24 @@ mod tests {
     #[test]
     #[allow(clippy::disallowed_methods)] // a marked process outside any supervision
     fn a_member_in_the_middle_of_exec_is_still_a_member() {
-        /// Kills the process however the test ends, so a failed run leaves nothing behind.
-        struct Reaped(std::process::Child);
-        impl Drop for Reaped {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
         let tree = Tree::new();
         let script = r#"if [ "$1" -gt 0 ]; then exec sh -c "$0" "$0" $(($1 - 1)); fi; exec sleep 1000"#;
-        let child = std::process::Command::new("sh")
-            .args(["-c", script, script, "2000"])
+        let argv = ["sh", "-c", script, script, "2000"].map(Into::into);
+        let mut child = crate::command::command(&argv, false)
             .env(TREE_VAR, tree.marker())
             .stdout(std::process::Stdio::null())
             .spawn()
-            .map(Reaped)
             .unwrap();
-        let pid = child.0.id() as i32;
+        let pid = child.id() as i32;
+        // However the test ends, a failed run leaves nothing behind.
+        let kill = crate::command::KillGroupOnDrop(pid);
         let mut scans = 0;
         // comm, like the rest of /proc, can fail for a moment during exec.
         while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "sleep" {
             assert!(tree.members(None).contains(&pid), "lost the member after {scans} scans");
             scans += 1;
         }
+        drop(kill);
+        child.wait().unwrap();
     }
 }
