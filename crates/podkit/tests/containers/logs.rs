@@ -8,7 +8,7 @@ use std::time::Duration;
 use podkit_testkit::assert_eventually;
 use podkit_testkit::docker::{Container, Network};
 
-use crate::support::{Pod, podkit, shared_dir, tools};
+use crate::support::{Pod, podkit, rsyslog_image, shared_dir, tools};
 
 #[test]
 fn a_killed_and_restarted_sidecar_loses_no_line_while_the_app_rotates() {
@@ -83,4 +83,57 @@ fn a_killed_and_restarted_sidecar_loses_no_line_while_the_app_rotates() {
     let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(l, _)| l).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert!(twice.is_empty(), "twice: {twice:?}");
+}
+
+/// The sidecar ships over syslog to an rsyslog container it finds by name on the pod's network:
+/// every line arrives, in order.
+#[test]
+fn the_sidecar_ships_to_an_rsyslog_container_found_by_its_name() {
+    let net = Network::new(true);
+    let (logs, received) = (shared_dir(), shared_dir());
+    let vol = |d: &std::path::Path, at: &str| format!("{}:{at}", d.display());
+    let (lv, rv) = (vol(&logs, "/logs"), vol(&received, "/out"));
+    let rsyslog =
+        Container::run("rsyslog", &["--network", &net.name, "--network-alias", "syslog", "-v", &rv, &rsyslog_image()]);
+    let lines = 500;
+    let mut pod = Pod::new(&net, &[]);
+    let tools = tools();
+    pod.add(
+        "app",
+        &[
+            "-v",
+            &lv,
+            &tools,
+            "sh",
+            "-c",
+            &format!("cd /logs; for i in $(seq 1 {lines}); do echo \"line $i\" >> app.log; done; sleep 100000"),
+        ],
+    );
+    let image = podkit();
+    let sidecar = pod.add(
+        "logs",
+        &[
+            "-v",
+            &lv,
+            &image,
+            "logs",
+            "--path",
+            "/logs/app.log",
+            "--sink",
+            "syslog+tcp://syslog:5140?app=app",
+            "--state-dir",
+            "/tmp",
+        ],
+    );
+    let got = || std::fs::read_to_string(received.join("received.log")).unwrap_or_default();
+    assert_eventually!(
+        timeout = Duration::from_secs(60),
+        got().lines().count() >= lines,
+        "{} of {lines} lines; podkit: {}; rsyslog: {}",
+        got().lines().count(),
+        sidecar.logs(),
+        rsyslog.logs()
+    );
+    let want: Vec<String> = (1..=lines).map(|i| format!("app line {i}")).collect();
+    assert_eq!(got().lines().collect::<Vec<_>>(), want);
 }

@@ -234,3 +234,35 @@ pub(crate) fn podkit_git_image() -> String {
     spec.changes.extend(["ENTRYPOINT [\"/podkit\"]".into(), "USER 65532:65532".into()]);
     host_image("podkit-git", &spec)
 }
+
+/// rsyslog from this machine's package, with the modules a plain TCP input needs, taking RFC
+/// 5424 over TCP on port 5140 and writing `APP-NAME MSG` lines to `/out/received.log` (mount a
+/// shared directory there).
+pub(crate) fn rsyslog_image() -> String {
+    let modules = "/usr/lib/x86_64-linux-gnu/rsyslog";
+    let rsyslogd = require_program("rsyslogd", "rsyslog");
+    let entrypoint =
+        format!(r#"ENTRYPOINT ["{}", "-n", "-f", "/etc/rsyslog.conf", "-i", "/tmp/rsyslog.pid"]"#, rsyslogd.display());
+    let mut programs = vec![rsyslogd];
+    programs.extend(
+        ["imtcp", "lmnet", "lmnetstrms", "lmnsd_ptcp", "lmtcpsrv"].map(|m| PathBuf::from(format!("{modules}/{m}.so"))),
+    );
+    let conf = concat!(
+        // Names of senders are not looked up: the network has no reverse DNS to wait for.
+        "global(workDirectory=\"/tmp\" net.enableDNS=\"off\")\n",
+        "module(load=\"imtcp\")\n",
+        "input(type=\"imtcp\" port=\"5140\")\n",
+        "template(name=\"received\" type=\"string\" string=\"%app-name% %msg%\\n\")\n",
+        "action(type=\"omfile\" file=\"/out/received.log\" template=\"received\")\n",
+    );
+    host_image(
+        "rsyslog",
+        &ImageSpec {
+            programs,
+            texts: vec![("/etc/rsyslog.conf".into(), conf.into(), 0o644)],
+            dirs: vec!["/tmp".into()],
+            changes: vec![entrypoint],
+            ..ImageSpec::default()
+        },
+    )
+}
